@@ -1,0 +1,89 @@
+//! Project tasks: `cargo xtask <provision|run|test|bench>`.
+
+mod bench;
+mod provision;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command> [args]
+
+commands:
+  provision        install what building the eBPF programs needs (idempotent)
+  run [ARGS..]     provision, build, and run `nodesat run ARGS..` (default: local table output)
+  test             provision, then run every test: fmt, clippy, unit, fixture and privileged
+                   integration tests
+  bench [ARGS..]   provision, build, and measure probe overhead under a context-switch storm";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(sub) = args.next() else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
+    let rest: Vec<String> = args.collect();
+    match sub.as_str() {
+        "provision" => provision::provision(),
+        "run" => {
+            provision::provision()?;
+            run(cmd("cargo", &["build", "--release", "--package", "nodesat"]))?;
+            let bin = workspace_root().join("target/release/nodesat");
+            let mut c = Command::new(bin);
+            c.arg("run").args(&rest);
+            let status = c.status().context("starting nodesat")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        "test" => test(),
+        "bench" => {
+            provision::provision()?;
+            bench::bench(&rest)
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command {other:?}\n{USAGE}"),
+    }
+}
+
+fn test() -> Result<()> {
+    provision::provision()?;
+    run(cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
+    run(cmd(
+        "cargo",
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+    ))?;
+    // The integration tests drive the real binary; build it first and tell them where it is.
+    run(cmd("cargo", &["build", "--package", "nodesat"]))?;
+    let bin = workspace_root().join("target/debug/nodesat");
+    run(cmd("cargo", &["test", "--workspace", "--exclude", "nodesat-tests"]))?;
+    // Privileged tests provoke real saturation (CPU hogs, quotas); they run one at a time.
+    let mut it = cmd(
+        "cargo",
+        &["test", "--package", "nodesat-tests", "--", "--test-threads=1", "--nocapture"],
+    );
+    it.env("NODESAT_BIN", bin);
+    run(it)
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cmd(program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).current_dir(workspace_root());
+    c
+}
+
+pub fn run(mut c: Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("starting {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
