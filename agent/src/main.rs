@@ -1,1 +1,180 @@
-fn main() {}
+//! nodesat: a node-level eBPF health and saturation agent.
+
+mod cgroups;
+mod check;
+mod collector;
+mod config;
+mod core;
+mod output;
+mod privileges;
+mod probes;
+mod report;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroups::CgroupNames,
+    collector::Collector,
+    config::{Config, EXIT_CONFIG, Flags, VariantChoice},
+    output::Emitter,
+    privileges::Privileges,
+    probes::{LoadOptions, Probes, ProgramSet, TRACEPOINT_CHAIN},
+};
+
+/// Exit code when privileges are missing (EX_NOPERM).
+pub const EXIT_NO_PERMISSION: i32 = 77;
+/// Exit code when the kernel cannot run the agent (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "nodesat",
+    version,
+    about = "Node-level eBPF health and saturation agent: run-queue latency per cgroup, per-CPU run-queue length."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the probes and report every interval (a table on stdout by default).
+    Run(Flags),
+    /// Preflight: kernel, BTF, privileges, and which attach variant each probe can use.
+    Check(Flags),
+    /// Benchmark floor: attach empty programs on the agent's hooks and wait for SIGTERM.
+    #[command(hide = true)]
+    AttachEmpty(Flags),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Run(flags) | Command::Check(flags) | Command::AttachEmpty(flags)) = &cli.command;
+    let config = match Config::load(flags, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodesat: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    init_logging(config.log_level);
+    let code = match cli.command {
+        Command::Check(_) => check::check(&config),
+        Command::Run(_) => exit_code(run(&config, ProgramSet::Agent)),
+        Command::AttachEmpty(_) => exit_code(run(&config, ProgramSet::Floor)),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn init_logging(level: tracing::Level) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// An error that decides the exit code, with the sentence to print.
+struct Fatal {
+    code: i32,
+    message: String,
+}
+
+fn exit_code(r: Result<(), Fatal>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(Fatal { code, message }) => {
+            eprintln!("nodesat: {message}");
+            code
+        }
+    }
+}
+
+/// Loads and attaches `set`, then collects every interval until SIGINT or SIGTERM. The floor
+/// set (benchmark) only attaches and reports its programs' statistics at the end.
+fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
+    if let Some(why) = Privileges::current().refusal() {
+        return Err(Fatal {
+            code: EXIT_NO_PERMISSION,
+            message: why,
+        });
+    }
+    let chain = match config.probe_variant {
+        VariantChoice::Auto => TRACEPOINT_CHAIN.to_vec(),
+        VariantChoice::Only(v) => vec![v],
+    };
+    let opts = LoadOptions {
+        max_cgroups: config.max_cgroups,
+        mount_tracefs: config.probe_variant == VariantChoice::Only(probes::Variant::Tracepoint),
+    };
+    let mut probes = Probes::load(&opts).map_err(|e| Fatal {
+        code: EXIT_UNAVAILABLE,
+        message: format!("the kernel refused nodesat's eBPF programs: {e}. Run `nodesat check` to see what this kernel allows."),
+    })?;
+    probes.attach_group(&probes::all_hooks(set), &chain);
+    if !probes.hooks.iter().any(|h| h.attached) {
+        probes.detach();
+        return Err(Fatal {
+            code: EXIT_UNAVAILABLE,
+            message: "no probe could attach on this kernel; run `nodesat check` to see why".into(),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal {
+            code: 1,
+            message: format!("starting the runtime: {e}"),
+        })?;
+    let result = runtime.block_on(collect_until_signal(config, &probes, set));
+    probes.detach();
+    result.map_err(|e| Fatal {
+        code: 1,
+        message: format!("{e:#}"),
+    })
+}
+
+async fn collect_until_signal(
+    config: &Config,
+    probes: &Probes,
+    set: ProgramSet,
+) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let emitter = Emitter::new(config.output, config.top);
+    let names = CgroupNames::new(&config.cgroup_root, config.interval);
+    let mut collector = Collector::new(probes, names).context("reading the probes' maps")?;
+    emitter.ready(&probes.hook_stats());
+    tracing::info!(
+        interval = %humantime::format_duration(config.interval),
+        "collecting; SIGINT or SIGTERM stops after a final collection"
+    );
+    let start = tokio::time::Instant::now() + config.interval;
+    let mut tick = tokio::time::interval_at(start, config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if set == ProgramSet::Agent {
+                    match collector.collect(probes, false) {
+                        Ok(report) => emitter.report(&report),
+                        Err(e) => tracing::warn!("collection failed, retrying next interval: {e}"),
+                    }
+                }
+            }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: final collection"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: final collection"); break; }
+        }
+    }
+    let report = collector
+        .collect(probes, true)
+        .context("final collection")?;
+    emitter.report(&report);
+    Ok(())
+}

@@ -1,1 +1,128 @@
+//! Test harness for the nodesat agent's integration tests.
+//!
+//! The integration tests in `tests/tests/` need root, cgroups and the agent
+//! binary. This crate gives them:
+//!
+//! * [`privileged`] / [`skip_if_unprivileged`]: a gate that skips a test with a
+//!   printed reason when it cannot run here, or fails it when
+//!   `NODESAT_REQUIRE_PRIVILEGED=1` is set (CI), so tests never skip silently
+//!   there;
+//! * [`TestCgroup`]: a uniquely named cgroup that is removed again on drop,
+//!   on pure cgroup v2 machines as well as on hybrid v1/v2 ones;
+//! * [`TestProcess`] / [`spawn_in`]: a child process that starts inside a
+//!   [`TestCgroup`] and is killed and reaped on drop;
+//! * [`Agent`]: the `nodesat` agent running with `--output json`, with its
+//!   JSON-lines reports parsed into [`Report`]s;
+//! * the `nodesat-load` binary (see [`load_bin!`]): CPU load generators.
+//!
+//! Every wait in the harness is bounded.
+//!
+//! Running them (as root; the tests must run one at a time):
+//!
+//! ```text
+//! cargo build -p nodesat
+//! NODESAT_REQUIRE_PRIVILEGED=1 cargo test -p nodesat-tests -- --test-threads=1
+//! ```
+//!
+//! `NODESAT_BIN` overrides which agent binary is tested.
 
+pub mod agent;
+pub mod cgroup;
+pub mod process;
+
+use std::path::Path;
+
+pub use agent::{
+    Agent, CgroupReport, CpuReport, ProbeReport, Ready, Report, RunqueueStats, agent_bin,
+    agent_command, clear_agent_env,
+};
+pub use cgroup::TestCgroup;
+pub use process::{TestProcess, output_within, spawn_in};
+
+/// Environment variable that turns "skip" into "fail" for privileged tests.
+pub const REQUIRE_PRIVILEGED_ENV: &str = "NODESAT_REQUIRE_PRIVILEGED";
+
+/// Path of the `nodesat-load` load generator built by this package.
+///
+/// Only usable from this package's integration tests (Cargo sets
+/// `CARGO_BIN_EXE_nodesat-load` for them at compile time).
+#[macro_export]
+macro_rules! load_bin {
+    () => {
+        env!("CARGO_BIN_EXE_nodesat-load")
+    };
+}
+
+/// Whether privileged tests can run here: `Ok(())`, or the reason they cannot.
+///
+/// They need to run as root (euid 0) with cgroups mounted at `/sys/fs/cgroup`,
+/// including a cgroup v2 hierarchy (pure v2, or hybrid with the v2 hierarchy
+/// at `/sys/fs/cgroup/unified`).
+pub fn privileged() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "needs root (running as euid {})",
+            nix::unistd::geteuid()
+        ));
+    }
+    if !Path::new("/sys/fs/cgroup").is_dir() {
+        return Err("/sys/fs/cgroup is missing".into());
+    }
+    cgroup::Hierarchies::detect().map(|_| ())
+}
+
+/// Gate for a privileged test: returns `true` when the test must return early.
+///
+/// When [`privileged`] fails, prints `skipping <test>: <reason>` and returns
+/// `true`, unless `NODESAT_REQUIRE_PRIVILEGED=1` is set, in which case it
+/// panics with the reason.
+///
+/// ```no_run
+/// # fn t() {
+/// if nodesat_tests::skip_if_unprivileged("my_test") {
+///     return;
+/// }
+/// # }
+/// ```
+#[track_caller]
+pub fn skip_if_unprivileged(test: &str) -> bool {
+    match privileged() {
+        Ok(()) => false,
+        Err(reason) if require_privileged() => {
+            panic!("{test}: {reason} ({REQUIRE_PRIVILEGED_ENV}=1 forbids skipping)")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            true
+        }
+    }
+}
+
+/// Prints `skipping <test>: <reason>` for a test-specific reason to skip, and
+/// returns `true`, unless `NODESAT_REQUIRE_PRIVILEGED=1` is set (then panics).
+#[track_caller]
+pub fn skip(test: &str, reason: &str) -> bool {
+    if require_privileged() {
+        panic!("{test}: {reason} ({REQUIRE_PRIVILEGED_ENV}=1 forbids skipping)");
+    }
+    eprintln!("skipping {test}: {reason}");
+    true
+}
+
+fn require_privileged() -> bool {
+    std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Number of online CPUs (not limited by this process's affinity or quota).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
+/// The workspace root (parent of this package's directory).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("package directory has a parent")
+}

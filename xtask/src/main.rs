@@ -27,7 +27,10 @@ fn main() -> Result<()> {
         "provision" => provision::provision(),
         "run" => {
             provision::provision()?;
-            run(cmd("cargo", &["build", "--release", "--package", "nodesat"]))?;
+            run(cmd(
+                "cargo",
+                &["build", "--release", "--package", "nodesat"],
+            ))?;
             let bin = workspace_root().join("target/release/nodesat");
             let mut c = Command::new(bin);
             c.arg("run").args(&rest);
@@ -52,16 +55,33 @@ fn test() -> Result<()> {
     run(cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
     run(cmd(
         "cargo",
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     ))?;
     // The integration tests drive the real binary; build it first and tell them where it is.
     run(cmd("cargo", &["build", "--package", "nodesat"]))?;
     let bin = workspace_root().join("target/debug/nodesat");
-    run(cmd("cargo", &["test", "--workspace", "--exclude", "nodesat-tests"]))?;
+    run(cmd(
+        "cargo",
+        &["test", "--workspace", "--exclude", "nodesat-tests"],
+    ))?;
     // Privileged tests provoke real saturation (CPU hogs, quotas); they run one at a time.
     let mut it = cmd(
         "cargo",
-        &["test", "--package", "nodesat-tests", "--", "--test-threads=1", "--nocapture"],
+        &[
+            "test",
+            "--package",
+            "nodesat-tests",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
+        ],
     );
     it.env("NODESAT_BIN", bin);
     run(it)

@@ -20,9 +20,12 @@ pub fn provision() -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let out = cmd("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .context("running rustup (is rustup installed?)")?;
+    let out = cmd(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .output()
+    .context("running rustup (is rustup installed?)")?;
     let listed = String::from_utf8_lossy(&out.stdout);
     if out.status.success() && listed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
@@ -31,10 +34,21 @@ fn rust_src() -> Result<()> {
     if !out.status.success() {
         run(cmd(
             "rustup",
-            &["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"],
+            &[
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ],
         ))
     } else {
-        run(cmd("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"]))
+        run(cmd(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        ))
     }
 }
 
@@ -80,7 +94,9 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
 fn cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin").join(name)
 }
 
@@ -99,12 +115,23 @@ fn bpf_linker() -> Result<()> {
     let feature = format!("llvm-{LLVM_MAJOR}");
     let mut install = cmd(
         "cargo",
-        &["install", "--locked", "bpf-linker", "--no-default-features", "--features", &feature, "--force"],
+        &[
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &feature,
+            "--force",
+        ],
     );
     install.env("PATH", path);
     run(install)?;
     if linked_llvm_major(&bin) != Some(LLVM_MAJOR) {
-        bail!("{} was built but does not report LLVM {LLVM_MAJOR}", bin.display());
+        bail!(
+            "{} was built but does not report LLVM {LLVM_MAJOR}",
+            bin.display()
+        );
     }
     Ok(())
 }
@@ -114,15 +141,20 @@ fn bpf_linker() -> Result<()> {
 fn linked_llvm_major(bin: &std::path::Path) -> Option<u32> {
     let out = Command::new(bin).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if let Some(v) = text
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().split("llvm version").nth(1).map(str::to_owned))
-    {
+    if let Some(v) = text.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .split("llvm version")
+            .nth(1)
+            .map(str::to_owned)
+    }) {
         return v.trim().split('.').next()?.parse().ok();
     }
     let ldd = Command::new("ldd").arg(bin).output().ok()?;
     let ldd = String::from_utf8_lossy(&ldd.stdout);
     ldd.split_whitespace()
-        .find_map(|w| w.strip_prefix("libLLVM.so.").or_else(|| w.strip_prefix("libLLVM-")))
+        .find_map(|w| {
+            w.strip_prefix("libLLVM.so.")
+                .or_else(|| w.strip_prefix("libLLVM-"))
+        })
         .and_then(|v| v.split(['.', '-']).next()?.parse().ok())
 }

@@ -1,0 +1,102 @@
+//! Run-queue latency: the time a runnable task waits between being woken (or preempted) and
+//! running, attributed to the waiting task's own cgroup.
+//!
+//! Kernel side (programs named `runq_*`): on sched_wakeup / sched_wakeup_new, and on
+//! sched_switch for a preempted task, the time the task became runnable is stored in
+//! [`MAP_ENQUEUED_AT`]. When sched_switch picks it, its wait is added to the CPU's total
+//! ([`MAP_CPU_WAIT`]) and parked in [`MAP_PENDING`]. At the next sched_switch on that CPU the
+//! same task is `prev`, which is the current task, so `bpf_get_current_cgroup_id()` names its
+//! own cgroup: the wait goes into that cgroup's histogram ([`MAP_LATENCY`]). This needs no
+//! kernel struct offsets and works identically for every attach variant.
+
+/// `LruHashMap<u64 task key, u64 ktime ns>`: when each runnable task was enqueued. The task key
+/// is the `task_struct` address (tp_btf, raw tracepoint) or the pid (classic tracepoint).
+pub const MAP_ENQUEUED_AT: &str = "RUNQ_ENQUEUED_AT";
+pub const ENQUEUED_AT_MAX_ENTRIES: u32 = 65_536;
+
+/// `PerCpuArray<Pending>` of one element: the wait of the task running on this CPU, not yet
+/// attributed to its cgroup.
+pub const MAP_PENDING: &str = "RUNQ_PENDING";
+
+/// `LruPerCpuHashMap<u64 cgroup id, Log2Hist>`: run-queue latency per cgroup (v2 id).
+pub const MAP_LATENCY: &str = "RUNQ_LATENCY";
+/// Default capacity of [`MAP_LATENCY`]; the agent can change it at load time.
+pub const LATENCY_MAX_CGROUPS: u32 = 4096;
+
+/// `PerCpuArray<u64>` of one element: total ns tasks waited on this CPU's run queue.
+pub const MAP_CPU_WAIT: &str = "RUNQ_CPU_WAIT";
+
+/// `PerCpuArray<u64>` of [`ERRORS_LEN`] counters, indexed by the `ERR_*` constants.
+pub const MAP_ERRORS: &str = "RUNQ_ERRORS";
+/// The enqueue time could not be stored.
+pub const ERR_ENQUEUE_UPDATE: u32 = 0;
+/// A cgroup's histogram could not be created.
+pub const ERR_LATENCY_UPDATE: u32 = 1;
+/// The task leaving a CPU was not the one that last started there (should not happen).
+pub const ERR_PENDING_MISMATCH: u32 = 2;
+pub const ERRORS_LEN: u32 = 3;
+
+/// Globals (`#[no_mangle]` statics) the agent sets at load time: byte offsets of the classic
+/// tracepoint fields, read from tracefs `format` files, so none is compiled in.
+pub const GLOBAL_TP_SWITCH_PREV_PID: &str = "TP_SWITCH_PREV_PID";
+pub const GLOBAL_TP_SWITCH_PREV_STATE: &str = "TP_SWITCH_PREV_STATE";
+pub const GLOBAL_TP_SWITCH_NEXT_PID: &str = "TP_SWITCH_NEXT_PID";
+pub const GLOBAL_TP_WAKEUP_PID: &str = "TP_WAKEUP_PID";
+
+/// A wait measured when a task was switched in, attributed when it is switched out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub task: u64,
+    pub wait_ns: u64,
+}
+
+crate::user_pod!(Pending);
+
+/// The kernel programs for one hook, by attach variant. `floor` programs are empty and exist
+/// only so the benchmark can measure the bare cost of a hook.
+#[derive(Clone, Copy, Debug)]
+pub struct HookPrograms {
+    /// Tracepoint category (classic tracepoints) and name.
+    pub category: &'static str,
+    pub name: &'static str,
+    pub tp_btf: &'static str,
+    pub raw_tracepoint: &'static str,
+    pub tracepoint: &'static str,
+    pub floor_tp_btf: &'static str,
+    pub floor_raw_tracepoint: &'static str,
+    pub floor_tracepoint: &'static str,
+}
+
+pub const HOOKS: [HookPrograms; 3] = [
+    HookPrograms {
+        category: "sched",
+        name: "sched_switch",
+        tp_btf: "runq_switch_btf",
+        raw_tracepoint: "runq_switch_raw",
+        tracepoint: "runq_switch_tp",
+        floor_tp_btf: "floor_switch_btf",
+        floor_raw_tracepoint: "floor_switch_raw",
+        floor_tracepoint: "floor_switch_tp",
+    },
+    HookPrograms {
+        category: "sched",
+        name: "sched_wakeup",
+        tp_btf: "runq_wakeup_btf",
+        raw_tracepoint: "runq_wakeup_raw",
+        tracepoint: "runq_wakeup_tp",
+        floor_tp_btf: "floor_wakeup_btf",
+        floor_raw_tracepoint: "floor_wakeup_raw",
+        floor_tracepoint: "floor_wakeup_tp",
+    },
+    HookPrograms {
+        category: "sched",
+        name: "sched_wakeup_new",
+        tp_btf: "runq_wakenew_btf",
+        raw_tracepoint: "runq_wakenew_raw",
+        tracepoint: "runq_wakenew_tp",
+        floor_tp_btf: "floor_wakenew_btf",
+        floor_raw_tracepoint: "floor_wakenew_raw",
+        floor_tracepoint: "floor_wakenew_tp",
+    },
+];

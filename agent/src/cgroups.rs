@@ -1,0 +1,127 @@
+//! Names for cgroup ids: the id the kernel reports (`bpf_get_current_cgroup_id`) is the inode
+//! number of the cgroup's directory in the cgroup v2 hierarchy, so walking that hierarchy maps
+//! ids to paths. (Pod and container identity builds on these paths.)
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// Finds the cgroup v2 hierarchy under the cgroup mount root: the root itself on a pure v2
+/// system, else `unified/` on a hybrid one. Only v2 directories have `cgroup.controllers`.
+pub fn v2_root(cgroup_root: &Path) -> Option<PathBuf> {
+    [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
+        .into_iter()
+        .find(|p| p.join("cgroup.controllers").exists())
+}
+
+/// Maps cgroup ids to paths relative to the v2 root, rescanning when an unknown id shows up
+/// (at most once per `min_rescan`).
+pub struct CgroupNames {
+    root: Option<PathBuf>,
+    names: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+    min_rescan: Duration,
+}
+
+impl CgroupNames {
+    pub fn new(cgroup_root: &Path, min_rescan: Duration) -> CgroupNames {
+        let root = v2_root(cgroup_root);
+        match &root {
+            Some(r) => tracing::debug!("cgroup v2 hierarchy at {}", r.display()),
+            None => tracing::warn!(
+                "no cgroup v2 hierarchy under {}: cgroups are shown by id only",
+                cgroup_root.display()
+            ),
+        }
+        CgroupNames {
+            root,
+            names: HashMap::new(),
+            last_scan: None,
+            min_rescan,
+        }
+    }
+
+    pub fn name(&self, id: u64) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// Rescans the hierarchy if any of `ids` is unknown (forgetting cgroups that are gone).
+    pub fn refresh_if_unknown(&mut self, ids: &[u64]) {
+        let unknown = ids.iter().any(|id| !self.names.contains_key(id));
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.min_rescan);
+        if unknown && due {
+            if let Some(root) = &self.root {
+                self.names = scan(root);
+            }
+            self.last_scan = Some(Instant::now());
+        }
+    }
+}
+
+/// Walks a cgroup v2 hierarchy: inode number → path relative to `root` ("/" for the root).
+pub fn scan(root: &Path) -> HashMap<u64, String> {
+    let mut names = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::from("/"))];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue; // removed while we walked
+        };
+        names.insert(meta.ino(), rel.clone());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_maps_directory_inodes_to_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a.slice/b.scope")).unwrap();
+        std::fs::create_dir_all(root.join("c")).unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let names = scan(root);
+        assert_eq!(names[&ino(root)], "/");
+        assert_eq!(
+            names[&ino(&root.join("a.slice/b.scope"))],
+            "/a.slice/b.scope"
+        );
+        assert_eq!(names[&ino(&root.join("c"))], "/c");
+        assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn finds_v2_root_on_pure_and_hybrid_layouts() {
+        let pure = tempfile::tempdir().unwrap();
+        std::fs::write(pure.path().join("cgroup.controllers"), "cpu io memory\n").unwrap();
+        assert_eq!(v2_root(pure.path()).as_deref(), Some(pure.path()));
+
+        let hybrid = tempfile::tempdir().unwrap();
+        let unified = hybrid.path().join("unified");
+        std::fs::create_dir_all(&unified).unwrap();
+        std::fs::write(unified.join("cgroup.controllers"), "").unwrap();
+        std::fs::create_dir_all(hybrid.path().join("cpu")).unwrap();
+        assert_eq!(v2_root(hybrid.path()), Some(unified));
+    }
+}

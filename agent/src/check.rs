@@ -1,0 +1,163 @@
+//! `nodesat check`: a preflight that says what this kernel and this process allow, and which
+//! attach variant each probe can use, by really loading and attaching each one (then
+//! detaching it).
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::{
+    cgroups,
+    config::Config,
+    privileges::Privileges,
+    probes::{self, LoadOptions, Probes, ProgramSet, TRACEPOINT_CHAIN, Variant},
+};
+
+/// Columns of the probe table, in the order the agent prefers them.
+const COLUMNS: [Variant; 5] = [
+    Variant::TpBtf,
+    Variant::RawTracepoint,
+    Variant::Tracepoint,
+    Variant::Kprobe,
+    Variant::Fentry,
+];
+
+/// Runs the checks, printing as it goes. Returns the exit code: 0 when the agent can run.
+pub fn check(config: &Config) -> i32 {
+    let mut out = String::new();
+    let uname = nix::sys::utsname::uname().ok();
+    let release = uname
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let machine = uname
+        .as_ref()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _ = writeln!(out, "kernel        {release} ({machine})");
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    let _ = writeln!(
+        out,
+        "BTF           {}",
+        if btf.exists() {
+            format!("present ({})", btf.display())
+        } else {
+            "absent: tp_btf and fentry cannot be used".into()
+        }
+    );
+    let privileges = Privileges::current();
+    let _ = writeln!(out, "privileges    {privileges}");
+    let _ = writeln!(
+        out,
+        "tracefs       {}",
+        match probes::tracefs::find() {
+            Some(p) => format!("mounted at {}", p.display()),
+            None => "not mounted (the classic tracepoint variant mounts it when used)".into(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "kprobes       {}",
+        if Path::new("/sys/kernel/tracing/kprobe_events").exists()
+            || Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+            || Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        {
+            "supported"
+        } else {
+            "not supported by this kernel (no kprobe PMU)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "cgroup v2     {}",
+        match cgroups::v2_root(&config.cgroup_root) {
+            Some(p) if p == config.cgroup_root => format!("{} (pure v2)", p.display()),
+            Some(p) => format!("{} (hybrid: v1 controllers beside it)", p.display()),
+            None => format!("not found under {}", config.cgroup_root.display()),
+        }
+    );
+    print!("{out}");
+
+    if let Some(why) = privileges.refusal() {
+        println!();
+        println!("{why}");
+        return crate::EXIT_NO_PERMISSION;
+    }
+
+    // Load once (mounting tracefs so the classic variant can be tried), then try each variant
+    // of each probe on its own.
+    let opts = LoadOptions {
+        max_cgroups: config.max_cgroups,
+        mount_tracefs: true,
+    };
+    let mut loaded = match Probes::load(&opts) {
+        Ok(p) => p,
+        Err(e) => {
+            println!();
+            println!(
+                "nodesat cannot run: the kernel refused its eBPF object ({e}). Is BPF enabled in this kernel (CONFIG_BPF_SYSCALL) and not blocked by a security policy?"
+            );
+            return crate::EXIT_UNAVAILABLE;
+        }
+    };
+    let hooks = probes::all_hooks(ProgramSet::Agent);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "\n{:<10} {:<18} {}",
+        "PROBE",
+        "HOOK",
+        COLUMNS.map(|v| format!("{:<15}", v.as_str())).join("")
+    );
+    let mut results = Vec::new();
+    for &variant in &COLUMNS {
+        let result = if TRACEPOINT_CHAIN.contains(&variant) {
+            let r = loaded.try_attach(&hooks, variant);
+            if r.is_ok() {
+                loaded.release(&hooks, variant);
+            }
+            Some(r.map_err(|e| e.to_string()))
+        } else {
+            None // no probe of this kind yet
+        };
+        results.push((variant, result));
+    }
+    for h in &hooks {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|(_, r)| {
+                let cell = match r {
+                    Some(Ok(())) => "ok",
+                    Some(Err(_)) => "FAILED",
+                    None => "n/a",
+                };
+                format!("{cell:<15}")
+            })
+            .collect();
+        let _ = writeln!(table, "{:<10} {:<18} {}", h.probe, h.name, cells.join(""));
+    }
+    let chosen = results
+        .iter()
+        .find(|(_, r)| matches!(r, Some(Ok(()))))
+        .map(|(v, _)| *v);
+    for (variant, r) in &results {
+        if let Some(Err(e)) = r {
+            let _ = writeln!(table, "  {variant} failed: {e}");
+        }
+    }
+    match chosen {
+        Some(v) => {
+            let _ = writeln!(table, "\nrunqueue will attach with {v}");
+        }
+        None => {
+            let _ = writeln!(table, "\nrunqueue cannot attach with any variant");
+        }
+    }
+    print!("{table}");
+    loaded.detach();
+    if chosen.is_some() {
+        println!("ready: nodesat can run here");
+        0
+    } else {
+        println!("nodesat cannot run: no probe can attach on this kernel (see the failures above)");
+        crate::EXIT_UNAVAILABLE
+    }
+}

@@ -1,0 +1,235 @@
+//! Run-queue collection: reads the `RUNQ_*` maps (see `agent_ebpf::runqueue`) and turns the
+//! deltas into per-cgroup latency quantiles and waiting tasks, and per-CPU run-queue length.
+
+use std::{collections::HashMap, time::Duration};
+
+use agent_ebpf::{
+    hist::Log2Hist,
+    runqueue::{MAP_CPU_WAIT, MAP_ERRORS, MAP_LATENCY},
+};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+};
+
+use crate::{
+    core::{
+        counters::{Counter, Snapshot, per_cpu_delta},
+        histogram::HistStats,
+    },
+    probes::{ProbeError, runqueue::PROBE},
+    report::{CpuReport, KernelError, RunqueueFigures},
+};
+
+/// Names of the kernel error counters, by index (`agent_ebpf::runqueue::ERR_*`).
+const ERROR_NAMES: [&str; agent_ebpf::runqueue::ERRORS_LEN as usize] =
+    ["enqueue_update", "latency_update", "pending_mismatch"];
+
+/// One reading of the run-queue maps.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub latency: Snapshot<u64, Log2Hist>,
+    /// Cumulative wait per CPU, ns, indexed by CPU id.
+    pub cpu_wait: Vec<u64>,
+    pub errors: Vec<u64>,
+}
+
+/// The interval's run-queue figures.
+#[derive(Debug, Default)]
+pub struct Interval {
+    pub cgroups: Vec<(u64, RunqueueFigures)>,
+    pub cpus: Vec<CpuReport>,
+    pub errors: Vec<KernelError>,
+}
+
+#[derive(Debug, Default)]
+pub struct Runqueue {
+    prev: Reading,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |e| ProbeError::Map {
+        name,
+        message: e.to_string(),
+    }
+}
+
+fn missing(name: &'static str) -> ProbeError {
+    ProbeError::Map {
+        name,
+        message: "not in the eBPF object".into(),
+    }
+}
+
+/// Reads the maps (the only part of this module that touches the kernel).
+pub fn read(ebpf: &Ebpf) -> Result<Reading, ProbeError> {
+    let latency: PerCpuHashMap<&MapData, u64, Log2Hist> =
+        PerCpuHashMap::try_from(ebpf.map(MAP_LATENCY).ok_or_else(|| missing(MAP_LATENCY))?)
+            .map_err(map_err(MAP_LATENCY))?;
+    let mut entries = Vec::new();
+    for item in latency.iter() {
+        match item {
+            Ok((cgroup, per_cpu)) => entries.push((cgroup, per_cpu.to_vec())),
+            // An entry evicted between listing its key and reading it: skip it.
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(MAP_LATENCY)(e)),
+        }
+    }
+    let per_cpu_u64 = |name: &'static str| -> Result<Vec<Vec<u64>>, ProbeError> {
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(ebpf.map(name).ok_or_else(|| missing(name))?)
+                .map_err(map_err(name))?;
+        (0..array.len())
+            .map(|i| array.get(&i, 0).map(|v| v.to_vec()).map_err(map_err(name)))
+            .collect()
+    };
+    let cpu_wait = per_cpu_u64(MAP_CPU_WAIT)?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let errors = per_cpu_u64(MAP_ERRORS)?
+        .into_iter()
+        .map(|per_cpu| per_cpu.iter().sum())
+        .collect();
+    Ok(Reading {
+        latency: Snapshot::from_per_cpu(entries),
+        cpu_wait,
+        errors,
+    })
+}
+
+impl Runqueue {
+    /// Takes the reading that the first interval is measured from.
+    pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
+        self.prev = read(ebpf)?;
+        Ok(())
+    }
+
+    pub fn collect(&mut self, ebpf: &Ebpf, elapsed: Duration) -> Result<Interval, ProbeError> {
+        let cur = read(ebpf)?;
+        let online = aya::util::online_cpus().unwrap_or_default();
+        let interval = summarize(&cur, &self.prev, elapsed, &online);
+        self.prev = cur;
+        Ok(interval)
+    }
+}
+
+/// The interval's figures from two readings `elapsed` apart (pure).
+pub fn summarize(
+    cur: &Reading,
+    prev: &Reading,
+    elapsed: Duration,
+    online_cpus: &[u32],
+) -> Interval {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let per_ns = |ns: u64| ns as f64 / 1e9 / secs;
+    let deltas: HashMap<u64, Log2Hist> = cur.latency.delta_since(&prev.latency);
+    let cgroups = deltas
+        .into_iter()
+        .map(|(cgroup, h)| {
+            let figures = RunqueueFigures {
+                events: h.count(),
+                wait_ns: h.sum_ns,
+                waiting_tasks: per_ns(h.sum_ns),
+                latency_p50_ns: h.quantile(0.50).unwrap_or(0),
+                latency_p99_ns: h.quantile(0.99).unwrap_or(0),
+                latency_max_ns: h.max().unwrap_or(0),
+            };
+            (cgroup, figures)
+        })
+        .collect();
+    let cpu_wait = per_cpu_delta(&cur.cpu_wait, &prev.cpu_wait);
+    let cpus = online_cpus
+        .iter()
+        .map(|&cpu| {
+            let wait = cpu_wait.get(cpu as usize).copied().unwrap_or(0);
+            CpuReport {
+                cpu,
+                runqueue_wait_ns: wait,
+                runqueue_length: per_ns(wait),
+            }
+        })
+        .collect();
+    let errors = cur
+        .errors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let d = c.delta(prev.errors.get(i).unwrap_or(&0));
+            (d > 0).then(|| KernelError {
+                probe: PROBE,
+                error: ERROR_NAMES.get(i).copied().unwrap_or("unknown"),
+                count: d,
+            })
+        })
+        .collect();
+    Interval {
+        cgroups,
+        cpus,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::histogram::from_values;
+
+    fn reading(latency: Vec<(u64, Vec<Log2Hist>)>, cpu_wait: Vec<u64>) -> Reading {
+        Reading {
+            latency: Snapshot::from_per_cpu(latency),
+            cpu_wait,
+            errors: vec![0; 3],
+        }
+    }
+
+    #[test]
+    fn waiting_tasks_is_wait_time_over_interval() {
+        let prev = reading(vec![(7, vec![from_values([1_000])])], vec![0, 0]);
+        // 7 waited 1 s more over a 0.5 s interval, spread over both CPUs: 2 tasks waiting on
+        // average.
+        let cur = reading(
+            vec![(
+                7,
+                vec![
+                    from_values([1_000, 500_000_000]),
+                    from_values([500_000_000]),
+                ],
+            )],
+            vec![750_000_000, 250_000_000],
+        );
+        let i = summarize(&cur, &prev, Duration::from_millis(500), &[0, 1]);
+        let (id, f) = &i.cgroups[0];
+        assert_eq!(*id, 7);
+        assert_eq!(f.events, 2);
+        assert_eq!(f.wait_ns, 1_000_000_000);
+        assert!((f.waiting_tasks - 2.0).abs() < 1e-9);
+        assert!(f.latency_p50_ns > 268_435_456 && f.latency_p50_ns <= 536_870_912);
+        assert!(f.latency_max_ns >= 500_000_000);
+        assert_eq!(i.cpus[0].runqueue_length, 1.5);
+        assert_eq!(i.cpus[1].runqueue_length, 0.5);
+    }
+
+    #[test]
+    fn idle_cgroups_are_left_out_and_offline_cpus_skipped() {
+        let prev = reading(vec![(7, vec![from_values([1_000])])], vec![5, 5, 5]);
+        let cur = reading(vec![(7, vec![from_values([1_000])])], vec![5, 5, 5]);
+        let i = summarize(&cur, &prev, Duration::from_secs(1), &[0, 2]);
+        assert!(i.cgroups.is_empty());
+        assert_eq!(i.cpus.iter().map(|c| c.cpu).collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
+    fn kernel_errors_are_reported_as_deltas() {
+        let mut prev = reading(vec![], vec![]);
+        prev.errors = vec![1, 0, 5];
+        let mut cur = reading(vec![], vec![]);
+        cur.errors = vec![1, 0, 8];
+        let i = summarize(&cur, &prev, Duration::from_secs(1), &[]);
+        assert_eq!(i.errors.len(), 1);
+        assert_eq!(
+            (i.errors[0].error, i.errors[0].count),
+            ("pending_mismatch", 3)
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Configuration: defaults, overridden by a TOML file (`--config`), then by `NODESAT_*`
+//! environment variables, then by flags. Everything is validated before anything starts; an
+//! invalid value is reported with the field, where it came from and what is accepted, and the
+//! process exits with [`EXIT_CONFIG`].
+
+use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Exit code for invalid configuration (EX_CONFIG would be 78; we use EX_USAGE, 64, as the
+/// command line and its files are the user's input).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// How each interval's figures are shown when no exporter is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A compact per-cgroup table on stdout (local debugging).
+    Table,
+    /// One JSON object per line on stdout (scripts, tests).
+    Json,
+    /// Nothing on stdout.
+    None,
+}
+
+/// Which attach variant the probes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VariantChoice {
+    /// The best the kernel offers: tp_btf, then raw tracepoint, then classic tracepoint.
+    Auto,
+    /// Only this variant (to test a fallback, or to avoid one).
+    Only(crate::probes::Variant),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub interval: Duration,
+    pub output: Output,
+    pub log_level: tracing::Level,
+    pub probe_variant: VariantChoice,
+    pub max_cgroups: u32,
+    pub cgroup_root: PathBuf,
+    pub top: usize,
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {field} = {value:?} (from {origin}): expected {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        origin: Origin,
+        expected: String,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Values given on the command line (each optional; unset means "not given").
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Flags {
+    /// TOML configuration file (see deploy/nodesat.toml for every key).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Collection interval, e.g. "10s", "500ms" [default: 10s; env NODESAT_INTERVAL].
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Local output when no exporter is configured: table, json or none [default: table; env
+    /// NODESAT_OUTPUT].
+    #[arg(long, value_name = "FORMAT")]
+    pub output: Option<String>,
+    /// Log level on stderr: error, warn, info, debug or trace [default: info; env
+    /// NODESAT_LOG_LEVEL].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Probe attach variant: auto, tp_btf, raw_tracepoint or tracepoint [default: auto; env
+    /// NODESAT_PROBE_VARIANT].
+    #[arg(long, value_name = "VARIANT")]
+    pub probe_variant: Option<String>,
+    /// Most cgroups tracked in the kernel's per-cgroup maps (LRU beyond) [default: 4096; env
+    /// NODESAT_MAX_CGROUPS].
+    #[arg(long, value_name = "N")]
+    pub max_cgroups: Option<String>,
+    /// Where the cgroup filesystem is mounted (the host's, inside a container) [default:
+    /// /sys/fs/cgroup; env NODESAT_CGROUP_ROOT].
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<String>,
+    /// Rows shown in the table output [default: 20; env NODESAT_TOP].
+    #[arg(long, value_name = "N")]
+    pub top: Option<String>,
+}
+
+/// One configuration key: its name in the file, its flag and its environment variable.
+struct Key {
+    field: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
+
+const KEYS: [Key; 7] = [
+    key("interval", "--interval", "NODESAT_INTERVAL"),
+    key("output", "--output", "NODESAT_OUTPUT"),
+    key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
+    key("probe_variant", "--probe-variant", "NODESAT_PROBE_VARIANT"),
+    key("max_cgroups", "--max-cgroups", "NODESAT_MAX_CGROUPS"),
+    key("cgroup_root", "--cgroup-root", "NODESAT_CGROUP_ROOT"),
+    key("top", "--top", "NODESAT_TOP"),
+];
+
+const fn key(field: &'static str, flag: &'static str, env: &'static str) -> Key {
+    Key { field, flag, env }
+}
+
+/// The config file: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    interval: Option<toml::Value>,
+    output: Option<toml::Value>,
+    log_level: Option<toml::Value>,
+    probe_variant: Option<toml::Value>,
+    max_cgroups: Option<toml::Value>,
+    cgroup_root: Option<toml::Value>,
+    top: Option<toml::Value>,
+}
+
+impl FileConfig {
+    fn get(&self, field: &str) -> Option<&toml::Value> {
+        match field {
+            "interval" => self.interval.as_ref(),
+            "output" => self.output.as_ref(),
+            "log_level" => self.log_level.as_ref(),
+            "probe_variant" => self.probe_variant.as_ref(),
+            "max_cgroups" => self.max_cgroups.as_ref(),
+            "cgroup_root" => self.cgroup_root.as_ref(),
+            "top" => self.top.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl Flags {
+    fn get(&self, field: &str) -> Option<&String> {
+        match field {
+            "interval" => self.interval.as_ref(),
+            "output" => self.output.as_ref(),
+            "log_level" => self.log_level.as_ref(),
+            "probe_variant" => self.probe_variant.as_ref(),
+            "max_cgroups" => self.max_cgroups.as_ref(),
+            "cgroup_root" => self.cgroup_root.as_ref(),
+            "top" => self.top.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The raw (unparsed) value of each key that was given, and where it came from.
+type Raw = BTreeMap<&'static str, (String, Origin)>;
+
+impl Config {
+    /// Layers defaults, the file named by `--config`, the environment (`env` looks a variable
+    /// up) and the flags, and validates the result.
+    pub fn load(
+        flags: &Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => Some((path.clone(), read_file(path)?)),
+            None => None,
+        };
+        let mut raw = Raw::new();
+        for k in &KEYS {
+            let given = if let Some(v) = flags.get(k.field) {
+                Some((v.clone(), Origin::Flag(k.flag)))
+            } else if let Some(v) = env(k.env) {
+                Some((v, Origin::Env(k.env)))
+            } else {
+                file.as_ref().and_then(|(path, f)| {
+                    f.get(k.field)
+                        .map(|v| (toml_text(v), Origin::File(path.clone())))
+                })
+            };
+            if let Some(given) = given {
+                raw.insert(k.field, given);
+            }
+        }
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
+        Ok(Config {
+            interval: parse(raw, "interval", Duration::from_secs(10), parse_interval)?,
+            output: parse(raw, "output", Output::Table, parse_output)?,
+            log_level: parse(raw, "log_level", tracing::Level::INFO, parse_log_level)?,
+            probe_variant: parse(raw, "probe_variant", VariantChoice::Auto, parse_variant)?,
+            max_cgroups: parse(raw, "max_cgroups", 4096, |s| parse_int(s, 16, 1 << 20))?,
+            cgroup_root: parse(raw, "cgroup_root", "/sys/fs/cgroup".into(), parse_dir)?,
+            top: parse(raw, "top", 20, |s| parse_int(s, 1, 10_000))?,
+        })
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+/// A TOML value as the text a flag would carry: strings unquoted, numbers as written.
+fn toml_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses one key with `f` (which returns what it expected on failure), or gives the default.
+fn parse<T>(
+    raw: &Raw,
+    field: &'static str,
+    default: T,
+    f: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let Some((value, origin)) = raw.get(field) else {
+        return Ok(default);
+    };
+    f(value.trim()).map_err(|expected| ConfigError::Invalid {
+        field,
+        value: value.clone(),
+        origin: origin.clone(),
+        expected,
+    })
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "a duration between 100ms and 1h, such as \"10s\" or \"500ms\"";
+    let d = humantime::parse_duration(s).map_err(|_| EXPECTED.to_owned())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(EXPECTED.to_owned());
+    }
+    Ok(d)
+}
+
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            format!("one of: {}", names.join(", "))
+        })
+}
+
+fn parse_output(s: &str) -> Result<Output, String> {
+    one_of(
+        s,
+        &[
+            ("table", Output::Table),
+            ("json", Output::Json),
+            ("none", Output::None),
+        ],
+    )
+}
+
+fn parse_log_level(s: &str) -> Result<tracing::Level, String> {
+    use tracing::Level;
+    one_of(
+        &s.to_ascii_lowercase(),
+        &[
+            ("error", Level::ERROR),
+            ("warn", Level::WARN),
+            ("info", Level::INFO),
+            ("debug", Level::DEBUG),
+            ("trace", Level::TRACE),
+        ],
+    )
+}
+
+fn parse_variant(s: &str) -> Result<VariantChoice, String> {
+    use crate::probes::Variant;
+    one_of(
+        s,
+        &[
+            ("auto", VariantChoice::Auto),
+            ("tp_btf", VariantChoice::Only(Variant::TpBtf)),
+            (
+                "raw_tracepoint",
+                VariantChoice::Only(Variant::RawTracepoint),
+            ),
+            ("tracepoint", VariantChoice::Only(Variant::Tracepoint)),
+        ],
+    )
+}
+
+fn parse_int<T: TryFrom<u64>>(s: &str, min: u64, max: u64) -> Result<T, String> {
+    let expected = || format!("a whole number from {min} to {max}");
+    let n: u64 = s.parse().map_err(|_| expected())?;
+    if !(min..=max).contains(&n) {
+        return Err(expected());
+    }
+    T::try_from(n).map_err(|_| expected())
+}
+
+fn parse_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err("an existing directory".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(flags: Flags, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&flags, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(Flags::default(), &[]).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.output, Output::Table);
+        assert_eq!(c.probe_variant, VariantChoice::Auto);
+        assert_eq!(c.max_cgroups, 4096);
+    }
+
+    #[test]
+    fn flags_beat_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodesat.toml");
+        std::fs::write(&path, "interval = \"3s\"\noutput = \"json\"\ntop = 5\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            interval: Some("1s".into()),
+            ..Default::default()
+        };
+        let c = load(
+            flags,
+            &[("NODESAT_INTERVAL", "2s"), ("NODESAT_OUTPUT", "none")],
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(1), "flag wins");
+        assert_eq!(c.output, Output::None, "env beats file");
+        assert_eq!(c.top, 5, "file beats default");
+    }
+
+    #[test]
+    fn invalid_values_name_field_origin_and_accepted_values() {
+        let err = load(
+            Flags {
+                probe_variant: Some("nope".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("probe_variant"), "{err}");
+        assert!(err.contains("--probe-variant"), "{err}");
+        assert!(
+            err.contains("auto, tp_btf, raw_tracepoint, tracepoint"),
+            "{err}"
+        );
+
+        let err = load(Flags::default(), &[("NODESAT_INTERVAL", "banana")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("interval") && err.contains("NODESAT_INTERVAL"),
+            "{err}"
+        );
+
+        for bad in ["0s", "2h", "-1s"] {
+            let flags = Flags {
+                interval: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(load(flags, &[]).is_err(), "{bad} accepted");
+        }
+        let flags = Flags {
+            max_cgroups: Some("3".into()),
+            ..Default::default()
+        };
+        assert!(
+            load(flags, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("from 16 to")
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "intervall = \"3s\"\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = load(flags, &[]).unwrap_err().to_string();
+        assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn file_numbers_and_strings_both_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "max_cgroups = 100\ntop = \"7\"\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            ..Default::default()
+        };
+        let c = load(flags, &[]).unwrap();
+        assert_eq!((c.max_cgroups, c.top), (100, 7));
+    }
+}

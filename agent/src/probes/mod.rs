@@ -1,0 +1,348 @@
+//! Loading the kernel programs and attaching them, each probe through a chain of attach
+//! variants: the first that the kernel accepts wins, and every attempt is recorded so `check`,
+//! the logs and the self-metrics can say what attached and why something did not.
+
+pub mod runqueue;
+pub mod tracefs;
+
+use std::fmt;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint},
+};
+use serde::Serialize;
+
+/// The object file built from `agent-ebpf` by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodesat-ebpf"));
+
+/// How a program is attached to its hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// BTF-typed tracepoint: cheapest, needs kernel BTF.
+    TpBtf,
+    /// Raw tracepoint: the same arguments, untyped.
+    RawTracepoint,
+    /// Classic tracepoint: a stable record format, needs tracefs, costs the most.
+    Tracepoint,
+    /// kprobe on a kernel function.
+    Kprobe,
+    /// fentry on a kernel function (BTF trampoline).
+    Fentry,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::TpBtf => "tp_btf",
+            Variant::RawTracepoint => "raw_tracepoint",
+            Variant::Tracepoint => "tracepoint",
+            Variant::Kprobe => "kprobe",
+            Variant::Fentry => "fentry",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which programs to attach: the agent's, or the benchmark's empty ones on the same hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramSet {
+    Agent,
+    Floor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("{0}")]
+    Tracefs(String),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("kernel BTF is not available (/sys/kernel/btf/vmlinux): {0}")]
+    NoBtf(String),
+    #[error("reading map {name}: {message}")]
+    Map { name: &'static str, message: String },
+}
+
+/// One hook of a probe: what attached (if anything), and the cumulative kernel statistics of
+/// its program (non-zero only while kernel.bpf_stats_enabled is 1).
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub probe: &'static str,
+    pub hook: &'static str,
+    pub variant: Option<Variant>,
+    pub attached: bool,
+    pub error: Option<String>,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    #[serde(skip)]
+    pub program: Option<&'static str>,
+}
+
+/// A hook as the attach code sees it: the tracepoint and its program for each variant.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    pub probe: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    pub tp_btf: &'static str,
+    pub raw_tracepoint: &'static str,
+    pub tracepoint: &'static str,
+}
+
+impl Hook {
+    fn program(&self, variant: Variant) -> Option<&'static str> {
+        match variant {
+            Variant::TpBtf => Some(self.tp_btf),
+            Variant::RawTracepoint => Some(self.raw_tracepoint),
+            Variant::Tracepoint => Some(self.tracepoint),
+            Variant::Kprobe | Variant::Fentry => None,
+        }
+    }
+}
+
+/// The tracepoint variants in order of preference.
+pub const TRACEPOINT_CHAIN: [Variant; 3] =
+    [Variant::TpBtf, Variant::RawTracepoint, Variant::Tracepoint];
+
+/// The loaded eBPF object and what is attached.
+pub struct Probes {
+    ebpf: Ebpf,
+    btf: Option<Btf>,
+    /// Whether the classic tracepoint field offsets were found in tracefs at load time.
+    tracepoint_offsets: Result<(), String>,
+    pub hooks: Vec<HookStatus>,
+}
+
+/// Settings the object needs at load time.
+pub struct LoadOptions {
+    pub max_cgroups: u32,
+    /// Mount tracefs before loading if it is not mounted, so classic tracepoints can be used.
+    pub mount_tracefs: bool,
+}
+
+impl Probes {
+    /// Loads the object (maps created, nothing attached yet).
+    pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
+        raise_memlock_limit();
+        let btf = Btf::from_sys_fs().ok();
+        if opts.mount_tracefs
+            && let Err(e) = tracefs::find_or_mount()
+        {
+            tracing::warn!("{e}");
+        }
+        let offsets = runqueue::tracepoint_offsets();
+        let mut loader = EbpfLoader::new();
+        loader.btf(btf.as_ref());
+        loader.map_max_entries(agent_ebpf::runqueue::MAP_LATENCY, opts.max_cgroups);
+        if let Ok(offsets) = &offsets {
+            for (name, value) in offsets {
+                loader.override_global(name, value, true);
+            }
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        Ok(Probes {
+            ebpf,
+            btf,
+            tracepoint_offsets: offsets.map(|_| ()).map_err(|e| e.to_string()),
+            hooks: Vec::new(),
+        })
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Attaches every hook of one probe with the same variant (the hooks share maps keyed by
+    /// variant-specific task keys), trying `chain` in order. Failures are recorded in
+    /// [`Probes::hooks`], never returned: the rest of the agent runs without this probe.
+    pub fn attach_group(&mut self, hooks: &[Hook], chain: &[Variant]) {
+        let mut errors = Vec::new();
+        for &variant in chain {
+            match self.try_attach(hooks, variant) {
+                Ok(()) => {
+                    for h in hooks {
+                        tracing::info!(probe = h.probe, hook = h.name, %variant, "attached");
+                        self.hooks.push(HookStatus {
+                            probe: h.probe,
+                            hook: h.name,
+                            variant: Some(variant),
+                            attached: true,
+                            error: None,
+                            run_count: 0,
+                            run_time_ns: 0,
+                            program: h.program(variant),
+                        });
+                    }
+                    if !errors.is_empty() {
+                        tracing::info!(
+                            probe = hooks[0].probe,
+                            "fell back to {variant}: {}",
+                            errors.join("; ")
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(probe = hooks[0].probe, %variant, "cannot attach: {e}");
+                    errors.push(format!("{variant}: {e}"));
+                }
+            }
+        }
+        let error = errors.join("; ");
+        tracing::warn!(
+            probe = hooks[0].probe,
+            "not attached, the rest of the agent runs without it: {error}"
+        );
+        for h in hooks {
+            self.hooks.push(HookStatus {
+                probe: h.probe,
+                hook: h.name,
+                variant: None,
+                attached: false,
+                error: Some(error.clone()),
+                run_count: 0,
+                run_time_ns: 0,
+                program: None,
+            });
+        }
+    }
+
+    /// Loads and attaches one variant for all `hooks`, or unloads whatever it did and fails.
+    pub fn try_attach(&mut self, hooks: &[Hook], variant: Variant) -> Result<(), ProbeError> {
+        let mut done: Vec<&'static str> = Vec::new();
+        for h in hooks {
+            let Some(name) = h.program(variant) else {
+                self.unload_all(&done);
+                return Err(ProbeError::Tracefs(format!(
+                    "no {variant} program for {}",
+                    h.name
+                )));
+            };
+            match self.attach_one(h, name, variant) {
+                Ok(()) => done.push(name),
+                Err(e) => {
+                    self.unload_all(&done);
+                    let _ = self.unload(name);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        hook: &Hook,
+        name: &'static str,
+        variant: Variant,
+    ) -> Result<(), ProbeError> {
+        let err = |source| ProbeError::Program { name, source };
+        if variant == Variant::Tracepoint
+            && let Err(e) = &self.tracepoint_offsets
+        {
+            return Err(ProbeError::Tracefs(format!(
+                "{e} when the programs were loaded, so the tracepoint field offsets are unknown (mount it, or run with --probe-variant tracepoint, which mounts it)"
+            )));
+        }
+        let btf = self.btf.as_ref();
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?;
+        match variant {
+            Variant::TpBtf => {
+                let btf = btf.ok_or_else(|| ProbeError::NoBtf("not found".into()))?;
+                let p: &mut BtfTracePoint = program.try_into().map_err(err)?;
+                p.load(hook.name, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
+            Variant::RawTracepoint => {
+                let p: &mut RawTracePoint = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                p.attach(hook.name).map_err(err)?;
+            }
+            Variant::Tracepoint => {
+                let p: &mut TracePoint = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                p.attach(hook.category, hook.name).map_err(err)?;
+            }
+            Variant::Kprobe | Variant::Fentry => unreachable!("no such program"),
+        }
+        Ok(())
+    }
+
+    /// Detaches and unloads the programs of one variant (after a trial attach).
+    pub fn release(&mut self, hooks: &[Hook], variant: Variant) {
+        let names: Vec<&'static str> = hooks.iter().filter_map(|h| h.program(variant)).collect();
+        self.unload_all(&names);
+    }
+
+    fn unload(&mut self, name: &str) -> Result<(), ProgramError> {
+        match self.ebpf.program_mut(name) {
+            Some(Program::BtfTracePoint(p)) => p.unload(),
+            Some(Program::RawTracePoint(p)) => p.unload(),
+            Some(Program::TracePoint(p)) => p.unload(),
+            _ => Ok(()),
+        }
+    }
+
+    fn unload_all(&mut self, names: &[&'static str]) {
+        for name in names {
+            if let Err(e) = self.unload(name) {
+                tracing::warn!("unloading {name}: {e}");
+            }
+        }
+    }
+
+    /// The hook statuses with fresh run statistics from the kernel.
+    pub fn hook_stats(&self) -> Vec<HookStatus> {
+        self.hooks
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                if let Some(info) = h
+                    .program
+                    .and_then(|name| self.ebpf.program(name))
+                    .and_then(|p| p.info().ok())
+                {
+                    h.run_count = info.run_count();
+                    h.run_time_ns = info.run_time().as_nanos() as u64;
+                }
+                h
+            })
+            .collect()
+    }
+
+    /// Detaches and unloads everything, and unmounts tracefs if we mounted it.
+    pub fn detach(self) {
+        drop(self.ebpf);
+        tracefs::restore();
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
+fn raise_memlock_limit() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
+    }
+}
+
+/// The hooks of every probe for a program set, and the variants to try.
+pub fn all_hooks(set: ProgramSet) -> Vec<Hook> {
+    runqueue::hooks(set)
+}

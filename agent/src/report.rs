@@ -1,0 +1,67 @@
+//! What one collection produces: per-cgroup and per-CPU figures, and the probes' state. The
+//! same structure feeds every output (table, JSON lines, and later OTLP).
+
+use serde::Serialize;
+
+use crate::probes::HookStatus;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Always "interval".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// True for the last report, made at shutdown.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Wall-clock time of the collection.
+    pub time_unix_ns: u64,
+    /// Measured time since the previous collection (or since the probes attached).
+    pub interval_ns: u64,
+    /// Cgroups with activity in the interval, busiest first.
+    pub cgroups: Vec<CgroupReport>,
+    pub cpus: Vec<CpuReport>,
+    pub probes: Vec<HookStatus>,
+    /// Kernel-side error counters in the interval (map full, unexpected state), by name.
+    pub kernel_errors: Vec<KernelError>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CgroupReport {
+    /// cgroup v2 id (the inode number of the cgroup's directory).
+    pub cgroup_id: u64,
+    /// Path relative to the cgroup v2 root; `None` when the cgroup is gone or unknown.
+    pub name: Option<String>,
+    pub runqueue: RunqueueFigures,
+}
+
+/// Run-queue figures of one cgroup over one interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RunqueueFigures {
+    /// Number of waits that ended (tasks that got a CPU after waiting).
+    pub events: u64,
+    /// Total time its tasks waited, ns.
+    pub wait_ns: u64,
+    /// Average number of its tasks waiting for a CPU: wait time ÷ interval.
+    pub waiting_tasks: f64,
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
+    /// Upper bound of the highest log2 bucket reached.
+    pub latency_max_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuReport {
+    pub cpu: u32,
+    /// Total time tasks waited on this CPU's run queue, ns.
+    pub runqueue_wait_ns: u64,
+    /// Time-averaged number of tasks waiting on this CPU's run queue (not counting the one
+    /// running): wait time ÷ interval.
+    pub runqueue_length: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelError {
+    pub probe: &'static str,
+    pub error: &'static str,
+    pub count: u64,
+}

@@ -1,0 +1,461 @@
+//! The `nodesat` agent under test and its JSON-lines output protocol.
+//!
+//! With `--output json` the agent prints one JSON object per line on stdout:
+//! `{"type":"ready",...}` once its probes are attached, then
+//! `{"type":"interval",...}` every interval, and a last interval with
+//! `"final":true` when it gets SIGTERM or SIGINT. The structs here hold only
+//! the fields the tests use; unknown fields and unknown `type`s are ignored.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+/// How long [`Agent::stop`] and drop wait after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent binary: `$NODESAT_BIN`, else `nodesat` next to the test binaries
+/// (same target directory and profile), else `<workspace>/target/debug/nodesat`.
+///
+/// Panics, saying to build it, if none exists.
+pub fn agent_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NODESAT_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "NODESAT_BIN={} does not exist",
+            bin.display()
+        );
+        return bin;
+    }
+    // Integration tests run from <target>/<profile>/deps/.
+    let beside_tests = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("nodesat")));
+    let in_workspace = crate::workspace_root().join("target/debug/nodesat");
+    let mut candidates: Vec<PathBuf> = beside_tests.into_iter().chain([in_workspace]).collect();
+    candidates.dedup();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "agent binary not found (looked at {candidates:?}); \
+                 run `cargo build -p nodesat` first, or set NODESAT_BIN"
+            )
+        })
+}
+
+/// A `Command` for the agent binary (see [`agent_bin`]), with the caller's
+/// `NODESAT_*` configuration variables removed (see [`clear_agent_env`]).
+pub fn agent_command() -> Command {
+    let mut cmd = Command::new(agent_bin());
+    clear_agent_env(&mut cmd);
+    cmd
+}
+
+/// Removes the `NODESAT_*` variables (except `NODESAT_LOG_LEVEL`) that `cmd`
+/// would inherit, so the agent's configuration comes from the test alone.
+pub fn clear_agent_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let keep = name == "NODESAT_LOG_LEVEL";
+        if !keep && name.to_string_lossy().starts_with("NODESAT_") {
+            cmd.env_remove(name);
+        }
+    }
+}
+
+/// The `ready` line.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ready {
+    /// The attached probes, as the agent describes them.
+    #[serde(default)]
+    pub probes: Vec<serde_json::Value>,
+}
+
+/// An `interval` line: one report.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    /// Whether this is the last report, printed on SIGTERM/SIGINT.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub time_unix_ns: u64,
+    pub interval_ns: u64,
+    pub cgroups: Vec<CgroupReport>,
+    pub cpus: Vec<CpuReport>,
+    pub probes: Vec<ProbeReport>,
+}
+
+impl Report {
+    /// The entry for the cgroup with v2 id `id`, if any.
+    pub fn cgroup(&self, id: u64) -> Option<&CgroupReport> {
+        self.cgroups.iter().find(|c| c.cgroup_id == id)
+    }
+
+    /// The probes implementing signal `probe` (e.g. `"runqueue"`).
+    pub fn probes_for<'a>(&'a self, probe: &'a str) -> impl Iterator<Item = &'a ProbeReport> {
+        self.probes.iter().filter(move |p| p.probe == probe)
+    }
+}
+
+/// One cgroup's figures in a [`Report`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct CgroupReport {
+    pub cgroup_id: u64,
+    /// Path relative to the v2 hierarchy's root, `None` when unknown.
+    pub name: Option<String>,
+    pub runqueue: RunqueueStats,
+}
+
+/// Run-queue wait of a cgroup's tasks over one interval.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunqueueStats {
+    pub events: u64,
+    pub wait_ns: u64,
+    pub waiting_tasks: f64,
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
+    pub latency_max_ns: u64,
+}
+
+/// One CPU's figures in a [`Report`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct CpuReport {
+    pub cpu: u32,
+    pub runqueue_wait_ns: u64,
+    pub runqueue_length: f64,
+}
+
+/// One probe's state in a [`Report`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeReport {
+    /// Signal it implements, e.g. `"runqueue"`.
+    pub probe: String,
+    /// Kernel hook, e.g. `"sched_switch"`.
+    pub hook: String,
+    /// `"tp_btf"`, `"raw_tracepoint"` or `"tracepoint"`.
+    pub variant: String,
+    pub attached: bool,
+    pub error: Option<String>,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// One line of the agent's stdout.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line {
+    Ready(Ready),
+    Interval(Report),
+    /// Message types added later; ignored.
+    #[serde(other)]
+    Other,
+}
+
+/// What the stdout reader thread passes on.
+#[derive(Debug)]
+enum Event {
+    Ready(Ready),
+    Interval(Report),
+    /// A line that is not valid protocol JSON.
+    Invalid {
+        line: String,
+        error: String,
+    },
+    /// Stdout closed (the agent exited).
+    Closed,
+}
+
+/// Parses one stdout line; `None` for blank lines and unknown types.
+fn parse_line(line: &str) -> Option<Event> {
+    if line.trim().is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<Line>(line) {
+        Ok(Line::Ready(ready)) => Some(Event::Ready(ready)),
+        Ok(Line::Interval(report)) => Some(Event::Interval(report)),
+        Ok(Line::Other) => None,
+        Err(e) => Some(Event::Invalid {
+            line: line.to_owned(),
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// The running agent (`nodesat run --output json ...`).
+///
+/// Its stdout is parsed on a thread; its stderr is echoed line by line with a
+/// `[nodesat]` prefix (captured by the test harness like the test's own
+/// output) and kept for [`Agent::stderr`]. Dropping it sends SIGTERM, then
+/// SIGKILL after 10 s, and reaps it.
+pub struct Agent {
+    /// `None` once reaped.
+    child: Option<Child>,
+    pid: u32,
+    events: Receiver<Event>,
+    stderr: Arc<Mutex<String>>,
+    stderr_done: Receiver<()>,
+}
+
+impl Agent {
+    /// Starts `nodesat run --output json --interval <interval> <extra_args>`.
+    pub fn start(interval: &str, extra_args: &[&str]) -> Self {
+        let mut cmd = agent_command();
+        cmd.args(["run", "--output", "json", "--interval", interval])
+            .args(extra_args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts the agent with a prepared command (its stdio is replaced).
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: die_with_parent only calls prctl.
+        unsafe { cmd.pre_exec(crate::process::die_with_parent) };
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the agent {cmd:?}: {e}"));
+        eprintln!("started agent (pid {}): {cmd:?}", child.id());
+
+        let (events_tx, events) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(event) = parse_line(&line)
+                    && events_tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = events_tx.send(Event::Closed);
+        });
+
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (done_tx, stderr_done) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let kept = Arc::clone(&stderr);
+        thread::spawn(move || {
+            echo_stderr(pipe, &kept);
+            let _ = done_tx.send(());
+        });
+
+        Self {
+            pid: child.id(),
+            child: Some(child),
+            events,
+            stderr,
+            stderr_done,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the `ready` line. Panics on timeout, on exit, on an invalid
+    /// line, or if an interval report comes first.
+    #[track_caller]
+    pub fn wait_ready(&mut self, timeout: Duration) -> Ready {
+        match self.next_event(timeout, "the ready line") {
+            Event::Ready(ready) => ready,
+            Event::Interval(report) => {
+                self.fail(&format!("got an interval report before ready: {report:?}"))
+            }
+            _ => unreachable!("next_event returns only ready and interval"),
+        }
+    }
+
+    /// Waits for the next interval report. Panics on timeout, on exit or on
+    /// an invalid line.
+    #[track_caller]
+    pub fn next_interval(&mut self, timeout: Duration) -> Report {
+        match self.next_event(timeout, "an interval report") {
+            Event::Interval(report) => report,
+            Event::Ready(_) => self.fail("got a second ready line"),
+            _ => unreachable!("next_event returns only ready and interval"),
+        }
+    }
+
+    /// Next ready or interval event; panics on anything else or on timeout.
+    #[track_caller]
+    fn next_event(&mut self, timeout: Duration, what: &str) -> Event {
+        match self.events.recv_timeout(timeout) {
+            Ok(event @ (Event::Ready(_) | Event::Interval(_))) => event,
+            Ok(Event::Invalid { line, error }) => {
+                self.fail(&format!("printed an invalid line ({error}): {line}"))
+            }
+            Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                let status = match self.reap(Duration::from_secs(2)) {
+                    Some(status) => status.to_string(),
+                    None => "stdout closed".into(),
+                };
+                self.fail(&format!("exited ({status}) while waiting for {what}"))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.fail(&format!("printed no {what} within {timeout:?}"))
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for it to exit; returns its exit
+    /// status and the final report (`"final":true`), if one came.
+    #[track_caller]
+    pub fn stop(self) -> (ExitStatus, Option<Report>) {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// Like [`Agent::stop`], but panics (after SIGKILLing it) if it does not
+    /// exit within `timeout` of SIGTERM.
+    #[track_caller]
+    pub fn stop_within(mut self, timeout: Duration) -> (ExitStatus, Option<Report>) {
+        self.signal(Signal::SIGTERM);
+        let Some(status) = self.reap(timeout) else {
+            self.signal(Signal::SIGKILL);
+            self.reap(Duration::from_secs(2));
+            self.fail(&format!(
+                "did not exit within {timeout:?} of SIGTERM; killed it"
+            ));
+        };
+        // It exited, so stdout is closed or about to be: drain what is left.
+        let mut final_report = None;
+        loop {
+            match self.events.recv_timeout(Duration::from_secs(2)) {
+                Ok(Event::Interval(report)) if report.is_final => final_report = Some(report),
+                Ok(Event::Invalid { line, error }) => {
+                    self.fail(&format!("printed an invalid line ({error}): {line}"))
+                }
+                Ok(Event::Closed) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
+        (status, final_report)
+    }
+
+    /// Sends `signal` to the agent (if it has not been reaped yet).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit, reaping it. `None` if it
+    /// is still running.
+    fn reap(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Panics with `msg` (the agent is cleaned up by Drop while unwinding).
+    #[track_caller]
+    fn fail(&self, msg: &str) -> ! {
+        panic!("agent (pid {}) {msg}", self.pid())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        if self.reap(STOP_TIMEOUT).is_some() {
+            return;
+        }
+        if let Some(mut child) = self.child.take() {
+            eprintln!(
+                "nodesat-tests: agent (pid {}) ignored SIGTERM for {STOP_TIMEOUT:?}; killing it",
+                child.id()
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Echoes the agent's stderr as `[nodesat] <line>` and keeps a copy.
+fn echo_stderr(pipe: impl Read, kept: &Mutex<String>) {
+    for line in BufReader::new(pipe).lines() {
+        let Ok(line) = line else { break };
+        eprintln!("[nodesat] {line}");
+        if let Ok(mut kept) = kept.lock() {
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_protocol_lines_ignoring_unknown_fields() {
+        let ready = r#"{"type":"ready","probes":["runqueue"],"new":1}"#;
+        assert!(matches!(parse_line(ready), Some(Event::Ready(r)) if r.probes.len() == 1));
+
+        let interval =
+            r#"{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2000000000,
+            "cgroups":[{"cgroup_id":42,"name":"/nodesat-test-1-busy","future":{"x":1},
+                "runqueue":{"events":10,"wait_ns":5,"waiting_tasks":1.5,"latency_p50_ns":1,
+                    "latency_p99_ns":2,"latency_max_ns":3,"later":0}},
+                {"cgroup_id":7,"name":null,"runqueue":{"events":0,"wait_ns":0,"waiting_tasks":0,
+                    "latency_p50_ns":0,"latency_p99_ns":0,"latency_max_ns":0}}],
+            "cpus":[{"cpu":0,"runqueue_wait_ns":9,"runqueue_length":2.5}],
+            "probes":[{"probe":"runqueue","hook":"sched_switch","variant":"tp_btf","attached":true,
+                "error":null,"run_count":3,"run_time_ns":4}],
+            "memory":{"new_signal":true}}"#
+                .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&interval) else {
+            panic!("not parsed as an interval");
+        };
+        assert!(!report.is_final);
+        let busy = report.cgroup(42).expect("cgroup 42");
+        assert_eq!(busy.name.as_deref(), Some("/nodesat-test-1-busy"));
+        assert_eq!(busy.runqueue.latency_p99_ns, 2);
+        assert_eq!(report.cgroup(7).and_then(|c| c.name.clone()), None);
+        assert_eq!(report.cpus[0].runqueue_length, 2.5);
+        assert_eq!(report.probes_for("runqueue").count(), 1);
+    }
+
+    #[test]
+    fn ignores_unknown_types_and_flags_garbage() {
+        assert!(parse_line(r#"{"type":"hello","x":1}"#).is_none());
+        assert!(parse_line("   ").is_none());
+        assert!(matches!(
+            parse_line("starting up..."),
+            Some(Event::Invalid { .. })
+        ));
+        assert!(matches!(
+            parse_line(r#"{"type":"interval","final":true}"#),
+            Some(Event::Invalid { .. })
+        ));
+    }
+}

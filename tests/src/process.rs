@@ -1,0 +1,142 @@
+//! Child processes for tests: started inside a [`TestCgroup`], killed on drop.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::TestCgroup;
+
+/// A child process that is SIGKILLed and reaped when dropped.
+#[derive(Debug)]
+pub struct TestProcess {
+    child: Child,
+}
+
+impl TestProcess {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status if it has exited (reaping it), `None` while it runs.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        // Fails only if it already exited; wait() then just reaps it.
+        let _ = self.child.kill();
+        if let Err(e) = self.child.wait() {
+            eprintln!("nodesat-tests: reaping pid {}: {e}", self.child.id());
+        }
+    }
+}
+
+/// Spawns `cmd` inside `cgroup` (every hierarchy of it).
+///
+/// The child moves itself into the cgroup between fork and exec, so none of
+/// the program's work runs outside it. The child also gets SIGKILL if the
+/// thread that spawned it dies (so a killed test run leaves no load behind).
+/// Stdin is `/dev/null` unless `cmd` says otherwise.
+pub fn spawn_in(cgroup: &TestCgroup, mut cmd: Command) -> io::Result<TestProcess> {
+    let procs_files: Vec<CString> = cgroup
+        .procs_files()
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other))
+        .collect::<io::Result<_>>()?;
+    cmd.stdin(Stdio::null());
+    // SAFETY: the closure only makes async-signal-safe system calls
+    // (open, write, close, prctl) and does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            for file in &procs_files {
+                // Writing "0" to cgroup.procs moves the writing process.
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+            die_with_parent()
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot spawn {cmd:?} in cgroup {}: {e}", cgroup.name()),
+        )
+    })?;
+    Ok(TestProcess { child })
+}
+
+/// For use in `pre_exec`: asks for SIGKILL when the spawning thread exits.
+pub(crate) fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion like [`Command::output`], but kills it and panics
+/// if it runs longer than `timeout`. Stdin is `/dev/null`.
+#[track_caller]
+pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = read_in_background(child.stdout.take());
+    let stderr = read_in_background(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = stderr.join().unwrap_or_default();
+                panic!(
+                    "{cmd:?} still running after {timeout:?}; killed it. stderr:\n{}",
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Reads `pipe` to its end on a thread.
+fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
