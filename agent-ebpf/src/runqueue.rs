@@ -9,7 +9,7 @@
 //! own cgroup: the wait goes into that cgroup's histogram ([`MAP_LATENCY`]). This needs no
 //! kernel struct offsets and works identically for every attach variant.
 
-/// `LruHashMap<u64 task key, u64 ktime ns>`: when each runnable task was enqueued. The task key
+/// `HashMap<u64 task key, u64 ktime ns>`: when each runnable task was enqueued. The task key
 /// is the `task_struct` address (tp_btf, raw tracepoint) or the pid (classic tracepoint).
 pub const MAP_ENQUEUED_AT: &str = "RUNQ_ENQUEUED_AT";
 pub const ENQUEUED_AT_MAX_ENTRIES: u32 = 65_536;

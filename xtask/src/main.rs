@@ -84,6 +84,10 @@ fn test() -> Result<()> {
         ],
     );
     it.env("NODESAT_BIN", bin);
+    if nix::unistd::geteuid().is_root() {
+        // Root with BPF allowed: the privileged tests must run, so a skip is a failure.
+        it.env("NODESAT_REQUIRE_PRIVILEGED", "1");
+    }
     run(it)
 }
 

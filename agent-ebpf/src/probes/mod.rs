@@ -1,6 +1,7 @@
 //! One module per signal; `floor` holds the empty programs the benchmark compares against.
 mod floor;
 mod runqueue;
+mod task_storage;
 
 use aya_ebpf::maps::PerCpuArray;
 

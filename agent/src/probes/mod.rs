@@ -147,13 +147,19 @@ impl Probes {
         let offsets = runqueue::tracepoint_offsets();
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
+        // aya has no userspace type for task storage (RUNQ_TASK_ENQUEUED_AT); only the kernel
+        // programs use it, so creating it is all that is needed.
+        loader.allow_unsupported_maps();
         loader.map_max_entries(agent_ebpf::runqueue::MAP_LATENCY, opts.max_cgroups);
         if let Ok(offsets) = &offsets {
             for (name, value) in offsets {
                 loader.override_global(name, value, true);
             }
         }
-        let ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            tracefs::restore();
+            ProbeError::Load(e)
+        })?;
         Ok(Probes {
             ebpf,
             btf,
