@@ -380,8 +380,8 @@ mod tests {
             baseline: vec![100_000.0],
             variants: vec![super::super::VariantRuns {
                 requested: "auto",
-                floor: vec![run(97_000.0, &[])],
-                agent: vec![run(92_000.0, &[])],
+                floor: vec![run(97_000.0, &[("sched_switch", 0, 0)])],
+                agent: vec![run(92_000.0, &[("sched_switch", 0, 0)])],
                 floor_cost: vec![run(96_000.0, &[("sched_switch", 1000, 20_000)])],
                 agent_cost: vec![run(90_000.0, &[("sched_switch", 1000, 80_000)])],
             }],
