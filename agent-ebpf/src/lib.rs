@@ -5,7 +5,10 @@
 #![no_std]
 
 pub mod hist;
+pub mod kernel;
+pub mod oom;
 pub mod runqueue;
+pub mod tcp;
 
 /// Implements `aya::Pod` for plain `#[repr(C)]` types when built for userspace.
 macro_rules! user_pod {
@@ -18,3 +21,32 @@ macro_rules! user_pod {
     };
 }
 pub(crate) use user_pod;
+
+/// The kernel programs on one hook, by attach variant.
+#[derive(Clone, Copy, Debug)]
+pub struct HookPrograms {
+    /// Tracepoint category (for classic tracepoints) and name.
+    pub category: &'static str,
+    pub name: &'static str,
+    pub tp_btf: &'static str,
+    pub raw_tracepoint: &'static str,
+    pub tracepoint: &'static str,
+}
+
+impl HookPrograms {
+    /// `programs`: the tp_btf, raw tracepoint and classic tracepoint program names.
+    pub const fn new(
+        category: &'static str,
+        name: &'static str,
+        programs: [&'static str; 3],
+    ) -> Self {
+        let [tp_btf, raw_tracepoint, tracepoint] = programs;
+        Self {
+            category,
+            name,
+            tp_btf,
+            raw_tracepoint,
+            tracepoint,
+        }
+    }
+}

@@ -9,6 +9,8 @@
 //! own cgroup: the wait goes into that cgroup's histogram ([`MAP_LATENCY`]). This needs no
 //! kernel struct offsets and works identically for every attach variant.
 
+use crate::HookPrograms;
+
 /// `HashMap<u64 task key, u64 ktime ns>`: when each runnable task was enqueued. The task key
 /// is the `task_struct` address (tp_btf, raw tracepoint) or the pid (classic tracepoint).
 pub const MAP_ENQUEUED_AT: &str = "RUNQ_ENQUEUED_AT";
@@ -53,50 +55,40 @@ pub struct Pending {
 
 crate::user_pod!(Pending);
 
-/// The kernel programs for one hook, by attach variant. `floor` programs are empty and exist
-/// only so the benchmark can measure the bare cost of a hook.
-#[derive(Clone, Copy, Debug)]
-pub struct HookPrograms {
-    /// Tracepoint category (classic tracepoints) and name.
-    pub category: &'static str,
-    pub name: &'static str,
-    pub tp_btf: &'static str,
-    pub raw_tracepoint: &'static str,
-    pub tracepoint: &'static str,
-    pub floor_tp_btf: &'static str,
-    pub floor_raw_tracepoint: &'static str,
-    pub floor_tracepoint: &'static str,
-}
-
+/// The programs on each hook, by attach variant.
 pub const HOOKS: [HookPrograms; 3] = [
-    HookPrograms {
-        category: "sched",
-        name: "sched_switch",
-        tp_btf: "runq_switch_btf",
-        raw_tracepoint: "runq_switch_raw",
-        tracepoint: "runq_switch_tp",
-        floor_tp_btf: "floor_switch_btf",
-        floor_raw_tracepoint: "floor_switch_raw",
-        floor_tracepoint: "floor_switch_tp",
-    },
-    HookPrograms {
-        category: "sched",
-        name: "sched_wakeup",
-        tp_btf: "runq_wakeup_btf",
-        raw_tracepoint: "runq_wakeup_raw",
-        tracepoint: "runq_wakeup_tp",
-        floor_tp_btf: "floor_wakeup_btf",
-        floor_raw_tracepoint: "floor_wakeup_raw",
-        floor_tracepoint: "floor_wakeup_tp",
-    },
-    HookPrograms {
-        category: "sched",
-        name: "sched_wakeup_new",
-        tp_btf: "runq_wakenew_btf",
-        raw_tracepoint: "runq_wakenew_raw",
-        tracepoint: "runq_wakenew_tp",
-        floor_tp_btf: "floor_wakenew_btf",
-        floor_raw_tracepoint: "floor_wakenew_raw",
-        floor_tracepoint: "floor_wakenew_tp",
-    },
+    HookPrograms::new(
+        "sched",
+        "sched_switch",
+        ["runq_switch_btf", "runq_switch_raw", "runq_switch_tp"],
+    ),
+    HookPrograms::new(
+        "sched",
+        "sched_wakeup",
+        ["runq_wakeup_btf", "runq_wakeup_raw", "runq_wakeup_tp"],
+    ),
+    HookPrograms::new(
+        "sched",
+        "sched_wakeup_new",
+        ["runq_wakenew_btf", "runq_wakenew_raw", "runq_wakenew_tp"],
+    ),
+];
+
+/// Empty programs on the same hooks: the benchmark's floor, the bare cost of a hook.
+pub const FLOOR_HOOKS: [HookPrograms; 3] = [
+    HookPrograms::new(
+        "sched",
+        "sched_switch",
+        ["floor_switch_btf", "floor_switch_raw", "floor_switch_tp"],
+    ),
+    HookPrograms::new(
+        "sched",
+        "sched_wakeup",
+        ["floor_wakeup_btf", "floor_wakeup_raw", "floor_wakeup_tp"],
+    ),
+    HookPrograms::new(
+        "sched",
+        "sched_wakeup_new",
+        ["floor_wakenew_btf", "floor_wakenew_raw", "floor_wakenew_tp"],
+    ),
 ];

@@ -44,6 +44,18 @@ impl CgroupNames {
         }
     }
 
+    pub fn v2_root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// The cgroup v2 id of a running process, from `/proc/<pid>/cgroup`.
+    pub fn id_of_pid(&self, pid: u32) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let dir = self.root.as_ref()?.join(path.trim_start_matches('/'));
+        std::fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
     pub fn name(&self, id: u64) -> Option<&str> {
         self.names.get(&id).map(String::as_str)
     }

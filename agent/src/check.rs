@@ -98,62 +98,77 @@ pub fn check(config: &Config) -> i32 {
             return crate::EXIT_UNAVAILABLE;
         }
     };
-    let hooks = probes::all_hooks(ProgramSet::Agent);
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\n{:<10} {:<18} {}",
+        "\n{:<10} {:<22} {}",
         "PROBE",
         "HOOK",
         COLUMNS.map(|v| format!("{:<15}", v.as_str())).join("")
     );
-    let mut results = Vec::new();
-    for &variant in &COLUMNS {
-        let result = if TRACEPOINT_CHAIN.contains(&variant) {
-            let r = loaded.try_attach(&hooks, variant);
-            if r.is_ok() {
-                loaded.release(&hooks, variant);
-            }
-            Some(r.map_err(|e| e.to_string()))
-        } else {
-            None // no probe of this kind yet
-        };
-        results.push((variant, result));
-    }
-    for h in &hooks {
-        let cells: Vec<String> = results
+    let mut failures = String::new();
+    let mut summary = String::new();
+    let mut attachable = 0;
+    for probe in probes::probes_of(ProgramSet::Agent) {
+        let results: Vec<(Variant, Option<Result<(), String>>)> = COLUMNS
             .iter()
-            .map(|(_, r)| {
-                let cell = match r {
-                    Some(Ok(())) => "ok",
-                    Some(Err(_)) => "FAILED",
-                    None => "n/a",
-                };
-                format!("{cell:<15}")
+            .map(|&variant| {
+                if !TRACEPOINT_CHAIN.contains(&variant) {
+                    return (variant, None); // no program of this kind yet
+                }
+                let r = loaded.try_attach(probe, variant);
+                if r.is_ok() {
+                    loaded.release(probe, variant);
+                }
+                (variant, Some(r.map_err(|e| e.to_string())))
             })
             .collect();
-        let _ = writeln!(table, "{:<10} {:<18} {}", h.probe, h.name, cells.join(""));
-    }
-    let chosen = results
-        .iter()
-        .find(|(_, r)| matches!(r, Some(Ok(()))))
-        .map(|(v, _)| *v);
-    for (variant, r) in &results {
-        if let Some(Err(e)) = r {
-            let _ = writeln!(table, "  {variant} failed: {e}");
+        for h in probe.hooks {
+            let cells: Vec<String> = results
+                .iter()
+                .map(|(_, r)| {
+                    let cell = match r {
+                        Some(Ok(())) => "ok",
+                        Some(Err(_)) => "FAILED",
+                        None => "n/a",
+                    };
+                    format!("{cell:<15}")
+                })
+                .collect();
+            let _ = writeln!(
+                table,
+                "{:<10} {:<22} {}",
+                probe.name,
+                h.name,
+                cells.join("")
+            );
+        }
+        for (variant, r) in &results {
+            if let Some(Err(e)) = r {
+                let _ = writeln!(failures, "  {} {variant} failed: {e}", probe.name);
+            }
+        }
+        match results.iter().find(|(_, r)| matches!(r, Some(Ok(())))) {
+            Some((v, _)) => {
+                attachable += 1;
+                let _ = writeln!(summary, "{} will attach with {v}", probe.name);
+            }
+            None => {
+                let _ = writeln!(summary, "{} cannot attach with any variant", probe.name);
+            }
         }
     }
-    match chosen {
-        Some(v) => {
-            let _ = writeln!(table, "\nrunqueue will attach with {v}");
-        }
-        None => {
-            let _ = writeln!(table, "\nrunqueue cannot attach with any variant");
-        }
+    let _ = write!(table, "{failures}");
+    if let Err(e) = &loaded.kernel_offsets {
+        let _ = writeln!(
+            table,
+            "  kernel struct offsets unavailable: tcp retransmits and OOM kills cannot be attributed to cgroups ({e})"
+        );
     }
+    let _ = write!(table, "\n{summary}");
     print!("{table}");
     loaded.detach();
-    if chosen.is_some() {
+    if attachable > 0 {
         println!("ready: nodesat can run here");
         0
     } else {

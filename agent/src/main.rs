@@ -13,12 +13,16 @@ mod report;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     cgroups::CgroupNames,
-    collector::Collector,
+    collector::{Collector, oom::OomEvents},
     config::{Config, EXIT_CONFIG, Flags, VariantChoice},
     output::Emitter,
     privileges::Privileges,
@@ -121,7 +125,9 @@ fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
         code: EXIT_UNAVAILABLE,
         message: format!("the kernel refused nodesat's eBPF programs: {e}. Run `nodesat check` to see what this kernel allows."),
     })?;
-    probes.attach_group(&probes::all_hooks(set), &chain);
+    for probe in probes::probes_of(set) {
+        probes.attach_group(probe, &chain);
+    }
     if !probes.hooks.iter().any(|h| h.attached) {
         probes.detach();
         return Err(Fatal {
@@ -136,7 +142,16 @@ fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
             code: 1,
             message: format!("starting the runtime: {e}"),
         })?;
-    let result = runtime.block_on(collect_until_signal(config, &probes, set));
+    let oom_events = match set {
+        ProgramSet::Agent => probes
+            .take_ring_buf(agent_ebpf::oom::MAP_EVENTS)
+            .map_err(|e| {
+                tracing::warn!("OOM kills will only be counted, not shown as they happen: {e}")
+            })
+            .ok(),
+        ProgramSet::Floor => None,
+    };
+    let result = runtime.block_on(collect_until_signal(config, &probes, set, oom_events));
     probes.detach();
     result.map_err(|e| Fatal {
         code: 1,
@@ -148,12 +163,22 @@ async fn collect_until_signal(
     config: &Config,
     probes: &Probes,
     set: ProgramSet,
+    oom_events: Option<RingBuf<MapData>>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let emitter = Emitter::new(config.output, config.top);
     let names = CgroupNames::new(&config.cgroup_root, config.interval);
     let mut collector = Collector::new(probes, names).context("reading the probes' maps")?;
+    let mut oom_ring = match oom_events {
+        // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd owns it.
+        Some(ring) => Some(
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("polling the OOM event ring buffer: {e}"))?,
+        ),
+        None => None,
+    };
+    let describer = OomEvents::new(&config.cgroup_root);
     emitter.ready(&probes.hook_stats());
     tracing::info!(
         interval = %humantime::format_duration(config.interval),
@@ -172,6 +197,16 @@ async fn collect_until_signal(
                     }
                 }
             }
+            ready = readable(&mut oom_ring) => {
+                let mut guard = ready.context("waiting for OOM events")?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    match parse_oom_event(&item) {
+                        Some(event) => emitter.oom_kill(&describer.describe(&event, &mut collector.names)),
+                        None => tracing::warn!("malformed OOM event of {} bytes", item.len()),
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final collection"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final collection"); break; }
         }
@@ -181,4 +216,23 @@ async fn collect_until_signal(
         .context("final collection")?;
     emitter.report(&report);
     Ok(())
+}
+
+/// Waits until the ring buffer has data; never completes when there is none to wait on.
+async fn readable(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(fd) => fd.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn parse_oom_event(bytes: &[u8]) -> Option<agent_ebpf::oom::OomEvent> {
+    if bytes.len() < std::mem::size_of::<agent_ebpf::oom::OomEvent>() {
+        return None;
+    }
+    // SAFETY: OomEvent is plain old data (aya::Pod) and the length was checked; the ring
+    // buffer gives no alignment guarantee, hence read_unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }

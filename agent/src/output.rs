@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::{config::Output, probes::HookStatus, report::Report};
+use crate::{collector::oom::OomKill, config::Output, probes::HookStatus, report::Report};
 
 pub struct Emitter {
     format: Output,
@@ -41,6 +41,22 @@ impl Emitter {
         }
     }
 
+    /// Reports an OOM kill the moment it is seen (and logs it, whatever the output).
+    pub fn oom_kill(&self, kill: &OomKill) {
+        tracing::warn!(
+            pid = kill.pid,
+            comm = %kill.comm,
+            cgroup = kill.cgroup.as_deref().unwrap_or("?"),
+            constraint = kill.constraint,
+            "OOM kill"
+        );
+        match self.format {
+            Output::Table => self.write(&oom_line(kill)),
+            Output::Json => self.write(&json_line(kill)),
+            Output::None => {}
+        }
+    }
+
     /// Writes to stdout, ignoring a closed pipe (`nodesat run | head` must not crash).
     fn write(&self, text: &str) {
         let mut out = std::io::stdout().lock();
@@ -66,6 +82,22 @@ pub fn human_ns(ns: u64) -> String {
     } else {
         format!("{:.2}s", f / 1e9)
     }
+}
+
+/// One line announcing an OOM kill in the table output.
+pub fn oom_line(k: &OomKill) -> String {
+    let cgroup = k
+        .cgroup
+        .clone()
+        .unwrap_or_else(|| format!("cgroup id {}", k.cgroup_id));
+    let adj = k
+        .oom_score_adj
+        .map(|a| format!(", oom_score_adj {a}"))
+        .unwrap_or_default();
+    format!(
+        "!! OOM KILL  pid {} ({}) in {cgroup}  [{} OOM{adj}]\n",
+        k.pid, k.comm, k.constraint
+    )
 }
 
 /// The per-interval table: run-queue length per CPU, then the busiest cgroups.
@@ -102,8 +134,13 @@ pub fn table(r: &Report, top: usize) -> String {
     let _ = writeln!(s, "run-queue length (waiting tasks): {}", cpus.join("  "));
     let _ = writeln!(
         s,
-        "{:>8} {:>9} {:>9} {:>9} {:>9}  CGROUP",
-        "WAITING", "RQ_P50", "RQ_P99", "RQ_MAX", "WAITS"
+        "node: {} TCP retransmits, {} OOM kills",
+        r.node.tcp_retransmits, r.node.oom_kills
+    );
+    let _ = writeln!(
+        s,
+        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>4}  CGROUP",
+        "WAITING", "RQ_P50", "RQ_P99", "RQ_MAX", "WAITS", "RETX", "OOM"
     );
     for c in r.cgroups.iter().take(top) {
         let q = &c.runqueue;
@@ -113,12 +150,14 @@ pub fn table(r: &Report, top: usize) -> String {
             .unwrap_or_else(|| format!("cgroup id {}", c.cgroup_id));
         let _ = writeln!(
             s,
-            "{:>8.2} {:>9} {:>9} {:>9} {:>9}  {name}",
+            "{:>8.2} {:>9} {:>9} {:>9} {:>9} {:>7} {:>4}  {name}",
             q.waiting_tasks,
             human_ns(q.latency_p50_ns),
             human_ns(q.latency_p99_ns),
             human_ns(q.latency_max_ns),
-            q.events
+            q.events,
+            c.retransmits(),
+            c.oom_kills
         );
     }
     if r.cgroups.len() > top {
@@ -133,7 +172,7 @@ pub fn table(r: &Report, top: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{CgroupReport, CpuReport, RunqueueFigures};
+    use crate::report::{CgroupReport, CpuReport, NodeTotals, RunqueueFigures, TcpRetransmits};
 
     fn report() -> Report {
         Report {
@@ -153,6 +192,12 @@ mod tests {
                         latency_p99_ns: 4_200_000,
                         latency_max_ns: 8_388_608,
                     },
+                    tcp_retransmits: vec![TcpRetransmits {
+                        family: "ipv4",
+                        kind: "data",
+                        count: i,
+                    }],
+                    oom_kills: 0,
                 })
                 .collect(),
             cpus: vec![CpuReport {
@@ -161,6 +206,10 @@ mod tests {
                 runqueue_length: 2.0,
             }],
             probes: vec![],
+            node: NodeTotals {
+                tcp_retransmits: 3,
+                oom_kills: 0,
+            },
             kernel_errors: vec![],
         }
     }
@@ -181,6 +230,7 @@ mod tests {
         assert!(!t.contains("cgroup id 102"), "{t}");
         assert!(t.contains("… 1 more cgroups"), "{t}");
         assert!(t.contains("4.20ms"), "{t}");
+        assert!(t.contains("node: 3 TCP retransmits, 0 OOM kills"), "{t}");
         let all = table(&report(), 10);
         assert!(all.contains("cgroup id 102"), "{all}");
     }
@@ -193,5 +243,30 @@ mod tests {
         assert_eq!(v["type"], "interval");
         assert_eq!(v["final"], false);
         assert_eq!(v["cgroups"][0]["runqueue"]["latency_p99_ns"], 4_200_000);
+        assert_eq!(v["cgroups"][1]["tcp_retransmits"][0]["family"], "ipv4");
+        assert_eq!(v["node"]["tcp_retransmits"], 3);
+    }
+
+    #[test]
+    fn oom_kills_are_one_line_each() {
+        let kill = OomKill {
+            kind: "oom_kill",
+            time_unix_ns: 1,
+            pid: 42,
+            comm: "hog".into(),
+            cgroup_id: 7,
+            cgroup: Some("/pod".into()),
+            constraint: "memcg",
+            oom_score_adj: Some(0),
+        };
+        assert_eq!(
+            oom_line(&kill),
+            "!! OOM KILL  pid 42 (hog) in /pod  [memcg OOM, oom_score_adj 0]\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json_line(&kill)).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["pid"].as_u64()),
+            (Some("oom_kill"), Some(42))
+        );
     }
 }

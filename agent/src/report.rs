@@ -21,6 +21,8 @@ pub struct Report {
     pub cgroups: Vec<CgroupReport>,
     pub cpus: Vec<CpuReport>,
     pub probes: Vec<HookStatus>,
+    /// Node-wide totals for the interval.
+    pub node: NodeTotals,
     /// Kernel-side error counters in the interval (map full, unexpected state), by name.
     pub kernel_errors: Vec<KernelError>,
 }
@@ -32,6 +34,41 @@ pub struct CgroupReport {
     /// Path relative to the cgroup v2 root; `None` when the cgroup is gone or unknown.
     pub name: Option<String>,
     pub runqueue: RunqueueFigures,
+    /// TCP retransmits by sockets this cgroup owns, by address family and kind.
+    pub tcp_retransmits: Vec<TcpRetransmits>,
+    /// Processes of this cgroup killed by the OOM killer.
+    pub oom_kills: u64,
+}
+
+impl CgroupReport {
+    pub fn new(cgroup_id: u64) -> CgroupReport {
+        CgroupReport {
+            cgroup_id,
+            name: None,
+            runqueue: RunqueueFigures::default(),
+            tcp_retransmits: Vec::new(),
+            oom_kills: 0,
+        }
+    }
+
+    pub fn retransmits(&self) -> u64 {
+        self.tcp_retransmits.iter().map(|r| r.count).sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcpRetransmits {
+    /// "ipv4", "ipv6" (or "unknown").
+    pub family: &'static str,
+    /// "data" (tcp_retransmit_skb) or "synack" (tcp_retransmit_synack).
+    pub kind: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeTotals {
+    pub tcp_retransmits: u64,
+    pub oom_kills: u64,
 }
 
 /// Run-queue figures of one cgroup over one interval.

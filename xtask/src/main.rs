@@ -52,6 +52,7 @@ fn main() -> Result<()> {
 
 fn test() -> Result<()> {
     provision::provision()?;
+    provision::test_tools()?;
     run(cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
     run(cmd(
         "cargo",

@@ -19,6 +19,12 @@ pub fn provision() -> Result<()> {
     Ok(())
 }
 
+/// What the privileged integration tests use beyond the build toolchain: nftables (packet
+/// loss for TCP retransmits).
+pub fn test_tools() -> Result<()> {
+    apt_install(&["nftables"])
+}
+
 fn rust_src() -> Result<()> {
     let out = cmd(
         "rustup",

@@ -1,9 +1,12 @@
 //! One module per signal; `floor` holds the empty programs the benchmark compares against.
 mod floor;
+mod kernel;
+mod oom;
 mod runqueue;
 mod task_storage;
+mod tcp;
 
-use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::{maps::PerCpuArray, programs::TracePointContext};
 
 /// Adds one to counter `index` of a per-CPU error array.
 #[inline(always)]
@@ -20,4 +23,16 @@ fn count_error(errors: &PerCpuArray<u64>, index: u32) {
 fn global<T: Copy>(g: &T) -> T {
     // SAFETY: reading a plain static.
     unsafe { core::ptr::read_volatile(g) }
+}
+
+/// Reads a classic tracepoint field at an offset the agent took from the event's tracefs
+/// `format` file (a global; 0 = unknown, then nothing is read).
+#[inline(always)]
+fn tp_field<T>(ctx: &TracePointContext, global_offset: &u32) -> Option<T> {
+    let offset = global(global_offset);
+    if offset == 0 {
+        return None;
+    }
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use core::ffi::c_void;
 
-use super::{count_error, global, task_storage::TaskStorage};
+use super::{count_error, task_storage::TaskStorage, tp_field};
 
 /// Enqueue times for the tp_btf programs: task local storage, cheaper than a hash.
 #[btf_map]
@@ -246,16 +246,6 @@ pub fn runq_wakenew_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 // --- classic tracepoints: fields at offsets from the tracefs format files; keys are pids ---
-
-#[inline(always)]
-fn tp_field<T>(ctx: &TracePointContext, global_offset: &u32) -> Option<T> {
-    let offset = global(global_offset);
-    if offset == 0 {
-        return None;
-    }
-    // SAFETY: the offset comes from the tracepoint's own format file.
-    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
-}
 
 #[tracepoint]
 pub fn runq_switch_tp(ctx: TracePointContext) -> i32 {

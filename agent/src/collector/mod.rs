@@ -1,7 +1,10 @@
 //! The collection loop's work: read every probe's maps, turn them into the interval's figures
 //! (through the pure aggregation core), and name the cgroups.
 
+mod maps;
+pub mod oom;
 pub mod runqueue;
+pub mod tcp;
 
 use std::{
     collections::BTreeMap,
@@ -11,12 +14,14 @@ use std::{
 use crate::{
     cgroups::CgroupNames,
     probes::{ProbeError, Probes},
-    report::{CgroupReport, Report},
+    report::{CgroupReport, NodeTotals, Report},
 };
 
 pub struct Collector {
     runqueue: runqueue::Runqueue,
-    names: CgroupNames,
+    tcp: tcp::Tcp,
+    oom: oom::Oom,
+    pub names: CgroupNames,
     last: Instant,
 }
 
@@ -25,8 +30,14 @@ impl Collector {
     pub fn new(probes: &Probes, names: CgroupNames) -> Result<Collector, ProbeError> {
         let mut runqueue = runqueue::Runqueue::default();
         runqueue.baseline(probes.ebpf())?;
+        let mut tcp = tcp::Tcp::default();
+        tcp.baseline(probes.ebpf())?;
+        let mut oom = oom::Oom::default();
+        oom.baseline(probes.ebpf())?;
         Ok(Collector {
             runqueue,
+            tcp,
+            oom,
             names,
             last: Instant::now(),
         })
@@ -37,19 +48,30 @@ impl Collector {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last);
         self.last = now;
-        let rq = self.runqueue.collect(probes.ebpf(), elapsed)?;
+        let ebpf = probes.ebpf();
+        let rq = self.runqueue.collect(ebpf, elapsed)?;
+        let retransmits = self.tcp.collect(ebpf)?;
+        let (oom_kills, oom_lost) = self.oom.collect(ebpf)?;
 
         let mut cgroups: BTreeMap<u64, CgroupReport> = BTreeMap::new();
-        for (id, figures) in rq.cgroups {
-            cgroups.insert(
-                id,
-                CgroupReport {
-                    cgroup_id: id,
-                    name: None,
-                    runqueue: figures,
-                },
-            );
+        fn entry(cgroups: &mut BTreeMap<u64, CgroupReport>, id: u64) -> &mut CgroupReport {
+            cgroups.entry(id).or_insert_with(|| CgroupReport::new(id))
         }
+        for (id, figures) in rq.cgroups {
+            entry(&mut cgroups, id).runqueue = figures;
+        }
+        let mut node = NodeTotals::default();
+        for (id, counts) in retransmits {
+            let c = entry(&mut cgroups, id);
+            c.tcp_retransmits = counts;
+            node.tcp_retransmits += c.retransmits();
+        }
+        for (id, kills) in oom_kills {
+            entry(&mut cgroups, id).oom_kills = kills;
+            node.oom_kills += kills;
+        }
+        let mut kernel_errors = rq.errors;
+        kernel_errors.extend(oom_lost);
         let ids: Vec<u64> = cgroups.keys().copied().collect();
         self.names.refresh_if_unknown(&ids);
         let mut cgroups: Vec<CgroupReport> = cgroups
@@ -59,10 +81,16 @@ impl Collector {
                 c
             })
             .collect();
+        // Most saturated first: OOM kills, then tasks waiting for CPU, then retransmits.
         cgroups.sort_by(|a, b| {
-            b.runqueue
-                .waiting_tasks
-                .total_cmp(&a.runqueue.waiting_tasks)
+            b.oom_kills
+                .cmp(&a.oom_kills)
+                .then(
+                    b.runqueue
+                        .waiting_tasks
+                        .total_cmp(&a.runqueue.waiting_tasks),
+                )
+                .then(b.retransmits().cmp(&a.retransmits()))
                 .then(a.cgroup_id.cmp(&b.cgroup_id))
         });
 
@@ -77,7 +105,8 @@ impl Collector {
             cgroups,
             cpus: rq.cpus,
             probes: probes.hook_stats(),
-            kernel_errors: rq.errors,
+            node,
+            kernel_errors,
         })
     }
 }

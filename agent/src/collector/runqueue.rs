@@ -7,17 +7,15 @@ use agent_ebpf::{
     hist::Log2Hist,
     runqueue::{MAP_CPU_WAIT, MAP_ERRORS, MAP_LATENCY},
 };
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
-};
+use aya::Ebpf;
 
+use super::maps;
 use crate::{
     core::{
         counters::{Counter, Snapshot, per_cpu_delta},
         histogram::HistStats,
     },
-    probes::{ProbeError, runqueue::PROBE},
+    probes::{ProbeError, catalog::RUNQUEUE},
     report::{CpuReport, KernelError, RunqueueFigures},
 };
 
@@ -47,54 +45,15 @@ pub struct Runqueue {
     prev: Reading,
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
-    move |e| ProbeError::Map {
-        name,
-        message: e.to_string(),
-    }
-}
-
-fn missing(name: &'static str) -> ProbeError {
-    ProbeError::Map {
-        name,
-        message: "not in the eBPF object".into(),
-    }
-}
-
 /// Reads the maps (the only part of this module that touches the kernel).
 pub fn read(ebpf: &Ebpf) -> Result<Reading, ProbeError> {
-    let latency: PerCpuHashMap<&MapData, u64, Log2Hist> =
-        PerCpuHashMap::try_from(ebpf.map(MAP_LATENCY).ok_or_else(|| missing(MAP_LATENCY))?)
-            .map_err(map_err(MAP_LATENCY))?;
-    let mut entries = Vec::new();
-    for item in latency.iter() {
-        match item {
-            Ok((cgroup, per_cpu)) => entries.push((cgroup, per_cpu.to_vec())),
-            // An entry evicted between listing its key and reading it: skip it.
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(map_err(MAP_LATENCY)(e)),
-        }
-    }
-    let per_cpu_u64 = |name: &'static str| -> Result<Vec<Vec<u64>>, ProbeError> {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(ebpf.map(name).ok_or_else(|| missing(name))?)
-                .map_err(map_err(name))?;
-        (0..array.len())
-            .map(|i| array.get(&i, 0).map(|v| v.to_vec()).map_err(map_err(name)))
-            .collect()
-    };
-    let cpu_wait = per_cpu_u64(MAP_CPU_WAIT)?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let errors = per_cpu_u64(MAP_ERRORS)?
-        .into_iter()
-        .map(|per_cpu| per_cpu.iter().sum())
-        .collect();
     Ok(Reading {
-        latency: Snapshot::from_per_cpu(entries),
-        cpu_wait,
-        errors,
+        latency: maps::per_cpu_hash(ebpf, MAP_LATENCY)?,
+        cpu_wait: maps::per_cpu_array(ebpf, MAP_CPU_WAIT)?
+            .into_iter()
+            .next()
+            .unwrap_or_default(),
+        errors: maps::per_cpu_array_sums(ebpf, MAP_ERRORS)?,
     })
 }
 
@@ -157,7 +116,7 @@ pub fn summarize(
         .filter_map(|(i, c)| {
             let d = c.delta(prev.errors.get(i).unwrap_or(&0));
             (d > 0).then(|| KernelError {
-                probe: PROBE,
+                probe: RUNQUEUE.name,
                 error: ERROR_NAMES.get(i).copied().unwrap_or("unknown"),
                 count: d,
             })

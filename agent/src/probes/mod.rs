@@ -2,16 +2,21 @@
 //! variants: the first that the kernel accepts wins, and every attempt is recorded so `check`,
 //! the logs and the self-metrics can say what attached and why something did not.
 
-pub mod runqueue;
+pub mod btf;
+pub mod catalog;
 pub mod tracefs;
 
 use std::fmt;
 
+use agent_ebpf::HookPrograms;
 use aya::{
     Btf, Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
     programs::{BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint},
 };
 use serde::Serialize;
+
+use self::catalog::Probe;
 
 /// The object file built from `agent-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodesat-ebpf"));
@@ -92,25 +97,13 @@ pub struct HookStatus {
     pub program: Option<&'static str>,
 }
 
-/// A hook as the attach code sees it: the tracepoint and its program for each variant.
-#[derive(Clone, Copy, Debug)]
-pub struct Hook {
-    pub probe: &'static str,
-    pub category: &'static str,
-    pub name: &'static str,
-    pub tp_btf: &'static str,
-    pub raw_tracepoint: &'static str,
-    pub tracepoint: &'static str,
-}
-
-impl Hook {
-    fn program(&self, variant: Variant) -> Option<&'static str> {
-        match variant {
-            Variant::TpBtf => Some(self.tp_btf),
-            Variant::RawTracepoint => Some(self.raw_tracepoint),
-            Variant::Tracepoint => Some(self.tracepoint),
-            Variant::Kprobe | Variant::Fentry => None,
-        }
+/// The program for a hook and variant (kprobe and fentry have none yet).
+fn program(hook: &HookPrograms, variant: Variant) -> Option<&'static str> {
+    match variant {
+        Variant::TpBtf => Some(hook.tp_btf),
+        Variant::RawTracepoint => Some(hook.raw_tracepoint),
+        Variant::Tracepoint => Some(hook.tracepoint),
+        Variant::Kprobe | Variant::Fentry => None,
     }
 }
 
@@ -122,8 +115,12 @@ pub const TRACEPOINT_CHAIN: [Variant; 3] =
 pub struct Probes {
     ebpf: Ebpf,
     btf: Option<Btf>,
-    /// Whether the classic tracepoint field offsets were found in tracefs at load time.
-    tracepoint_offsets: Result<(), String>,
+    /// Per probe: whether its classic tracepoint field offsets were found in tracefs at load
+    /// time (the `tracepoint` variant needs them).
+    tracepoint_fields: Vec<(&'static str, Result<(), String>)>,
+    /// Whether the kernel struct offsets were resolved from BTF (the tcp and oom programs
+    /// need them to name cgroups).
+    pub kernel_offsets: Result<(), String>,
     pub hooks: Vec<HookStatus>,
 }
 
@@ -135,7 +132,8 @@ pub struct LoadOptions {
 }
 
 impl Probes {
-    /// Loads the object (maps created, nothing attached yet).
+    /// Loads the object (maps created, nothing attached yet), with the classic tracepoint
+    /// field offsets and kernel struct offsets the programs need set as globals.
     pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().ok();
@@ -144,17 +142,37 @@ impl Probes {
         {
             tracing::warn!("{e}");
         }
-        let offsets = runqueue::tracepoint_offsets();
+        let mut globals: Vec<(&'static str, u32)> = Vec::new();
+        let tracepoint_fields = catalog::AGENT
+            .iter()
+            .map(|probe| {
+                let found = tracepoint_offsets(probe);
+                if let Ok(offsets) = &found {
+                    globals.extend(offsets);
+                }
+                (probe.name, found.map(|_| ()).map_err(|e| e.to_string()))
+            })
+            .collect();
+        let kernel_offsets = match kernel_offsets() {
+            Ok(offsets) => {
+                globals.extend(offsets);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "kernel struct offsets unavailable, tcp and oom cannot name cgroups: {e}"
+                );
+                Err(e.to_string())
+            }
+        };
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
         // aya has no userspace type for task storage (RUNQ_TASK_ENQUEUED_AT); only the kernel
         // programs use it, so creating it is all that is needed.
         loader.allow_unsupported_maps();
         loader.map_max_entries(agent_ebpf::runqueue::MAP_LATENCY, opts.max_cgroups);
-        if let Ok(offsets) = &offsets {
-            for (name, value) in offsets {
-                loader.override_global(name, value, true);
-            }
+        for (name, value) in &globals {
+            loader.override_global(name, value, true);
         }
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             tracefs::restore();
@@ -163,8 +181,21 @@ impl Probes {
         Ok(Probes {
             ebpf,
             btf,
-            tracepoint_offsets: offsets.map(|_| ()).map_err(|e| e.to_string()),
+            tracepoint_fields,
+            kernel_offsets,
             hooks: Vec::new(),
+        })
+    }
+
+    /// Takes a ring buffer out of the object, to be read on its own (e.g. from an async task).
+    pub fn take_ring_buf(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(name).ok_or_else(|| ProbeError::Map {
+            name,
+            message: "not in the eBPF object".into(),
+        })?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map {
+            name,
+            message: e.to_string(),
         })
     }
 
@@ -175,27 +206,27 @@ impl Probes {
     /// Attaches every hook of one probe with the same variant (the hooks share maps keyed by
     /// variant-specific task keys), trying `chain` in order. Failures are recorded in
     /// [`Probes::hooks`], never returned: the rest of the agent runs without this probe.
-    pub fn attach_group(&mut self, hooks: &[Hook], chain: &[Variant]) {
+    pub fn attach_group(&mut self, probe: &Probe, chain: &[Variant]) {
         let mut errors = Vec::new();
         for &variant in chain {
-            match self.try_attach(hooks, variant) {
+            match self.try_attach(probe, variant) {
                 Ok(()) => {
-                    for h in hooks {
-                        tracing::info!(probe = h.probe, hook = h.name, %variant, "attached");
+                    for h in probe.hooks {
+                        tracing::info!(probe = probe.name, hook = h.name, %variant, "attached");
                         self.hooks.push(HookStatus {
-                            probe: h.probe,
+                            probe: probe.name,
                             hook: h.name,
                             variant: Some(variant),
                             attached: true,
                             error: None,
                             run_count: 0,
                             run_time_ns: 0,
-                            program: h.program(variant),
+                            program: program(h, variant),
                         });
                     }
                     if !errors.is_empty() {
                         tracing::info!(
-                            probe = hooks[0].probe,
+                            probe = probe.name,
                             "fell back to {variant}: {}",
                             errors.join("; ")
                         );
@@ -203,19 +234,19 @@ impl Probes {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(probe = hooks[0].probe, %variant, "cannot attach: {e}");
+                    tracing::debug!(probe = probe.name, %variant, "cannot attach: {e}");
                     errors.push(format!("{variant}: {e}"));
                 }
             }
         }
         let error = errors.join("; ");
         tracing::warn!(
-            probe = hooks[0].probe,
+            probe = probe.name,
             "not attached, the rest of the agent runs without it: {error}"
         );
-        for h in hooks {
+        for h in probe.hooks {
             self.hooks.push(HookStatus {
-                probe: h.probe,
+                probe: probe.name,
                 hook: h.name,
                 variant: None,
                 attached: false,
@@ -228,10 +259,20 @@ impl Probes {
     }
 
     /// Loads and attaches one variant for all `hooks`, or unloads whatever it did and fails.
-    pub fn try_attach(&mut self, hooks: &[Hook], variant: Variant) -> Result<(), ProbeError> {
+    pub fn try_attach(&mut self, probe: &Probe, variant: Variant) -> Result<(), ProbeError> {
+        if variant == Variant::Tracepoint
+            && let Some((_, Err(e))) = self
+                .tracepoint_fields
+                .iter()
+                .find(|(p, _)| *p == probe.name)
+        {
+            return Err(ProbeError::Tracefs(format!(
+                "{e} when the programs were loaded, so the tracepoint field offsets are unknown (mount it, or run with --probe-variant tracepoint, which mounts it)"
+            )));
+        }
         let mut done: Vec<&'static str> = Vec::new();
-        for h in hooks {
-            let Some(name) = h.program(variant) else {
+        for h in probe.hooks {
+            let Some(name) = program(h, variant) else {
                 self.unload_all(&done);
                 return Err(ProbeError::Tracefs(format!(
                     "no {variant} program for {}",
@@ -252,18 +293,11 @@ impl Probes {
 
     fn attach_one(
         &mut self,
-        hook: &Hook,
+        hook: &HookPrograms,
         name: &'static str,
         variant: Variant,
     ) -> Result<(), ProbeError> {
         let err = |source| ProbeError::Program { name, source };
-        if variant == Variant::Tracepoint
-            && let Err(e) = &self.tracepoint_offsets
-        {
-            return Err(ProbeError::Tracefs(format!(
-                "{e} when the programs were loaded, so the tracepoint field offsets are unknown (mount it, or run with --probe-variant tracepoint, which mounts it)"
-            )));
-        }
         let btf = self.btf.as_ref();
         let program = self
             .ebpf
@@ -292,8 +326,12 @@ impl Probes {
     }
 
     /// Detaches and unloads the programs of one variant (after a trial attach).
-    pub fn release(&mut self, hooks: &[Hook], variant: Variant) {
-        let names: Vec<&'static str> = hooks.iter().filter_map(|h| h.program(variant)).collect();
+    pub fn release(&mut self, probe: &Probe, variant: Variant) {
+        let names: Vec<&'static str> = probe
+            .hooks
+            .iter()
+            .filter_map(|h| program(h, variant))
+            .collect();
         self.unload_all(&names);
     }
 
@@ -348,7 +386,36 @@ fn raise_memlock_limit() {
     }
 }
 
-/// The hooks of every probe for a program set, and the variants to try.
-pub fn all_hooks(set: ProgramSet) -> Vec<Hook> {
-    runqueue::hooks(set)
+/// The offsets of one probe's classic tracepoint fields, from tracefs (if it is mounted).
+fn tracepoint_offsets(probe: &Probe) -> Result<Vec<(&'static str, u32)>, ProbeError> {
+    let Some(root) = tracefs::find() else {
+        return Err(ProbeError::Tracefs("tracefs is not mounted".into()));
+    };
+    probe
+        .tracepoint_fields
+        .iter()
+        .map(|f| {
+            Ok((
+                f.global,
+                tracefs::field_offset(&root, f.category, f.event, f.field)?,
+            ))
+        })
+        .collect()
+}
+
+/// The kernel struct offsets of `agent_ebpf::kernel::OFFSETS`, from the kernel's BTF.
+fn kernel_offsets() -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
+    let kernel = btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))?;
+    agent_ebpf::kernel::OFFSETS
+        .iter()
+        .map(|&(global, ty, path)| Ok((global, kernel.offset(ty, path)?)))
+        .collect()
+}
+
+/// The probes of a program set.
+pub fn probes_of(set: ProgramSet) -> &'static [Probe] {
+    match set {
+        ProgramSet::Agent => &catalog::AGENT,
+        ProgramSet::Floor => std::slice::from_ref(&catalog::FLOOR),
+    }
 }

@@ -1,0 +1,89 @@
+//! Reading kernel structs through offsets the agent resolved from BTF (see
+//! `agent_ebpf::kernel`). Every read is a `bpf_probe_read_kernel`, which fails safely.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+use super::global;
+
+// Names match `agent_ebpf::kernel`'s constants; 0 = unknown.
+#[unsafe(no_mangle)]
+static OFF_SOCK_CGROUP: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_KERNFS_NODE_ID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_CGROUPS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_DFL_CGRP: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_COMM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_SIGNAL: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SIGNAL_OOM_SCORE_ADJ: u32 = 0;
+
+/// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: &u32) -> Option<T> {
+    let offset = global(offset);
+    if base == 0 || offset == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// `cgroup->kn->id`: the cgroup v2 id.
+#[inline(always)]
+fn cgroup_id(cgroup: u64) -> Option<u64> {
+    let kn: u64 = read(cgroup, &OFF_CGROUP_KN)?;
+    read(kn, &OFF_KERNFS_NODE_ID)
+}
+
+/// The cgroup v2 id of a socket's owner: `sk->sk_cgrp_data.cgroup->kn->id`.
+#[inline(always)]
+pub fn sock_cgroup_id(sk: u64) -> Option<u64> {
+    cgroup_id(read(sk, &OFF_SOCK_CGROUP)?)
+}
+
+/// `sk->__sk_common.skc_family`.
+#[inline(always)]
+pub fn sock_family(sk: u64) -> Option<u16> {
+    read(sk, &OFF_SOCK_FAMILY)
+}
+
+/// The cgroup v2 id of a task: `task->cgroups->dfl_cgrp->kn->id`.
+#[inline(always)]
+pub fn task_cgroup_id(task: u64) -> Option<u64> {
+    let css_set: u64 = read(task, &OFF_TASK_CGROUPS)?;
+    cgroup_id(read(css_set, &OFF_CSS_SET_DFL_CGRP)?)
+}
+
+#[inline(always)]
+pub fn task_pid(task: u64) -> Option<u32> {
+    read(task, &OFF_TASK_PID)
+}
+
+#[inline(always)]
+pub fn task_tgid(task: u64) -> Option<u32> {
+    read(task, &OFF_TASK_TGID)
+}
+
+#[inline(always)]
+pub fn task_comm(task: u64) -> Option<[u8; 16]> {
+    read(task, &OFF_TASK_COMM)
+}
+
+/// `task->signal->oom_score_adj`.
+#[inline(always)]
+pub fn task_oom_score_adj(task: u64) -> Option<i16> {
+    let signal: u64 = read(task, &OFF_TASK_SIGNAL)?;
+    read(signal, &OFF_SIGNAL_OOM_SCORE_ADJ)
+}

@@ -1,0 +1,87 @@
+//! TCP retransmit programs; see `agent_ebpf::tcp`.
+
+use agent_ebpf::tcp::{KIND_DATA, KIND_SYNACK, RETRANSMITS_MAX_ENTRIES, TcpKey};
+use aya_ebpf::{
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::LruPerCpuHashMap,
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+
+use super::{kernel, tp_field};
+
+#[map]
+static TCP_RETRANSMITS: LruPerCpuHashMap<TcpKey, u64> =
+    LruPerCpuHashMap::with_max_entries(RETRANSMITS_MAX_ENTRIES, 0);
+
+// Classic tracepoint field offsets, from tracefs; 0 = unknown.
+#[unsafe(no_mangle)]
+static TP_RETRANSMIT_SKADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_RETRANSMIT_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SYNACK_SKADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SYNACK_FAMILY: u32 = 0;
+
+/// Counts one retransmit of socket `sk`. `family` comes from the tracepoint record when it
+/// has one, else from the socket.
+#[inline(always)]
+fn retransmitted(sk: u64, family: Option<u16>, kind: u8) {
+    let key = TcpKey {
+        cgroup: kernel::sock_cgroup_id(sk).unwrap_or(0),
+        family: family.or_else(|| kernel::sock_family(sk)).unwrap_or(0),
+        kind,
+        _pad: [0; 5],
+    };
+    if let Some(count) = TCP_RETRANSMITS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU's program instance touches it.
+        unsafe { *count += 1 };
+    } else {
+        // A concurrent insert on another CPU only creates that CPU's slot: ours starts at 1.
+        let _ = TCP_RETRANSMITS.insert(&key, &1, 0);
+    }
+}
+
+// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...)
+// tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req)
+// For a SYN-ACK, `sk` is the listening socket: the server's.
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retx_btf(ctx: BtfTracePointContext) -> i32 {
+    retransmitted(ctx.arg(0), None, KIND_DATA);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcp_synack_btf(ctx: BtfTracePointContext) -> i32 {
+    retransmitted(ctx.arg(0), None, KIND_SYNACK);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retx_raw(ctx: RawTracePointContext) -> i32 {
+    retransmitted(ctx.arg(0), None, KIND_DATA);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_synack_raw(ctx: RawTracePointContext) -> i32 {
+    retransmitted(ctx.arg(0), None, KIND_SYNACK);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retx_tp(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = tp_field::<u64>(&ctx, &TP_RETRANSMIT_SKADDR) {
+        retransmitted(sk, tp_field(&ctx, &TP_RETRANSMIT_FAMILY), KIND_DATA);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_synack_tp(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = tp_field::<u64>(&ctx, &TP_SYNACK_SKADDR) {
+        retransmitted(sk, tp_field(&ctx, &TP_SYNACK_FAMILY), KIND_SYNACK);
+    }
+    0
+}

@@ -1,0 +1,62 @@
+//! Reading per-CPU maps into the core's snapshots (the only place collectors touch aya maps).
+
+use aya::{
+    Ebpf, Pod,
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
+
+use crate::{
+    core::counters::{Counter, Snapshot},
+    probes::ProbeError,
+};
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
+    move |e| ProbeError::Map {
+        name,
+        message: e.to_string(),
+    }
+}
+
+fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ProbeError> {
+    ebpf.map(name).ok_or_else(|| ProbeError::Map {
+        name,
+        message: "not in the eBPF object".into(),
+    })
+}
+
+/// Every key of a per-CPU hash (plain or LRU), its values merged across CPUs.
+pub fn per_cpu_hash<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<Snapshot<K, V>, ProbeError>
+where
+    K: Pod + Eq + std::hash::Hash,
+    V: Pod + Counter,
+{
+    let hash: PerCpuHashMap<&MapData, K, V> =
+        PerCpuHashMap::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    let mut entries = Vec::new();
+    for item in hash.iter() {
+        match item {
+            Ok((key, per_cpu)) => entries.push((key, per_cpu.to_vec())),
+            // Evicted between listing its key and reading it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(Snapshot::from_per_cpu(entries))
+}
+
+/// Every element of a per-CPU array of counters, one value per possible CPU each.
+pub fn per_cpu_array(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<u64>>, ProbeError> {
+    let array: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    (0..array.len())
+        .map(|i| array.get(&i, 0).map(|v| v.to_vec()).map_err(map_err(name)))
+        .collect()
+}
+
+/// The elements of a per-CPU array of counters, each summed over CPUs.
+pub fn per_cpu_array_sums(ebpf: &Ebpf, name: &'static str) -> Result<Vec<u64>, ProbeError> {
+    Ok(per_cpu_array(ebpf, name)?
+        .into_iter()
+        .map(|per_cpu| per_cpu.iter().sum())
+        .collect())
+}

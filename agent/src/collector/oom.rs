@@ -1,0 +1,268 @@
+//! OOM kills: per-cgroup counts from `OOM_KILLS` each interval, and each kill as it happens
+//! from the `OOM_EVENTS` ring buffer, with the victim's cgroup named and the kind of OOM
+//! (cgroup limit or global) worked out from the memory controller's files.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use agent_ebpf::oom::{MAP_KILLS, MAP_LOST, OomEvent, SCORE_ADJ_UNKNOWN};
+use aya::Ebpf;
+use serde::Serialize;
+
+use super::maps;
+use crate::{
+    cgroups::CgroupNames,
+    core::counters::{Counter, Snapshot},
+    probes::{ProbeError, catalog::OOM},
+    report::KernelError,
+};
+
+#[derive(Debug, Default)]
+pub struct Oom {
+    prev: Snapshot<u64, u64>,
+    prev_lost: u64,
+}
+
+impl Oom {
+    pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
+        self.prev = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
+        self.prev_lost = lost(ebpf)?;
+        Ok(())
+    }
+
+    /// Kills per victim cgroup in the interval, and events the ring buffer dropped.
+    pub fn collect(
+        &mut self,
+        ebpf: &Ebpf,
+    ) -> Result<(BTreeMap<u64, u64>, Option<KernelError>), ProbeError> {
+        let cur = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
+        let kills = cur.delta_since(&self.prev).into_iter().collect();
+        self.prev = cur;
+        let cur_lost = lost(ebpf)?;
+        let lost_now = cur_lost.delta(&self.prev_lost);
+        self.prev_lost = cur_lost;
+        let error = (lost_now > 0).then_some(KernelError {
+            probe: OOM.name,
+            error: "events_lost",
+            count: lost_now,
+        });
+        Ok((kills, error))
+    }
+}
+
+fn lost(ebpf: &Ebpf) -> Result<u64, ProbeError> {
+    Ok(maps::per_cpu_array_sums(ebpf, MAP_LOST)?
+        .first()
+        .copied()
+        .unwrap_or(0))
+}
+
+/// One OOM kill as reported (a JSON line of type "oom_kill", or a table line), at once.
+#[derive(Clone, Debug, Serialize)]
+pub struct OomKill {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: u64,
+    /// The victim's process id.
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The victim cgroup's path relative to the cgroup v2 root.
+    pub cgroup: Option<String>,
+    /// "memcg" (a cgroup memory limit was hit), "global" (the whole machine ran out), or
+    /// "unknown".
+    pub constraint: &'static str,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Turns kernel events into reports: names the cgroup and the constraint.
+pub struct OomEvents {
+    cgroup_root: PathBuf,
+}
+
+impl OomEvents {
+    pub fn new(cgroup_root: &Path) -> OomEvents {
+        OomEvents {
+            cgroup_root: cgroup_root.to_path_buf(),
+        }
+    }
+
+    pub fn describe(&self, e: &OomEvent, names: &mut CgroupNames) -> OomKill {
+        let mut cgroup_id = e.cgroup;
+        if cgroup_id == 0 {
+            // The classic tracepoint carries no task pointer: look the victim up while it may
+            // still exist.
+            cgroup_id = names.id_of_pid(e.tgid).unwrap_or(0);
+        }
+        names.refresh_if_unknown(&[cgroup_id]);
+        let cgroup = names.name(cgroup_id).map(str::to_owned);
+        let constraint = match &cgroup {
+            Some(path) => constraint(&self.cgroup_root, names.v2_root(), path),
+            None => "unknown",
+        };
+        OomKill {
+            kind: "oom_kill",
+            time_unix_ns: wall_clock_of_ktime(e.ktime_ns),
+            pid: e.tgid,
+            comm: comm(&e.comm),
+            cgroup_id,
+            cgroup,
+            constraint,
+            oom_score_adj: (e.oom_score_adj != SCORE_ADJ_UNKNOWN).then_some(e.oom_score_adj),
+        }
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Converts a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) time to wall-clock ns.
+fn wall_clock_of_ktime(ktime_ns: u64) -> u64 {
+    let now_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let now_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(ktime_ns);
+    now_wall.saturating_sub(now_mono.saturating_sub(ktime_ns))
+}
+
+/// Whether a kill in cgroup `path` (relative to the v2 root) came from a cgroup memory limit:
+/// some ancestor (or the cgroup itself) has a limit and shows it was hit (v2 `memory.events`
+/// `oom` > 0; v1 `memory.failcnt` > 0). "global" when no ancestor has a limit; "unknown" when
+/// there is a limit but no sign it was reached, or no memory controller to ask.
+pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'static str {
+    let mut saw_controller = false;
+    let mut saw_limit = false;
+    for ancestor in ancestors(path) {
+        let rel = ancestor.trim_start_matches('/');
+        if let Some(v2) = v2_root {
+            let dir = v2.join(rel);
+            if let Ok(max) = std::fs::read_to_string(dir.join("memory.max")) {
+                saw_controller = true;
+                if max.trim() != "max" {
+                    saw_limit = true;
+                    if keyed(&dir.join("memory.events"), "oom").unwrap_or(0) > 0 {
+                        return "memcg";
+                    }
+                }
+            }
+        }
+        let dir = cgroup_root.join("memory").join(rel);
+        if let Ok(limit) = std::fs::read_to_string(dir.join("memory.limit_in_bytes")) {
+            saw_controller = true;
+            // An unlimited v1 memcg reports PAGE_COUNTER_MAX pages in bytes (~2^63).
+            if limit.trim().parse::<u64>().is_ok_and(|l| l < 1 << 62) {
+                saw_limit = true;
+                let failcnt = std::fs::read_to_string(dir.join("memory.failcnt"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                if failcnt.unwrap_or(0) > 0 {
+                    return "memcg";
+                }
+            }
+        }
+    }
+    match (saw_controller, saw_limit) {
+        (true, false) => "global",
+        _ => "unknown",
+    }
+}
+
+/// "/a/b/c" → ["/a/b/c", "/a/b", "/a", "/"].
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = vec![path.to_owned()];
+    let mut p = path.trim_end_matches('/');
+    while let Some(i) = p.rfind('/') {
+        p = &p[..i];
+        out.push(if p.is_empty() {
+            "/".into()
+        } else {
+            p.to_owned()
+        });
+        if p.is_empty() {
+            break;
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The value of `key` in a flat keyed file such as `memory.events` ("oom 3").
+fn keyed(file: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_walk_up_to_the_root() {
+        assert_eq!(ancestors("/a/b"), vec!["/a/b", "/a", "/"]);
+        assert_eq!(ancestors("/"), vec!["/"]);
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut raw = [0u8; 16];
+        raw[..5].copy_from_slice(b"hello");
+        assert_eq!(comm(&raw), "hello");
+    }
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn v2_limit_hit_on_an_ancestor_is_memcg() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().to_path_buf();
+        write(&v2.join("pod"), "memory.max", "67108864\n");
+        write(
+            &v2.join("pod"),
+            "memory.events",
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        );
+        write(&v2.join("pod/ctr"), "memory.max", "max\n");
+        write(&v2.join("pod/ctr"), "memory.events", "oom 0\noom_kill 1\n");
+        assert_eq!(constraint(root.path(), Some(&v2), "/pod/ctr"), "memcg");
+    }
+
+    #[test]
+    fn no_limit_anywhere_is_global_and_unreached_limit_is_unknown() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().to_path_buf();
+        write(&v2.join("a"), "memory.max", "max\n");
+        assert_eq!(constraint(root.path(), Some(&v2), "/a"), "global");
+        write(&v2.join("b"), "memory.max", "1000000\n");
+        write(&v2.join("b"), "memory.events", "oom 0\n");
+        assert_eq!(constraint(root.path(), Some(&v2), "/b"), "unknown");
+        assert_eq!(constraint(root.path(), None, "/c"), "unknown");
+    }
+
+    #[test]
+    fn v1_limit_with_failures_is_memcg() {
+        let root = tempfile::tempdir().unwrap();
+        let mem = root.path().join("memory/test");
+        write(&mem, "memory.limit_in_bytes", "67108864\n");
+        write(&mem, "memory.failcnt", "1234\n");
+        write(
+            &root.path().join("memory"),
+            "memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        assert_eq!(constraint(root.path(), None, "/test"), "memcg");
+    }
+}

@@ -1,0 +1,138 @@
+//! Kernel struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`), for the
+//! globals listed in `agent_ebpf::kernel::OFFSETS`.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("reading kernel BTF {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("struct {ty} has no member {path} in kernel BTF")]
+    NoMember { ty: String, path: String },
+}
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load(path: &Path) -> Result<KernelBtf, BtfError> {
+        Btf::from_file(path)
+            .map(|btf| KernelBtf { btf })
+            .map_err(|e| BtfError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The byte offset of member `path` ("a.b.c") from the start of `struct ty`.
+    pub fn offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
+        let no_member = || BtfError::NoMember {
+            ty: ty.to_owned(),
+            path: path.to_owned(),
+        };
+        let mut current = self
+            .btf
+            .resolve_types_by_name(ty)
+            .ok()
+            .and_then(|types| types.into_iter().find(|t| struct_members(t).is_some()))
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        let mut offset_bits = 0u32;
+        let mut segments = path.split('.').peekable();
+        while let Some(name) = segments.next() {
+            let (bits, member_type) = self.find_member(&current, name).ok_or_else(no_member)?;
+            offset_bits += bits;
+            if segments.peek().is_some() {
+                current = self.strip_modifiers(member_type).ok_or_else(no_member)?;
+            }
+        }
+        Ok(offset_bits / 8)
+    }
+
+    /// Finds a member by name, looking inside anonymous structs and unions; returns its bit
+    /// offset from the start of `ty` and its type.
+    fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, Type)> {
+        for member in struct_members(ty)? {
+            let member_name = self.btf.resolve_name(member).unwrap_or_default();
+            let member_type = self.btf.resolve_chained_type(member).ok()?;
+            if member_name == name {
+                return Some((member.bit_offset(), member_type));
+            }
+            if member_name.is_empty() {
+                let inner = self.strip_modifiers(member_type)?;
+                if let Some((bits, t)) = self.find_member(&inner, name) {
+                    return Some((member.bit_offset() + bits, t));
+                }
+            }
+        }
+        None
+    }
+
+    /// Follows typedefs, const and volatile to the struct or union underneath.
+    fn strip_modifiers(&self, mut t: Type) -> Option<Type> {
+        for _ in 0..16 {
+            let next = match &t {
+                Type::Struct(_) | Type::Union(_) => return Some(t),
+                Type::Typedef(x) => self.btf.resolve_chained_type(x).ok()?,
+                Type::Const(x) => self.btf.resolve_chained_type(x).ok()?,
+                Type::Volatile(x) => self.btf.resolve_chained_type(x).ok()?,
+                _ => return None,
+            };
+            t = next;
+        }
+        None
+    }
+}
+
+fn struct_members(t: &Type) -> Option<&[btf_rs::Member]> {
+    match t {
+        Type::Struct(s) | Type::Union(s) => Some(&s.members),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets that have been the same across 6.x kernels on x86_64 cannot be asserted
+    /// portably; what can: members resolve, nested and anonymous paths add up, and unknown
+    /// names fail. Skips (printing why) where the running kernel has no BTF.
+    #[test]
+    fn resolves_nested_and_anonymous_members_from_the_running_kernel() {
+        let Ok(btf) = KernelBtf::load(Path::new(VMLINUX)) else {
+            eprintln!("skipping: no kernel BTF at {VMLINUX}");
+            return;
+        };
+        let common = btf.offset("sock", "__sk_common").unwrap();
+        let family_in_common = btf.offset("sock_common", "skc_family").unwrap();
+        assert_eq!(
+            btf.offset("sock", "__sk_common.skc_family").unwrap(),
+            common + family_in_common
+        );
+        let data = btf.offset("sock", "sk_cgrp_data").unwrap();
+        let cgroup_in_data = btf.offset("sock_cgroup_data", "cgroup").unwrap();
+        assert_eq!(
+            btf.offset("sock", "sk_cgrp_data.cgroup").unwrap(),
+            data + cgroup_in_data
+        );
+        for (_, ty, path) in agent_ebpf::kernel::OFFSETS {
+            let off = btf.offset(ty, path).unwrap();
+            assert!(off > 0, "{ty}.{path} at 0 would read as unknown");
+        }
+        assert!(matches!(
+            btf.offset("task_struct", "no_such_member"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.offset("no_such_struct", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+}

@@ -1,0 +1,123 @@
+//! Every probe the agent has: its hooks (with the program for each attach variant) and the
+//! classic tracepoint fields its `tracepoint` programs read.
+
+use agent_ebpf::{HookPrograms, oom, runqueue, tcp};
+
+/// A classic tracepoint field whose offset (from tracefs) is handed to the programs as a
+/// global.
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointField {
+    pub global: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+    pub field: &'static str,
+}
+
+const fn field(
+    global: &'static str,
+    category: &'static str,
+    event: &'static str,
+    field: &'static str,
+) -> TracepointField {
+    TracepointField {
+        global,
+        category,
+        event,
+        field,
+    }
+}
+
+/// A probe: hooks that attach together, with one variant (they share maps and keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub name: &'static str,
+    pub hooks: &'static [HookPrograms],
+    pub tracepoint_fields: &'static [TracepointField],
+}
+
+pub const RUNQUEUE: Probe = Probe {
+    name: "runqueue",
+    hooks: &runqueue::HOOKS,
+    tracepoint_fields: &[
+        field(
+            runqueue::GLOBAL_TP_SWITCH_PREV_PID,
+            "sched",
+            "sched_switch",
+            "prev_pid",
+        ),
+        field(
+            runqueue::GLOBAL_TP_SWITCH_PREV_STATE,
+            "sched",
+            "sched_switch",
+            "prev_state",
+        ),
+        field(
+            runqueue::GLOBAL_TP_SWITCH_NEXT_PID,
+            "sched",
+            "sched_switch",
+            "next_pid",
+        ),
+        field(
+            runqueue::GLOBAL_TP_WAKEUP_PID,
+            "sched",
+            "sched_wakeup",
+            "pid",
+        ),
+    ],
+};
+
+pub const TCP: Probe = Probe {
+    name: "tcp",
+    hooks: &tcp::HOOKS,
+    tracepoint_fields: &[
+        field(
+            tcp::GLOBAL_TP_RETRANSMIT_SKADDR,
+            "tcp",
+            "tcp_retransmit_skb",
+            "skaddr",
+        ),
+        field(
+            tcp::GLOBAL_TP_RETRANSMIT_FAMILY,
+            "tcp",
+            "tcp_retransmit_skb",
+            "family",
+        ),
+        field(
+            tcp::GLOBAL_TP_SYNACK_SKADDR,
+            "tcp",
+            "tcp_retransmit_synack",
+            "skaddr",
+        ),
+        field(
+            tcp::GLOBAL_TP_SYNACK_FAMILY,
+            "tcp",
+            "tcp_retransmit_synack",
+            "family",
+        ),
+    ],
+};
+
+pub const OOM: Probe = Probe {
+    name: "oom",
+    hooks: &oom::HOOKS,
+    tracepoint_fields: &[
+        field(oom::GLOBAL_TP_VICTIM_PID, "oom", "mark_victim", "pid"),
+        field(oom::GLOBAL_TP_VICTIM_COMM, "oom", "mark_victim", "comm"),
+        field(
+            oom::GLOBAL_TP_VICTIM_SCORE_ADJ,
+            "oom",
+            "mark_victim",
+            "oom_score_adj",
+        ),
+    ],
+};
+
+/// The benchmark's empty programs on the run-queue hooks.
+pub const FLOOR: Probe = Probe {
+    name: "runqueue",
+    hooks: &runqueue::FLOOR_HOOKS,
+    tracepoint_fields: &[],
+};
+
+/// The agent's probes.
+pub const AGENT: [Probe; 3] = [RUNQUEUE, TCP, OOM];
