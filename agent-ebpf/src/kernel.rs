@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 11] = [
+pub const OFFSETS: [(&str, &str, &str); 13] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (CGROUP_KN, "cgroup", "kn"),
@@ -17,6 +17,8 @@ pub const OFFSETS: [(&str, &str, &str); 11] = [
     (TASK_COMM, "task_struct", "comm"),
     (TASK_SIGNAL, "task_struct", "signal"),
     (SIGNAL_OOM_SCORE_ADJ, "signal_struct", "oom_score_adj"),
+    (SKB_CB, "sk_buff", "cb"),
+    (TCP_SKB_CB_GSO_SEGS, "tcp_skb_cb", "tcp_gso_segs"),
 ];
 
 pub const SOCK_CGROUP: &str = "OFF_SOCK_CGROUP";
@@ -30,3 +32,6 @@ pub const TASK_TGID: &str = "OFF_TASK_TGID";
 pub const TASK_COMM: &str = "OFF_TASK_COMM";
 pub const TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
 pub const SIGNAL_OOM_SCORE_ADJ: &str = "OFF_SIGNAL_OOM_SCORE_ADJ";
+/// `sk_buff.cb`, and in it (as `struct tcp_skb_cb`) the segment count of a TCP skb.
+pub const SKB_CB: &str = "OFF_SKB_CB";
+pub const TCP_SKB_CB_GSO_SEGS: &str = "OFF_TCP_SKB_CB_GSO_SEGS";

@@ -4,7 +4,8 @@
 //! cgroup comes from the socket itself: `sk->sk_cgrp_data.cgroup->kn->id`, read through
 //! offsets the agent resolves from the kernel's BTF at start-up ([`crate::kernel`]).
 
-/// `LruPerCpuHashMap<TcpKey, u64>`: retransmits.
+/// `LruPerCpuHashMap<TcpKey, u64>`: retransmitted segments (what the kernel's TcpRetransSegs
+/// counts: a GSO skb retransmitted at once counts its segments; a SYN-ACK counts one).
 pub const MAP_RETRANSMITS: &str = "TCP_RETRANSMITS";
 pub const RETRANSMITS_MAX_ENTRIES: u32 = 8192;
 
@@ -33,6 +34,7 @@ crate::user_pod!(TcpKey);
 
 /// Globals: classic tracepoint field offsets (from tracefs), 0 = unknown.
 pub const GLOBAL_TP_RETRANSMIT_SKADDR: &str = "TP_RETRANSMIT_SKADDR";
+pub const GLOBAL_TP_RETRANSMIT_SKBADDR: &str = "TP_RETRANSMIT_SKBADDR";
 pub const GLOBAL_TP_RETRANSMIT_FAMILY: &str = "TP_RETRANSMIT_FAMILY";
 pub const GLOBAL_TP_SYNACK_SKADDR: &str = "TP_SYNACK_SKADDR";
 pub const GLOBAL_TP_SYNACK_FAMILY: &str = "TP_SYNACK_FAMILY";

@@ -3,8 +3,12 @@
 //! With `--output json` the agent prints one JSON object per line on stdout:
 //! `{"type":"ready",...}` once its probes are attached, then
 //! `{"type":"interval",...}` every interval, and a last interval with
-//! `"final":true` when it gets SIGTERM or SIGINT. The structs here hold only
-//! the fields the tests use; unknown fields and unknown `type`s are ignored.
+//! `"final":true` when it gets SIGTERM or SIGINT. In between, it prints an
+//! `{"type":"oom_kill",...}` line as soon as the kernel OOM-kills a process;
+//! [`Agent`] collects those separately (see [`Agent::next_oom_kill`]). The
+//! structs here hold only the fields the tests use; unknown fields and unknown
+//! `type`s are ignored, and fields added with a signal default when absent
+//! (or `null`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -93,6 +97,9 @@ pub struct Report {
     pub cgroups: Vec<CgroupReport>,
     pub cpus: Vec<CpuReport>,
     pub probes: Vec<ProbeReport>,
+    /// Node-wide totals of the interval (zero when absent).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub node: NodeTotals,
 }
 
 impl Report {
@@ -108,16 +115,93 @@ impl Report {
 }
 
 /// One cgroup's figures in a [`Report`].
+///
+/// A cgroup appears when any of its signals saw activity in the interval;
+/// the others are then zero (or absent, which reads as zero).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CgroupReport {
+    /// Its cgroup v2 id; 0 collects TCP retransmits of sockets that belong to
+    /// no cgroup.
     pub cgroup_id: u64,
     /// Path relative to the v2 hierarchy's root, `None` when unknown.
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub runqueue: RunqueueStats,
+    /// TCP retransmits of its sockets, by family and kind (empty when none).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tcp_retransmits: Vec<TcpRetransmits>,
+    /// Processes of it the kernel OOM-killed.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub oom_kills: u64,
+}
+
+impl CgroupReport {
+    /// Its TCP retransmits of `family` (`"ipv4"`, `"ipv6"`) and `kind`
+    /// (`"data"`, `"synack"`).
+    pub fn retransmits(&self, family: &str, kind: &str) -> u64 {
+        self.tcp_retransmits
+            .iter()
+            .filter(|r| r.family == family && r.kind == kind)
+            .map(|r| r.count)
+            .sum()
+    }
+
+    /// All its TCP retransmits.
+    pub fn total_retransmits(&self) -> u64 {
+        self.tcp_retransmits.iter().map(|r| r.count).sum()
+    }
+}
+
+/// TCP retransmits of one family and kind, in a [`CgroupReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TcpRetransmits {
+    /// `"ipv4"` or `"ipv6"`.
+    pub family: String,
+    /// `"data"` (retransmitted segments, SYNs included) or `"synack"`
+    /// (SYN-ACKs a listener retransmitted).
+    pub kind: String,
+    pub count: u64,
+}
+
+/// Node-wide totals of a [`Report`]: sums over all cgroups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct NodeTotals {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tcp_retransmits: u64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub oom_kills: u64,
+}
+
+/// An `oom_kill` line, printed as soon as the kernel OOM-killed a process.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OomKill {
+    pub time_unix_ns: u64,
+    /// The killed process.
+    pub pid: u32,
+    pub comm: String,
+    /// The killed process's cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Its cgroup path relative to the v2 root, `None` when unknown.
+    pub cgroup: Option<String>,
+    /// `"memcg"`, `"global"` or `"unknown"`.
+    pub constraint: String,
+    pub oom_score_adj: i32,
+    /// When the harness read the line (not part of the protocol).
+    #[serde(skip, default = "Instant::now")]
+    pub received: Instant,
+}
+
+/// Deserializes `null` like an absent field: as `T::default()`.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// Run-queue wait of a cgroup's tasks over one interval.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct RunqueueStats {
     pub events: u64,
     pub wait_ns: u64,
@@ -156,6 +240,7 @@ pub struct ProbeReport {
 enum Line {
     Ready(Ready),
     Interval(Report),
+    OomKill(OomKill),
     /// Message types added later; ignored.
     #[serde(other)]
     Other,
@@ -166,6 +251,8 @@ enum Line {
 enum Event {
     Ready(Ready),
     Interval(Report),
+    /// Passed on through its own channel (see [`Agent::next_oom_kill`]).
+    OomKill(OomKill),
     /// A line that is not valid protocol JSON.
     Invalid {
         line: String,
@@ -183,6 +270,7 @@ fn parse_line(line: &str) -> Option<Event> {
     match serde_json::from_str::<Line>(line) {
         Ok(Line::Ready(ready)) => Some(Event::Ready(ready)),
         Ok(Line::Interval(report)) => Some(Event::Interval(report)),
+        Ok(Line::OomKill(kill)) => Some(Event::OomKill(kill)),
         Ok(Line::Other) => None,
         Err(e) => Some(Event::Invalid {
             line: line.to_owned(),
@@ -191,17 +279,38 @@ fn parse_line(line: &str) -> Option<Event> {
     }
 }
 
+/// What [`Agent::stop_and_collect`] gathered.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// The interval reports not taken with [`Agent::next_interval`] before,
+    /// in order; the last one is the final report if one came.
+    pub reports: Vec<Report>,
+    /// The `oom_kill` events not taken before, in order.
+    pub oom_kills: Vec<OomKill>,
+}
+
+impl Stopped {
+    /// The final report (`"final":true`), if one came.
+    pub fn final_report(&self) -> Option<&Report> {
+        self.reports.last().filter(|r| r.is_final)
+    }
+}
+
 /// The running agent (`nodesat run --output json ...`).
 ///
-/// Its stdout is parsed on a thread; its stderr is echoed line by line with a
-/// `[nodesat]` prefix (captured by the test harness like the test's own
-/// output) and kept for [`Agent::stderr`]. Dropping it sends SIGTERM, then
-/// SIGKILL after 10 s, and reaps it.
+/// Its stdout is parsed on a thread, which queues interval reports and
+/// `oom_kill` events separately: waiting for one never loses the other.
+/// Its stderr is echoed line by line with a `[nodesat]` prefix (captured by
+/// the test harness like the test's own output) and kept for
+/// [`Agent::stderr`]. Dropping it sends SIGTERM, then SIGKILL after 10 s, and
+/// reaps it.
 pub struct Agent {
     /// `None` once reaped.
     child: Option<Child>,
     pid: u32,
     events: Receiver<Event>,
+    oom_kills: Receiver<OomKill>,
     stderr: Arc<Mutex<String>>,
     stderr_done: Receiver<()>,
 }
@@ -228,13 +337,17 @@ impl Agent {
         eprintln!("started agent (pid {}): {cmd:?}", child.id());
 
         let (events_tx, events) = mpsc::channel();
+        let (oom_kills_tx, oom_kills) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(event) = parse_line(&line)
-                    && events_tx.send(event).is_err()
-                {
+                let sent = match parse_line(&line) {
+                    Some(Event::OomKill(kill)) => oom_kills_tx.send(kill).is_ok(),
+                    Some(event) => events_tx.send(event).is_ok(),
+                    None => true,
+                };
+                if !sent {
                     return;
                 }
             }
@@ -254,6 +367,7 @@ impl Agent {
             pid: child.id(),
             child: Some(child),
             events,
+            oom_kills,
             stderr,
             stderr_done,
         }
@@ -293,6 +407,20 @@ impl Agent {
         }
     }
 
+    /// Waits up to `timeout` for the next `oom_kill` event (one already
+    /// queued returns at once); `None` if none came. Each event's
+    /// [`OomKill::received`] says when its line was read, however late this
+    /// is called.
+    pub fn next_oom_kill(&mut self, timeout: Duration) -> Option<OomKill> {
+        self.oom_kills.recv_timeout(timeout).ok()
+    }
+
+    /// The `oom_kill` events received so far and not yet taken, without
+    /// waiting.
+    pub fn take_oom_kills(&mut self) -> Vec<OomKill> {
+        self.oom_kills.try_iter().collect()
+    }
+
     /// Next ready or interval event; panics on anything else or on timeout.
     #[track_caller]
     fn next_event(&mut self, timeout: Duration, what: &str) -> Event {
@@ -301,6 +429,7 @@ impl Agent {
             Ok(Event::Invalid { line, error }) => {
                 self.fail(&format!("printed an invalid line ({error}): {line}"))
             }
+            Ok(Event::OomKill(_)) => unreachable!("oom_kill events have their own channel"),
             Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => {
                 let status = match self.reap(Duration::from_secs(2)) {
                     Some(status) => status.to_string(),
@@ -324,7 +453,23 @@ impl Agent {
     /// Like [`Agent::stop`], but panics (after SIGKILLing it) if it does not
     /// exit within `timeout` of SIGTERM.
     #[track_caller]
-    pub fn stop_within(mut self, timeout: Duration) -> (ExitStatus, Option<Report>) {
+    pub fn stop_within(self, timeout: Duration) -> (ExitStatus, Option<Report>) {
+        let stopped = self.stop_and_collect_within(timeout);
+        let final_report = stopped.reports.into_iter().rfind(|r| r.is_final);
+        (stopped.status, final_report)
+    }
+
+    /// Like [`Agent::stop`], but returns everything it printed that was not
+    /// taken yet: all interval reports (final included) and `oom_kill` events.
+    #[track_caller]
+    pub fn stop_and_collect(self) -> Stopped {
+        self.stop_and_collect_within(STOP_TIMEOUT)
+    }
+
+    /// Like [`Agent::stop_and_collect`], but panics (after SIGKILLing it) if
+    /// it does not exit within `timeout` of SIGTERM.
+    #[track_caller]
+    pub fn stop_and_collect_within(mut self, timeout: Duration) -> Stopped {
         self.signal(Signal::SIGTERM);
         let Some(status) = self.reap(timeout) else {
             self.signal(Signal::SIGKILL);
@@ -334,10 +479,10 @@ impl Agent {
             ));
         };
         // It exited, so stdout is closed or about to be: drain what is left.
-        let mut final_report = None;
+        let mut reports = Vec::new();
         loop {
             match self.events.recv_timeout(Duration::from_secs(2)) {
-                Ok(Event::Interval(report)) if report.is_final => final_report = Some(report),
+                Ok(Event::Interval(report)) => reports.push(report),
                 Ok(Event::Invalid { line, error }) => {
                     self.fail(&format!("printed an invalid line ({error}): {line}"))
                 }
@@ -345,8 +490,14 @@ impl Agent {
                 Ok(_) => {}
             }
         }
+        // The reader thread queues oom_kill events before it reports Closed.
+        let oom_kills = self.take_oom_kills();
         let _ = self.stderr_done.recv_timeout(Duration::from_secs(2));
-        (status, final_report)
+        Stopped {
+            status,
+            reports,
+            oom_kills,
+        }
     }
 
     /// Sends `signal` to the agent (if it has not been reaped yet).
@@ -443,6 +594,81 @@ mod tests {
         assert_eq!(report.cgroup(7).and_then(|c| c.name.clone()), None);
         assert_eq!(report.cpus[0].runqueue_length, 2.5);
         assert_eq!(report.probes_for("runqueue").count(), 1);
+    }
+
+    #[test]
+    fn parses_retransmits_oom_kills_and_node_totals() {
+        let interval = r#"{"type":"interval","final":true,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[{"cgroup_id":42,"name":"/a","runqueue":{"events":0,"wait_ns":0,
+                "waiting_tasks":0,"latency_p50_ns":0,"latency_p99_ns":0,"latency_max_ns":0},
+                "tcp_retransmits":[{"family":"ipv4","kind":"data","count":3},
+                    {"family":"ipv6","kind":"data","count":4},
+                    {"family":"ipv4","kind":"synack","count":1,"new":0}],
+                "oom_kills":2},
+                {"cgroup_id":0,"name":null,"tcp_retransmits":[{"family":"ipv6","kind":"data","count":5}]},
+                {"cgroup_id":7,"name":"/b","tcp_retransmits":null,"oom_kills":null}],
+            "cpus":[],"probes":[],"node":{"tcp_retransmits":13,"oom_kills":2,"other":1}}"#
+            .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&interval) else {
+            panic!("not parsed as an interval");
+        };
+        let a = report.cgroup(42).expect("cgroup 42");
+        assert_eq!(a.retransmits("ipv4", "data"), 3);
+        assert_eq!(a.retransmits("ipv6", "data"), 4);
+        assert_eq!(a.retransmits("ipv4", "synack"), 1);
+        assert_eq!(a.retransmits("ipv6", "synack"), 0);
+        assert_eq!(a.total_retransmits(), 8);
+        assert_eq!(a.oom_kills, 2);
+        // Only TCP activity: no runqueue figures, no OOM kills.
+        let none = report.cgroup(0).expect("cgroup 0");
+        assert_eq!(none.runqueue.events, 0);
+        assert_eq!((none.total_retransmits(), none.oom_kills), (5, 0));
+        let b = report.cgroup(7).expect("cgroup 7");
+        assert_eq!((b.total_retransmits(), b.oom_kills), (0, 0));
+        assert_eq!(
+            report.node,
+            NodeTotals {
+                tcp_retransmits: 13,
+                oom_kills: 2
+            }
+        );
+
+        // Reports of an agent without the new signals still parse.
+        let old = r#"{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[],"cpus":[],"probes":[]}"#
+            .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&old) else {
+            panic!("not parsed as an interval");
+        };
+        assert_eq!(report.node, NodeTotals::default());
+    }
+
+    #[test]
+    fn parses_oom_kill_lines() {
+        let line = r#"{"type":"oom_kill","time_unix_ns":17,"pid":1234,"comm":"nodesat-load",
+            "cgroup_id":42,"cgroup":"/nodesat-test-1-mem","constraint":"memcg",
+            "oom_score_adj":-500,"total_vm_kb":1}"#
+            .replace('\n', " ");
+        let Some(Event::OomKill(kill)) = parse_line(&line) else {
+            panic!("not parsed as an oom_kill");
+        };
+        assert_eq!(kill.pid, 1234);
+        assert_eq!(kill.comm, "nodesat-load");
+        assert_eq!(kill.cgroup_id, 42);
+        assert_eq!(kill.cgroup.as_deref(), Some("/nodesat-test-1-mem"));
+        assert_eq!(kill.constraint, "memcg");
+        assert_eq!(kill.oom_score_adj, -500);
+        assert!(kill.received.elapsed() < Duration::from_secs(5));
+
+        let unknown = r#"{"type":"oom_kill","time_unix_ns":1,"pid":1,"comm":"x","cgroup_id":0,
+            "cgroup":null,"constraint":"global","oom_score_adj":0}"#
+            .replace('\n', " ");
+        assert!(matches!(parse_line(&unknown), Some(Event::OomKill(k)) if k.cgroup.is_none()));
+        // A required field missing is a protocol error.
+        assert!(matches!(
+            parse_line(r#"{"type":"oom_kill","pid":1}"#),
+            Some(Event::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Hierarchies {
     /// Roots of the v1 `cpu` and `memory` hierarchies, on hybrid machines
     /// (empty on pure v2 machines).
     pub v1: Vec<PathBuf>,
+    /// Root of the v1 `memory` hierarchy (also in `v1`), if mounted.
+    pub v1_memory: Option<PathBuf>,
 }
 
 impl Hierarchies {
@@ -63,10 +65,49 @@ impl Hierarchies {
             }
         }
         let v2 = v2.ok_or("no cgroup v2 hierarchy is mounted")?;
-        let mut v1: Vec<PathBuf> = cpu.into_iter().chain(memory).collect();
+        let mut v1: Vec<PathBuf> = cpu.into_iter().chain(memory.clone()).collect();
         v1.dedup();
-        Ok(Self { v2, v1 })
+        Ok(Self {
+            v2,
+            v1,
+            v1_memory: memory,
+        })
     }
+
+    /// Where the memory controller is: `Ok` if test cgroups can get a
+    /// memory limit ([`TestCgroup::set_memory_limit`]), else the reason.
+    ///
+    /// That is the v1 `memory` hierarchy when it is mounted (hybrid
+    /// machines), else the v2 hierarchy if its root offers the `memory`
+    /// controller (listed in `cgroup.controllers`).
+    pub fn memory_controller(&self) -> Result<MemoryController, String> {
+        if let Some(root) = &self.v1_memory {
+            return Ok(MemoryController::V1(root.clone()));
+        }
+        let file = self.v2.join("cgroup.controllers");
+        let controllers = fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if controllers.split_whitespace().any(|c| c == "memory") {
+            Ok(MemoryController::V2(self.v2.clone()))
+        } else {
+            Err(format!(
+                "no memory controller: no v1 memory hierarchy is mounted and {} \
+                 lists only [{}]",
+                file.display(),
+                controllers.trim()
+            ))
+        }
+    }
+}
+
+/// Which hierarchy's memory controller limits test cgroups, and its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryController {
+    /// The v1 `memory` hierarchy (`memory.limit_in_bytes`,
+    /// `memory.oom_control`).
+    V1(PathBuf),
+    /// The v2 hierarchy (`memory.max`, `memory.events`).
+    V2(PathBuf),
 }
 
 /// A uniquely named cgroup, removed again when dropped.
@@ -86,6 +127,8 @@ pub struct TestCgroup {
     v2: PathBuf,
     /// Directories in v1 hierarchies (hybrid machines only).
     v1: Vec<PathBuf>,
+    /// Its directory in the v1 memory hierarchy (also in `v1`), if any.
+    v1_memory: Option<PathBuf>,
     id: u64,
 }
 
@@ -106,6 +149,7 @@ impl TestCgroup {
             name: name.clone(),
             v2: PathBuf::new(),
             v1: Vec::new(),
+            v1_memory: None,
             id: 0,
         };
         let v2 = hierarchies.v2.join(&name);
@@ -115,6 +159,9 @@ impl TestCgroup {
         for root in &hierarchies.v1 {
             let dir = root.join(&name);
             make_dir(&dir)?;
+            if hierarchies.v1_memory.as_ref() == Some(root) {
+                cgroup.v1_memory = Some(dir.clone());
+            }
             cgroup.v1.push(dir);
         }
         Ok(cgroup)
@@ -171,6 +218,91 @@ impl TestCgroup {
         pids.dedup();
         pids
     }
+
+    /// The directory whose memory controller files apply to this cgroup:
+    /// the v1 memory one on hybrid machines, else the v2 one.
+    pub fn memory_dir(&self) -> &Path {
+        self.v1_memory.as_deref().unwrap_or(&self.v2)
+    }
+
+    /// Limits its memory to `bytes`, without swap, so that its processes are
+    /// OOM-killed beyond it.
+    ///
+    /// On hybrid machines it writes the v1 `memory.limit_in_bytes` (and, where
+    /// they exist, `memory.memsw.limit_in_bytes` to the same value and
+    /// `memory.swappiness` to 0). Otherwise it enables the v2 memory
+    /// controller for the top-level cgroups if needed (`+memory` in the root's
+    /// `cgroup.subtree_control`; left enabled afterwards) and writes
+    /// `memory.max` (and `memory.swap.max` = 0 where it exists).
+    pub fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        let dir = self.memory_dir();
+        let write = |file: &str, value: &str| {
+            let path = dir.join(file);
+            fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
+        };
+        let exists = |file: &str| dir.join(file).exists();
+        if self.v1_memory.is_some() {
+            write("memory.limit_in_bytes", &bytes.to_string())?;
+            if exists("memory.memsw.limit_in_bytes") {
+                write("memory.memsw.limit_in_bytes", &bytes.to_string())?;
+            }
+            // Not writable in some setups (e.g. the root's); swap is then
+            // limited by memsw above, or there is none.
+            let _ = write("memory.swappiness", "0");
+        } else {
+            enable_v2_memory(&self.v2)?;
+            write("memory.max", &bytes.to_string())?;
+            if exists("memory.swap.max") {
+                write("memory.swap.max", "0")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many of its processes the kernel OOM-killed so far: the `oom_kill`
+    /// line of v1 `memory.oom_control` (hybrid machines) or of v2
+    /// `memory.events`.
+    pub fn memory_oom_kills(&self) -> io::Result<u64> {
+        let file = if self.v1_memory.is_some() {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        let path = self.memory_dir().join(file);
+        let text = fs::read_to_string(&path).map_err(|e| with_path(e, "cannot read", &path))?;
+        keyed_value(&text, "oom_kill").ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no oom_kill line in {}: {text:?}", path.display()),
+            )
+        })
+    }
+}
+
+/// Enables the memory controller for the children of the cgroup v2 directory
+/// `dir`'s parent, unless it already is.
+fn enable_v2_memory(dir: &Path) -> io::Result<()> {
+    let parent = dir.parent().ok_or_else(|| io::Error::other("no parent"))?;
+    let control = parent.join("cgroup.subtree_control");
+    let enabled =
+        fs::read_to_string(&control).map_err(|e| with_path(e, "cannot read", &control))?;
+    if enabled.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    fs::write(&control, "+memory").map_err(|e| with_path(e, "cannot write +memory to", &control))
+}
+
+/// The number after `key` in `key value` lines (`memory.events`,
+/// `memory.oom_control`).
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        if k == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 impl Drop for TestCgroup {
@@ -298,6 +430,24 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
                 PathBuf::from("/sys/fs/cgroup/memory")
             ]
         );
+        assert_eq!(
+            h.v1_memory.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            h.memory_controller(),
+            Ok(MemoryController::V1("/sys/fs/cgroup/memory".into()))
+        );
+    }
+
+    #[test]
+    fn reads_oom_kill_counters() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(keyed_value(v1, "oom_kill"), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 3\noom_group_kill 0\n";
+        assert_eq!(keyed_value(v2, "oom_kill"), Some(3));
+        assert_eq!(keyed_value(v2, "oom"), Some(3));
+        assert_eq!(keyed_value("oom 1\n", "oom_kill"), None);
     }
 
     #[test]
@@ -323,6 +473,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0
         let h = Hierarchies::from_mounts(mounts).unwrap();
         assert_eq!(h.v2, Path::new("/sys/fs/cgroup"));
         assert!(h.v1.is_empty());
+        assert!(h.v1_memory.is_none());
     }
 
     #[test]

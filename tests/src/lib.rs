@@ -8,12 +8,18 @@
 //!   `NODESAT_REQUIRE_PRIVILEGED=1` is set (CI), so tests never skip silently
 //!   there;
 //! * [`TestCgroup`]: a uniquely named cgroup that is removed again on drop,
-//!   on pure cgroup v2 machines as well as on hybrid v1/v2 ones;
+//!   on pure cgroup v2 machines as well as on hybrid v1/v2 ones, optionally
+//!   with a memory limit ([`memory_controller`] says whether one can be set);
 //! * [`TestProcess`] / [`spawn_in`]: a child process that starts inside a
 //!   [`TestCgroup`] and is killed and reaped on drop;
 //! * [`Agent`]: the `nodesat` agent running with `--output json`, with its
-//!   JSON-lines reports parsed into [`Report`]s;
-//! * the `nodesat-load` binary (see [`load_bin!`]): CPU load generators.
+//!   JSON-lines reports parsed into [`Report`]s and its `oom_kill` events
+//!   into [`OomKill`]s;
+//! * [`NftTable`]: an nftables table (e.g. rules dropping packets) that is
+//!   deleted on drop ([`nft_available`] says whether nftables can be used);
+//! * [`tcp_retrans_segs`] and friends: the kernel's TCP counters and sockets;
+//! * the `nodesat-load` binary (see [`load_bin!`]): CPU, TCP and memory load
+//!   generators.
 //!
 //! Every wait in the harness is bounded.
 //!
@@ -24,19 +30,27 @@
 //! NODESAT_REQUIRE_PRIVILEGED=1 cargo test -p nodesat-tests -- --test-threads=1
 //! ```
 //!
-//! `NODESAT_BIN` overrides which agent binary is tested.
+//! `NODESAT_BIN` overrides which agent binary is tested. The TCP retransmit
+//! test also needs the `nft` tool (package `nftables`), and the OOM test a
+//! memory controller (v1 `memory` hierarchy, or `memory` in the v2 root's
+//! `cgroup.controllers`); without them they skip (fail with
+//! `NODESAT_REQUIRE_PRIVILEGED=1`).
 
 pub mod agent;
 pub mod cgroup;
+pub mod net;
+pub mod nft;
 pub mod process;
 
 use std::path::Path;
 
 pub use agent::{
-    Agent, CgroupReport, CpuReport, ProbeReport, Ready, Report, RunqueueStats, agent_bin,
-    agent_command, clear_agent_env,
+    Agent, CgroupReport, CpuReport, NodeTotals, OomKill, ProbeReport, Ready, Report, RunqueueStats,
+    Stopped, TcpRetransmits, agent_bin, agent_command, clear_agent_env,
 };
-pub use cgroup::TestCgroup;
+pub use cgroup::{MemoryController, TestCgroup};
+pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
+pub use nft::{NftRule, NftTable, nft_available};
 pub use process::{TestProcess, output_within, spawn_in};
 
 /// Environment variable that turns "skip" into "fail" for privileged tests.
@@ -111,6 +125,12 @@ pub fn skip(test: &str, reason: &str) -> bool {
 
 fn require_privileged() -> bool {
     std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Where test cgroups get their memory limit from, or why they cannot get
+/// one here (see [`cgroup::Hierarchies::memory_controller`]).
+pub fn memory_controller() -> Result<MemoryController, String> {
+    cgroup::Hierarchies::detect()?.memory_controller()
 }
 
 /// Number of online CPUs (not limited by this process's affinity or quota).

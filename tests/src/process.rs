@@ -1,10 +1,11 @@
 //! Child processes for tests: started inside a [`TestCgroup`], killed on drop.
 
 use std::ffi::CString;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,9 @@ use crate::TestCgroup;
 #[derive(Debug)]
 pub struct TestProcess {
     child: Child,
+    /// Lines of its stdout, read on a thread once [`TestProcess::read_line`]
+    /// was first called.
+    stdout_lines: Option<Receiver<String>>,
 }
 
 impl TestProcess {
@@ -25,6 +29,52 @@ impl TestProcess {
     /// Its exit status if it has exited (reaping it), `None` while it runs.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.child.try_wait()
+    }
+
+    /// Waits up to `timeout` for it to exit (reaping it); `Ok(None)` if it
+    /// still runs then.
+    pub fn wait_within(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait()? {
+                Some(status) => return Ok(Some(status)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next line it prints on stdout (without
+    /// the newline). Its stdout must be piped (`cmd.stdout(Stdio::piped())`
+    /// before [`spawn_in`]). Errors on timeout and at the end of its output.
+    pub fn read_line(&mut self, timeout: Duration) -> io::Result<String> {
+        if self.stdout_lines.is_none() {
+            let stdout = self.child.stdout.take().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "its stdout is not piped")
+            })?;
+            let (tx, rx) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.stdout_lines = Some(rx);
+        }
+        let lines = self.stdout_lines.as_ref().expect("set above");
+        match lines.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
+            Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("pid {} printed no line within {timeout:?}", self.child.id()),
+            )),
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("pid {} closed its stdout", self.child.id()),
+            )),
+        }
     }
 
     /// Whether it is still running.
@@ -82,7 +132,10 @@ pub fn spawn_in(cgroup: &TestCgroup, mut cmd: Command) -> io::Result<TestProcess
             format!("cannot spawn {cmd:?} in cgroup {}: {e}", cgroup.name()),
         )
     })?;
-    Ok(TestProcess { child })
+    Ok(TestProcess {
+        child,
+        stdout_lines: None,
+    })
 }
 
 /// For use in `pre_exec`: asks for SIGKILL when the spawning thread exits.
@@ -131,7 +184,9 @@ pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
 }
 
 /// Reads `pipe` to its end on a thread.
-fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+pub(crate) fn read_in_background(
+    pipe: Option<impl Read + Send + 'static>,
+) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut buf = Vec::new();
         if let Some(mut pipe) = pipe {

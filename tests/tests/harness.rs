@@ -1,14 +1,19 @@
-//! Self-tests of the harness that need no agent: cgroups, processes and the
-//! load generator.
+//! Self-tests of the harness that need no agent: cgroups, processes, the
+//! load generator, memory limits and nftables tables.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::panic;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nodesat_tests::{TestCgroup, load_bin, output_within, skip_if_unprivileged, spawn_in};
+use nodesat_tests::{
+    NftTable, TestCgroup, load_bin, memory_controller, nft_available, output_within, skip,
+    skip_if_unprivileged, spawn_in,
+};
 
 /// The lines of `/proc/<pid>/cgroup`.
 fn proc_cgroup(pid: u32) -> String {
@@ -151,6 +156,27 @@ fn load_generator_modes() {
         &["sleeper"],
         &["sleeper", "--period-ms", "x", "--work-us", "1"],
         &["walk"],
+        &["tcp-server", "--listen", "127.0.0.1:0", "--rounds", "1"],
+        &[
+            "tcp-client",
+            "--connect",
+            "nowhere",
+            "--rounds",
+            "1",
+            "--size",
+            "1",
+        ],
+        &[
+            "tcp-client",
+            "--connect",
+            "127.0.0.1:1",
+            "--rounds",
+            "1",
+            "--size",
+            "0",
+        ],
+        &["alloc"],
+        &["alloc", "--mb", "1", "--size", "1"],
     ] {
         let mut cmd = Command::new(load_bin!());
         cmd.args(args);
@@ -158,4 +184,165 @@ fn load_generator_modes() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
     }
+}
+
+/// VmRSS of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in status")
+}
+
+#[test]
+fn load_generator_tcp_and_alloc_modes() {
+    // A TCP echo exchange over IPv4 and IPv6 loopback.
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let mut server = Command::new(load_bin!())
+            .args(["tcp-server", "--listen", listen, "--rounds", "20", "--size"])
+            .arg("3000")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-server");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the server's line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("server printed {line:?}"))
+            .to_owned();
+        let mut client = Command::new(load_bin!());
+        client.args([
+            "tcp-client",
+            "--connect",
+            &addr,
+            "--rounds",
+            "20",
+            "--size",
+            "3000",
+        ]);
+        let out = output_within(client, Duration::from_secs(20));
+        assert!(
+            out.status.success(),
+            "client to {addr}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = server.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = server.kill();
+                let _ = server.wait();
+                panic!("server on {addr} did not exit after its client");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "server on {addr}: {status}");
+    }
+
+    // alloc touches every page before it says so.
+    let mut alloc = Command::new(load_bin!())
+        .args(["alloc", "--mb", "32"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn alloc");
+    let mut line = String::new();
+    BufReader::new(alloc.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read alloc's line");
+    let rss = rss_kib(alloc.id());
+    assert!(alloc.try_wait().unwrap().is_none(), "alloc keeps running");
+    let _ = alloc.kill();
+    let _ = alloc.wait();
+    assert_eq!(line.trim(), "allocated");
+    assert!(rss >= 32 * 1024, "alloc --mb 32 has an RSS of {rss} KiB");
+}
+
+#[test]
+fn memory_limit_gets_alloc_oom_killed() {
+    const TEST: &str = "memory_limit_gets_alloc_oom_killed";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    if let Err(reason) = memory_controller() {
+        skip(TEST, &reason);
+        return;
+    }
+    let cgroup = TestCgroup::create("limited").expect("create cgroup");
+    cgroup.set_memory_limit(32 << 20).expect("set memory limit");
+    let before = cgroup.memory_oom_kills().expect("read oom_kill counter");
+    let mut cmd = Command::new(load_bin!());
+    cmd.args(["alloc", "--mb", "128"]);
+    let mut alloc = spawn_in(&cgroup, cmd).expect("spawn alloc");
+    let status = alloc
+        .wait_within(Duration::from_secs(30))
+        .expect("wait")
+        .expect("alloc OOM-killed within 30 s");
+    let after = cgroup.memory_oom_kills().expect("read oom_kill counter");
+    eprintln!(
+        "alloc in {} (limit 32 MiB): {status}; oom_kill counter {before} -> {after}",
+        cgroup.memory_dir().display()
+    );
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert_eq!(after - before, 1, "kernel oom_kill counter");
+}
+
+#[test]
+fn nft_tables_are_deleted_on_drop_and_on_panic() {
+    const TEST: &str = "nft_tables_are_deleted_on_drop_and_on_panic";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    if let Err(reason) = nft_available() {
+        skip(TEST, &reason);
+        return;
+    }
+    let tables = || nodesat_tests::nft::nft(&["list", "tables"], None).expect("nft list tables");
+    let name;
+    {
+        let table = NftTable::create().expect("create table");
+        name = table.name().to_owned();
+        assert!(tables().contains(&name), "{name} listed");
+        table.add_chain("input", "input").expect("add chain");
+        // Port 9 (discard) on 127.0.0.2: traffic no one else sends.
+        let keep = table
+            .add_rule("input", "ip daddr 127.0.0.2 tcp dport 9 counter drop")
+            .expect("add rule");
+        let gone = table
+            .add_rule("input", "tcp sport 9 tcp flags & (syn|ack) == syn|ack drop")
+            .expect("add rule");
+        assert_ne!(keep, gone);
+        // Three SYNs to 127.0.0.2:9, all dropped: the connect times out.
+        let _ = std::net::TcpStream::connect_timeout(
+            &"127.0.0.2:9".parse().unwrap(),
+            Duration::from_millis(1500),
+        );
+        table.delete_rule("input", gone).expect("delete rule");
+        let rules = table.rules("input").expect("list rules");
+        eprintln!("{rules:?}");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].handle, keep);
+        assert!(
+            rules[0].packets.is_some_and(|p| p >= 1),
+            "the counter counted the dropped SYNs: {rules:?}"
+        );
+    }
+    assert!(!tables().contains(&name), "{name} deleted on drop");
+
+    let mut name = String::new();
+    let result = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        let table = NftTable::create().expect("create table");
+        name = table.name().to_owned();
+        panic!("deliberate panic with table {}", table.name());
+    }));
+    assert!(result.is_err());
+    assert!(!name.is_empty());
+    assert!(!tables().contains(&name), "{name} deleted on panic");
 }

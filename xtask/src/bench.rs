@@ -14,6 +14,7 @@
 
 mod nodesat;
 mod report;
+mod retransmit;
 mod storm;
 
 use std::{
@@ -29,7 +30,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use crate::{cmd, run, workspace_root};
 
 const USAGE: &str =
-    "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--baseline-only]
+    "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--baseline-only | --retransmit-only]
 
 Measures the overhead of nodesat's scheduler hooks under a context-switch storm (two processes
 pinned to CPU 0 ping-ponging a byte over pipes), as throughput relative to a baseline storm.
@@ -40,8 +41,13 @@ Needs root (it enables /proc/sys/kernel/bpf_stats_enabled for the run and restor
   --all-variants    measure floor and agent for each probe variant (tp_btf, raw_tracepoint,
                     tracepoint) instead of `auto` only
   --baseline-only   measure the storm alone; builds and runs no nodesat
+  --retransmit-only only the retransmit storm
 
-Prints a table on stdout and writes the figures to target/bench/runqueue.json.";
+Then a retransmit storm (a bulk TCP transfer over loopback with 30% of its packets dropped
+by nftables) with the agent running, for the TCP probes' cost per event from BPF statistics.
+
+Prints tables on stdout and writes the figures to target/bench/runqueue.json and
+target/bench/retransmit.json.";
 
 /// The probe variants `--all-variants` measures.
 const VARIANTS: [&str; 3] = ["tp_btf", "raw_tracepoint", "tracepoint"];
@@ -56,6 +62,7 @@ pub struct Options {
     pub repeat: usize,
     pub all_variants: bool,
     pub baseline_only: bool,
+    pub retransmit_only: bool,
 }
 
 impl Options {
@@ -66,6 +73,7 @@ impl Options {
             repeat: 3,
             all_variants: false,
             baseline_only: false,
+            retransmit_only: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -89,6 +97,7 @@ impl Options {
                 }
                 "--all-variants" => opts.all_variants = true,
                 "--baseline-only" => opts.baseline_only = true,
+                "--retransmit-only" => opts.retransmit_only = true,
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown bench argument {other:?}\n{USAGE}"),
             }
@@ -178,6 +187,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         return Ok(());
     };
     install_interrupt_handler()?;
+    if opts.retransmit_only {
+        let figures = retransmit::measure(&build_agent()?, opts.duration)?;
+        return write_json(
+            &workspace_root().join("target/bench/retransmit.json"),
+            &figures,
+        );
+    }
     let variants = opts.variants();
     let bin = if variants.is_empty() {
         None
@@ -231,6 +247,13 @@ pub fn bench(args: &[String]) -> Result<()> {
     let path = workspace_root().join("target/bench/runqueue.json");
     write_json(&path, &summary.json())?;
     eprintln!("bench: wrote {}", path.display());
+
+    if let Some(bin) = bin.as_deref() {
+        let figures = retransmit::measure(bin, opts.duration)?;
+        let path = workspace_root().join("target/bench/retransmit.json");
+        write_json(&path, &figures)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -368,6 +391,7 @@ while :; do echo '{"type":"interval"}'; sleep 0.2 & wait $!; done
             repeat: 1,
             all_variants: false,
             baseline_only: false,
+            retransmit_only: false,
         };
 
         let run = measure(&bin, Config::Agent, "auto", &opts, "test").unwrap();

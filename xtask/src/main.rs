@@ -40,6 +40,7 @@ fn main() -> Result<()> {
         "test" => test(),
         "bench" => {
             provision::provision()?;
+            provision::test_tools()?;
             bench::bench(&rest)
         }
         "-h" | "--help" | "help" => {

@@ -28,6 +28,10 @@ static OFF_TASK_COMM: u32 = 0;
 static OFF_TASK_SIGNAL: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SIGNAL_OOM_SCORE_ADJ: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_CB: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TCP_SKB_CB_GSO_SEGS: u32 = 0;
 
 /// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
 #[inline(always)]
@@ -86,4 +90,15 @@ pub fn task_comm(task: u64) -> Option<[u8; 16]> {
 pub fn task_oom_score_adj(task: u64) -> Option<i16> {
     let signal: u64 = read(task, &OFF_TASK_SIGNAL)?;
     read(signal, &OFF_SIGNAL_OOM_SCORE_ADJ)
+}
+
+/// The number of TCP segments in an skb: `TCP_SKB_CB(skb)->tcp_gso_segs`, i.e.
+/// `tcp_skb_pcount()`. The kernel's TcpRetransSegs counts these.
+#[inline(always)]
+pub fn skb_tcp_segs(skb: u64) -> Option<u16> {
+    let cb = global(&OFF_SKB_CB);
+    if skb == 0 || cb == 0 {
+        return None;
+    }
+    read(skb + u64::from(cb), &OFF_TCP_SKB_CB_GSO_SEGS)
 }

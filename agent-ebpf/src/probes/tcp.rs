@@ -17,16 +17,18 @@ static TCP_RETRANSMITS: LruPerCpuHashMap<TcpKey, u64> =
 #[unsafe(no_mangle)]
 static TP_RETRANSMIT_SKADDR: u32 = 0;
 #[unsafe(no_mangle)]
+static TP_RETRANSMIT_SKBADDR: u32 = 0;
+#[unsafe(no_mangle)]
 static TP_RETRANSMIT_FAMILY: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_SYNACK_SKADDR: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_SYNACK_FAMILY: u32 = 0;
 
-/// Counts one retransmit of socket `sk`. `family` comes from the tracepoint record when it
-/// has one, else from the socket.
+/// Counts `segs` retransmitted segments of socket `sk`. `family` comes from the tracepoint
+/// record when it has one, else from the socket.
 #[inline(always)]
-fn retransmitted(sk: u64, family: Option<u16>, kind: u8) {
+fn retransmitted(sk: u64, family: Option<u16>, kind: u8, segs: u64) {
     let key = TcpKey {
         cgroup: kernel::sock_cgroup_id(sk).unwrap_or(0),
         family: family.or_else(|| kernel::sock_family(sk)).unwrap_or(0),
@@ -35,10 +37,19 @@ fn retransmitted(sk: u64, family: Option<u16>, kind: u8) {
     };
     if let Some(count) = TCP_RETRANSMITS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, only this CPU's program instance touches it.
-        unsafe { *count += 1 };
+        unsafe { *count += segs };
     } else {
-        // A concurrent insert on another CPU only creates that CPU's slot: ours starts at 1.
-        let _ = TCP_RETRANSMITS.insert(&key, &1, 0);
+        // A concurrent insert on another CPU only creates that CPU's slot: ours starts here.
+        let _ = TCP_RETRANSMITS.insert(&key, &segs, 0);
+    }
+}
+
+/// Segments in a retransmitted data skb (a GSO skb carries several); 1 if unreadable.
+#[inline(always)]
+fn data_segs(skb: u64) -> u64 {
+    match kernel::skb_tcp_segs(skb) {
+        Some(n) if n > 0 => u64::from(n),
+        _ => 1,
     }
 }
 
@@ -48,32 +59,33 @@ fn retransmitted(sk: u64, family: Option<u16>, kind: u8) {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retx_btf(ctx: BtfTracePointContext) -> i32 {
-    retransmitted(ctx.arg(0), None, KIND_DATA);
+    retransmitted(ctx.arg(0), None, KIND_DATA, data_segs(ctx.arg(1)));
     0
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_synack")]
 pub fn tcp_synack_btf(ctx: BtfTracePointContext) -> i32 {
-    retransmitted(ctx.arg(0), None, KIND_SYNACK);
+    retransmitted(ctx.arg(0), None, KIND_SYNACK, 1);
     0
 }
 
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retx_raw(ctx: RawTracePointContext) -> i32 {
-    retransmitted(ctx.arg(0), None, KIND_DATA);
+    retransmitted(ctx.arg(0), None, KIND_DATA, data_segs(ctx.arg(1)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
 pub fn tcp_synack_raw(ctx: RawTracePointContext) -> i32 {
-    retransmitted(ctx.arg(0), None, KIND_SYNACK);
+    retransmitted(ctx.arg(0), None, KIND_SYNACK, 1);
     0
 }
 
 #[tracepoint]
 pub fn tcp_retx_tp(ctx: TracePointContext) -> u32 {
     if let Some(sk) = tp_field::<u64>(&ctx, &TP_RETRANSMIT_SKADDR) {
-        retransmitted(sk, tp_field(&ctx, &TP_RETRANSMIT_FAMILY), KIND_DATA);
+        let segs = tp_field::<u64>(&ctx, &TP_RETRANSMIT_SKBADDR).map_or(1, data_segs);
+        retransmitted(sk, tp_field(&ctx, &TP_RETRANSMIT_FAMILY), KIND_DATA, segs);
     }
     0
 }
@@ -81,7 +93,7 @@ pub fn tcp_retx_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_synack_tp(ctx: TracePointContext) -> u32 {
     if let Some(sk) = tp_field::<u64>(&ctx, &TP_SYNACK_SKADDR) {
-        retransmitted(sk, tp_field(&ctx, &TP_SYNACK_FAMILY), KIND_SYNACK);
+        retransmitted(sk, tp_field(&ctx, &TP_SYNACK_FAMILY), KIND_SYNACK, 1);
     }
     0
 }

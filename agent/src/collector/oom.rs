@@ -135,7 +135,7 @@ fn wall_clock_of_ktime(ktime_ns: u64) -> u64 {
 
 /// Whether a kill in cgroup `path` (relative to the v2 root) came from a cgroup memory limit:
 /// some ancestor (or the cgroup itself) has a limit and shows it was hit (v2 `memory.events`
-/// `oom` > 0; v1 `memory.failcnt` > 0). "global" when no ancestor has a limit; "unknown" when
+/// `oom` > 0; v1 usage watermark `memory.max_usage_in_bytes` at the limit). "global" when no ancestor has a limit; "unknown" when
 /// there is a limit but no sign it was reached, or no memory controller to ask.
 pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'static str {
     let mut saw_controller = false;
@@ -155,15 +155,23 @@ pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'s
             }
         }
         let dir = cgroup_root.join("memory").join(rel);
-        if let Ok(limit) = std::fs::read_to_string(dir.join("memory.limit_in_bytes")) {
+        for (limit, peak) in [
+            ("memory.limit_in_bytes", "memory.max_usage_in_bytes"),
+            (
+                "memory.memsw.limit_in_bytes",
+                "memory.memsw.max_usage_in_bytes",
+            ),
+        ] {
+            let Some(limit) = number(&dir.join(limit)) else {
+                continue;
+            };
             saw_controller = true;
             // An unlimited v1 memcg reports PAGE_COUNTER_MAX pages in bytes (~2^63).
-            if limit.trim().parse::<u64>().is_ok_and(|l| l < 1 << 62) {
+            if limit < 1 << 62 {
                 saw_limit = true;
-                let failcnt = std::fs::read_to_string(dir.join("memory.failcnt"))
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok());
-                if failcnt.unwrap_or(0) > 0 {
+                // The usage watermark reached the limit (within a charge batch). (failcnt is
+                // not reliable for this: it was seen at 0 right after a memcg OOM kill.)
+                if number(&dir.join(peak)).is_some_and(|p| p + V1_SLACK >= limit) {
                     return "memcg";
                 }
             }
@@ -192,6 +200,14 @@ fn ancestors(path: &str) -> Vec<String> {
     }
     out.dedup();
     out
+}
+
+/// How far below its limit a v1 memcg's usage watermark may stay and still count as having
+/// hit it (charges are batched per CPU).
+const V1_SLACK: u64 = 4 << 20;
+
+fn number(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 /// The value of `key` in a flat keyed file such as `memory.events` ("oom 3").
@@ -253,11 +269,15 @@ mod tests {
     }
 
     #[test]
-    fn v1_limit_with_failures_is_memcg() {
+    fn v1_limit_reached_is_memcg() {
         let root = tempfile::tempdir().unwrap();
         let mem = root.path().join("memory/test");
         write(&mem, "memory.limit_in_bytes", "67108864\n");
-        write(&mem, "memory.failcnt", "1234\n");
+        write(&mem, "memory.max_usage_in_bytes", "67108864\n");
+        let other = root.path().join("memory/other");
+        write(&other, "memory.limit_in_bytes", "67108864\n");
+        write(&other, "memory.max_usage_in_bytes", "1048576\n");
+        assert_eq!(constraint(root.path(), None, "/other"), "unknown");
         write(
             &root.path().join("memory"),
             "memory.limit_in_bytes",

@@ -1,36 +1,110 @@
-//! `nodesat-load`: CPU load generators for the integration tests.
+//! `nodesat-load`: load generators for the integration tests.
 //!
 //! ```text
 //! nodesat-load spin                                   busy loop forever
 //! nodesat-load sleeper --period-ms N --work-us M      every N ms, ~M µs of work, then sleep
+//! nodesat-load tcp-server --listen ADDR --rounds N --size B
+//!                                                     accept one connection, N rounds of
+//!                                                     read B bytes / write B bytes back
+//! nodesat-load tcp-client --connect ADDR --rounds N --size B
+//!                                                     N rounds of write B bytes / read B bytes
+//! nodesat-load alloc --mb N [--oom-score-adj A]       touch N MiB, then sleep forever
 //! ```
 //!
-//! Both run until killed.
+//! `spin`, `sleeper` and `alloc` run until killed; the TCP modes exit 0 after
+//! their rounds (1 on an I/O error). `tcp-server` prints `listening <addr>`
+//! (the address it is bound to, so `ADDR` may have port 0) on stdout once it
+//! listens, and exits after the client closed its side. `alloc` prints
+//! `allocated` once every page is touched (when its cgroup lets it get there).
 
 use std::hint::black_box;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const USAGE: &str =
-    "usage: nodesat-load spin\n       nodesat-load sleeper --period-ms N --work-us M";
+const USAGE: &str = "usage: nodesat-load spin
+       nodesat-load sleeper --period-ms N --work-us M
+       nodesat-load tcp-server --listen ADDR --rounds N --size B
+       nodesat-load tcp-client --connect ADDR --rounds N --size B
+       nodesat-load alloc --mb N [--oom-score-adj A]";
+
+/// Page size assumed by `alloc` (touching one byte per 4 KiB touches every
+/// page on any page size of at least 4 KiB).
+const PAGE: usize = 4096;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args[..] {
+    let result = match args[..] {
         ["spin"] => spin(),
         ["sleeper", ref options @ ..] => match sleeper_options(options) {
             Ok((period, work)) => sleeper(period, work),
-            Err(e) => usage_error(&e),
+            Err(e) => return usage_error(&e),
         },
-        _ => usage_error("expected a mode"),
+        ["tcp-server", ref options @ ..] => match tcp_options(options, "--listen") {
+            Ok(o) => tcp_server(&o),
+            Err(e) => return usage_error(&e),
+        },
+        ["tcp-client", ref options @ ..] => match tcp_options(options, "--connect") {
+            Ok(o) => tcp_client(&o),
+            Err(e) => return usage_error(&e),
+        },
+        ["alloc", ref options @ ..] => match alloc_options(options) {
+            Ok((mib, adj)) => alloc(mib, adj),
+            Err(e) => return usage_error(&e),
+        },
+        _ => return usage_error("expected a mode"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodesat-load {}: {e}", args[0]);
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("nodesat-load: {msg}\n{USAGE}");
     ExitCode::from(2)
+}
+
+/// Parses `--name value` pairs (in any order) into `(name, value)`, accepting
+/// only the names in `known`.
+fn options<'a>(options: &[&'a str], known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut parsed = Vec::new();
+    let mut options = options.iter();
+    while let Some(&option) = options.next() {
+        if !known.contains(&option) {
+            return Err(format!("unknown option {option}"));
+        }
+        let value = options.next().ok_or(format!("{option} needs a value"))?;
+        parsed.push((option, *value));
+    }
+    Ok(parsed)
+}
+
+/// The value of `name` in `parsed`, parsed as a `T`; `None` if absent.
+fn value<T: std::str::FromStr>(parsed: &[(&str, &str)], name: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    parsed
+        .iter()
+        .rev()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.parse::<T>().map_err(|e| format!("{name} {v}: {e}")))
+        .transpose()
+}
+
+/// Like [`value`], but the option is required.
+fn required<T: std::str::FromStr>(parsed: &[(&str, &str)], name: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value(parsed, name)?.ok_or(format!("{name} is required"))
 }
 
 /// Busy loop forever.
@@ -43,25 +117,13 @@ fn spin() -> ! {
 
 /// Parses `--period-ms N --work-us M` (in any order, both required).
 fn sleeper_options(options: &[&str]) -> Result<(Duration, Duration), String> {
-    let (mut period, mut work) = (None, None);
-    let mut options = options.iter();
-    while let Some(&option) = options.next() {
-        let value = options
-            .next()
-            .ok_or(format!("{option} needs a value"))?
-            .parse::<u64>()
-            .map_err(|e| format!("{option}: {e}"))?;
-        match option {
-            "--period-ms" => period = Some(Duration::from_millis(value)),
-            "--work-us" => work = Some(Duration::from_micros(value)),
-            _ => return Err(format!("unknown option {option}")),
-        }
+    let parsed = self::options(options, &["--period-ms", "--work-us"])?;
+    let period = Duration::from_millis(required(&parsed, "--period-ms")?);
+    let work = Duration::from_micros(required(&parsed, "--work-us")?);
+    if period.is_zero() {
+        return Err("--period-ms must be > 0".into());
     }
-    match (period, work) {
-        (Some(p), Some(w)) if !p.is_zero() => Ok((p, w)),
-        (Some(_), Some(_)) => Err("--period-ms must be > 0".into()),
-        _ => Err("sleeper needs --period-ms and --work-us".into()),
-    }
+    Ok((period, work))
 }
 
 /// Every `period`, busy-works for `work`, then sleeps until the next period
@@ -80,5 +142,109 @@ fn sleeper(period: Duration, work: Duration) -> ! {
             next += period;
         }
         thread::sleep(next - now);
+    }
+}
+
+/// Options of the TCP modes.
+struct TcpOptions {
+    /// `--listen` or `--connect` address.
+    addr: SocketAddr,
+    rounds: u64,
+    /// Bytes per message.
+    size: usize,
+}
+
+/// Parses `<addr_option> ADDR --rounds N --size B` (in any order, all
+/// required; `--size` > 0).
+fn tcp_options(options: &[&str], addr_option: &str) -> Result<TcpOptions, String> {
+    let parsed = self::options(options, &[addr_option, "--rounds", "--size"])?;
+    let o = TcpOptions {
+        addr: required(&parsed, addr_option)?,
+        rounds: required(&parsed, "--rounds")?,
+        size: required(&parsed, "--size")?,
+    };
+    if o.size == 0 {
+        return Err("--size must be > 0".into());
+    }
+    Ok(o)
+}
+
+/// Listens on `o.addr`, accepts one connection and echoes `o.rounds`
+/// messages of `o.size` bytes; then waits for the client to close.
+fn tcp_server(o: &TcpOptions) -> io::Result<()> {
+    let listener = TcpListener::bind(o.addr)?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening {}", listener.local_addr()?)?;
+    stdout.flush()?;
+    let (mut stream, _) = listener.accept()?;
+    drop(listener);
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; o.size];
+    for _ in 0..o.rounds {
+        stream.read_exact(&mut buf)?;
+        stream.write_all(&buf)?;
+    }
+    // Close only after the client did, so that no data of ours is left
+    // unacknowledged when we exit.
+    wait_for_eof(&mut stream)
+}
+
+/// Connects to `o.addr` and sends `o.rounds` messages of `o.size` bytes,
+/// reading each one back before sending the next.
+fn tcp_client(o: &TcpOptions) -> io::Result<()> {
+    let mut stream = TcpStream::connect(o.addr)?;
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; o.size];
+    for round in 0..o.rounds {
+        buf.fill(round as u8);
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+        if buf.iter().any(|&b| b != round as u8) {
+            return Err(io::Error::other(format!("round {round}: wrong echo")));
+        }
+    }
+    stream.shutdown(Shutdown::Write)?;
+    wait_for_eof(&mut stream)
+}
+
+/// Reads until the peer closes its side; more data is an error.
+fn wait_for_eof(stream: &mut TcpStream) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte)? {
+        0 => Ok(()),
+        _ => Err(io::Error::other("unexpected data after the last round")),
+    }
+}
+
+/// Parses `--mb N [--oom-score-adj A]`.
+fn alloc_options(options: &[&str]) -> Result<(usize, Option<i32>), String> {
+    let parsed = self::options(options, &["--mb", "--oom-score-adj"])?;
+    Ok((
+        required(&parsed, "--mb")?,
+        value(&parsed, "--oom-score-adj")?,
+    ))
+}
+
+/// Sets its `oom_score_adj` (if given), allocates `mib` MiB, writes a byte to
+/// every page, prints `allocated` and sleeps forever.
+fn alloc(mib: usize, oom_score_adj: Option<i32>) -> io::Result<()> {
+    if let Some(adj) = oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())?;
+    }
+    let len = mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| io::Error::other("--mb is too large"))?;
+    let mut memory: Vec<u8> = Vec::with_capacity(len);
+    let pages = memory.spare_capacity_mut();
+    for page in pages.chunks_mut(PAGE) {
+        page[0].write(1);
+        black_box(&page[0]);
+    }
+    black_box(&memory);
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "allocated")?;
+    stdout.flush()?;
+    loop {
+        thread::sleep(Duration::from_secs(3600));
     }
 }

@@ -375,6 +375,7 @@ mod tests {
             repeat: 1,
             all_variants: false,
             baseline_only: false,
+            retransmit_only: false,
         };
         let results = Results {
             baseline: vec![100_000.0],
