@@ -1,11 +1,11 @@
 //! Kernel struct field offsets the programs need, resolved by the agent from
 //! `/sys/kernel/btf/vmlinux` at start-up and handed over as read-only globals. Rust eBPF cannot
-//! emit CO-RE relocations, so none is compiled in. 0 means "unknown": the programs then skip
-//! the read (no field used here can legitimately be at offset 0).
+//! emit CO-RE relocations, so none is compiled in. Unset globals hold `u32::MAX`: the programs
+//! then skip the read.
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 13] = [
+pub const OFFSETS: [(&str, &str, &str); 18] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (CGROUP_KN, "cgroup", "kn"),
@@ -19,7 +19,15 @@ pub const OFFSETS: [(&str, &str, &str); 13] = [
     (SIGNAL_OOM_SCORE_ADJ, "signal_struct", "oom_score_adj"),
     (SKB_CB, "sk_buff", "cb"),
     (TCP_SKB_CB_GSO_SEGS, "tcp_skb_cb", "tcp_gso_segs"),
+    (REQUEST_Q, "request", "q"),
+    (REQUEST_CMD_FLAGS, "request", "cmd_flags"),
+    (QUEUE_DISK, "request_queue", "disk"),
+    (GENDISK_MAJOR, "gendisk", "major"),
+    (GENDISK_FIRST_MINOR, "gendisk", "first_minor"),
 ];
+
+/// Bitfields: the global holds the member's offset in *bits* from the start of the struct.
+pub const BIT_OFFSETS: [(&str, &str, &str); 1] = [(TASK_IN_IOWAIT_BIT, "task_struct", "in_iowait")];
 
 pub const SOCK_CGROUP: &str = "OFF_SOCK_CGROUP";
 pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
@@ -35,3 +43,9 @@ pub const SIGNAL_OOM_SCORE_ADJ: &str = "OFF_SIGNAL_OOM_SCORE_ADJ";
 /// `sk_buff.cb`, and in it (as `struct tcp_skb_cb`) the segment count of a TCP skb.
 pub const SKB_CB: &str = "OFF_SKB_CB";
 pub const TCP_SKB_CB_GSO_SEGS: &str = "OFF_TCP_SKB_CB_GSO_SEGS";
+pub const REQUEST_Q: &str = "OFF_REQUEST_Q";
+pub const REQUEST_CMD_FLAGS: &str = "OFF_REQUEST_CMD_FLAGS";
+pub const QUEUE_DISK: &str = "OFF_QUEUE_DISK";
+pub const GENDISK_MAJOR: &str = "OFF_GENDISK_MAJOR";
+pub const GENDISK_FIRST_MINOR: &str = "OFF_GENDISK_FIRST_MINOR";
+pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";

@@ -4,7 +4,9 @@
 //! with the `user` feature they implement `aya::Pod` so userspace can read them from maps.
 #![no_std]
 
+pub mod block;
 pub mod hist;
+pub mod iowait;
 pub mod kernel;
 pub mod oom;
 pub mod runqueue;

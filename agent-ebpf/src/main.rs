@@ -2,6 +2,10 @@
 //! host this binary is an empty stub so that `cargo build --workspace` works.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds to map values shared by all CPUs: the bpf target has no compare-and-swap, so
+// `AtomicU64::fetch_add` is not offered, but the BPF atomic add instruction is.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod probes;

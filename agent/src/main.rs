@@ -169,7 +169,8 @@ async fn collect_until_signal(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let emitter = Emitter::new(config.output, config.top);
     let names = CgroupNames::new(&config.cgroup_root, config.interval);
-    let mut collector = Collector::new(probes, names).context("reading the probes' maps")?;
+    let mut collector =
+        Collector::new(probes, names, &config.cgroup_root).context("reading the probes' maps")?;
     let mut oom_ring = match oom_events {
         // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd owns it.
         Some(ring) => Some(

@@ -139,8 +139,8 @@ pub fn table(r: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>4}  CGROUP",
-        "WAITING", "RQ_P50", "RQ_P99", "RQ_MAX", "WAITS", "RETX", "OOM"
+        "{:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>4}  CGROUP",
+        "WAITING", "RQ_P50", "RQ_P99", "RQ_MAX", "THROT%", "IOWAIT", "RETX", "OOM"
     );
     for c in r.cgroups.iter().take(top) {
         let q = &c.runqueue;
@@ -148,16 +148,35 @@ pub fn table(r: &Report, top: usize) -> String {
             .name
             .clone()
             .unwrap_or_else(|| format!("cgroup id {}", c.cgroup_id));
+        let throttled = c
+            .throttling
+            .as_ref()
+            .map_or("-".to_owned(), |t| format!("{:.0}", t.throttled_pct));
+        // iowait as a share of the interval: the average number of its tasks blocked on I/O.
+        let iowait = c.iowait_ns as f64 / r.interval_ns.max(1) as f64;
         let _ = writeln!(
             s,
-            "{:>8.2} {:>9} {:>9} {:>9} {:>9} {:>7} {:>4}  {name}",
+            "{:>7.2} {:>8} {:>8} {:>8} {:>6} {:>7.2} {:>6} {:>4}  {name}",
             q.waiting_tasks,
             human_ns(q.latency_p50_ns),
             human_ns(q.latency_p99_ns),
             human_ns(q.latency_max_ns),
-            q.events,
+            throttled,
+            iowait,
             c.retransmits(),
             c.oom_kills
+        );
+    }
+    for d in &r.disks {
+        let _ = writeln!(
+            s,
+            "disk {} {:<5} {:>7} requests  p50 {:>8}  p99 {:>8}  max {:>8}",
+            d.name.as_deref().unwrap_or(&d.device),
+            d.op,
+            d.requests,
+            human_ns(d.latency_p50_ns),
+            human_ns(d.latency_p99_ns),
+            human_ns(d.latency_max_ns)
         );
     }
     if r.cgroups.len() > top {
@@ -172,7 +191,9 @@ pub fn table(r: &Report, top: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{CgroupReport, CpuReport, NodeTotals, RunqueueFigures, TcpRetransmits};
+    use crate::report::{
+        CgroupReport, CpuReport, NodeTotals, RunqueueFigures, Sources, TcpRetransmits, Throttling,
+    };
 
     fn report() -> Report {
         Report {
@@ -198,13 +219,26 @@ mod tests {
                         count: i,
                     }],
                     oom_kills: 0,
+                    iowait_ns: 1_500_000,
+                    throttling: (i == 0).then_some(Throttling {
+                        periods: 20,
+                        throttled_periods: 19,
+                        throttled_ns: 1_600_000_000,
+                        throttled_pct: 95.0,
+                    }),
                 })
                 .collect(),
             cpus: vec![CpuReport {
                 cpu: 0,
                 runqueue_wait_ns: 4_000_000_000,
                 runqueue_length: 2.0,
+                iowait_ns: 0,
+                proc_stat_iowait_ns: 0,
             }],
+            disks: vec![],
+            sources: Sources {
+                throttling: "cpu.stat",
+            },
             probes: vec![],
             node: NodeTotals {
                 tcp_retransmits: 3,
@@ -231,6 +265,10 @@ mod tests {
         assert!(t.contains("… 1 more cgroups"), "{t}");
         assert!(t.contains("4.20ms"), "{t}");
         assert!(t.contains("node: 3 TCP retransmits, 0 OOM kills"), "{t}");
+        assert!(
+            t.contains("   95 "),
+            "throttled % of the limited cgroup: {t}"
+        );
         let all = table(&report(), 10);
         assert!(all.contains("cgroup id 102"), "{all}");
     }

@@ -20,6 +20,10 @@ pub struct Report {
     /// Cgroups with activity in the interval, busiest first.
     pub cgroups: Vec<CgroupReport>,
     pub cpus: Vec<CpuReport>,
+    /// Block request latency per disk and direction.
+    pub disks: Vec<DiskReport>,
+    /// Where signals with more than one possible source came from in this interval.
+    pub sources: Sources,
     pub probes: Vec<HookStatus>,
     /// Node-wide totals for the interval.
     pub node: NodeTotals,
@@ -38,6 +42,53 @@ pub struct CgroupReport {
     pub tcp_retransmits: Vec<TcpRetransmits>,
     /// Processes of this cgroup killed by the OOM killer.
     pub oom_kills: u64,
+    /// Time its tasks spent blocked waiting for I/O, ns.
+    pub iowait_ns: u64,
+    /// CFS throttling, for cgroups with a CPU limit (`None` without one).
+    pub throttling: Option<Throttling>,
+}
+
+/// CFS bandwidth throttling of one cgroup over one interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Throttling {
+    /// Enforcement periods that elapsed with runnable tasks.
+    pub periods: u64,
+    /// Periods in which the cgroup hit its quota and was throttled.
+    pub throttled_periods: u64,
+    /// Total time its run queues spent throttled, ns.
+    pub throttled_ns: u64,
+    /// throttled_periods ÷ periods, in percent.
+    pub throttled_pct: f64,
+}
+
+/// Block request latency of one disk and direction over one interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskReport {
+    /// "major:minor".
+    pub device: String,
+    /// The kernel's name for it ("sda", "loop0"), if known.
+    pub name: Option<String>,
+    /// "read", "write" or "other" (flush, discard, ...).
+    pub op: &'static str,
+    /// Requests completed.
+    pub requests: u64,
+    pub latency_sum_ns: u64,
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
+    pub latency_max_ns: u64,
+    /// The log2 histogram itself (slot s counts latencies in (2^(s-1), 2^s] ns).
+    #[serde(serialize_with = "slots")]
+    pub histogram: agent_ebpf::hist::Log2Hist,
+}
+
+fn slots<S: serde::Serializer>(h: &agent_ebpf::hist::Log2Hist, s: S) -> Result<S::Ok, S::Error> {
+    h.slots.serialize(s)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    /// "cpu.stat": the kernel's own accounting (the eBPF throttle path is not built yet).
+    pub throttling: &'static str,
 }
 
 impl CgroupReport {
@@ -48,6 +99,8 @@ impl CgroupReport {
             runqueue: RunqueueFigures::default(),
             tcp_retransmits: Vec::new(),
             oom_kills: 0,
+            iowait_ns: 0,
+            throttling: None,
         }
     }
 
@@ -94,6 +147,11 @@ pub struct CpuReport {
     /// Time-averaged number of tasks waiting on this CPU's run queue (not counting the one
     /// running): wait time ÷ interval.
     pub runqueue_length: f64,
+    /// Time tasks that blocked on this CPU spent in iowait, ns (measured by the programs).
+    pub iowait_ns: u64,
+    /// The kernel's iowait for this CPU from /proc/stat, ns (idle time while its tasks waited
+    /// for I/O; 10 ms resolution): the cross-check.
+    pub proc_stat_iowait_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -5,39 +5,54 @@ use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 use super::global;
 
-// Names match `agent_ebpf::kernel`'s constants; 0 = unknown.
+/// An offset the agent did not set (or could not resolve).
+const UNKNOWN: u32 = u32::MAX;
+
+// Names match `agent_ebpf::kernel`'s constants.
 #[unsafe(no_mangle)]
-static OFF_SOCK_CGROUP: u32 = 0;
+static OFF_SOCK_CGROUP: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_SOCK_FAMILY: u32 = 0;
+static OFF_SOCK_FAMILY: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_CGROUP_KN: u32 = 0;
+static OFF_CGROUP_KN: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_KERNFS_NODE_ID: u32 = 0;
+static OFF_KERNFS_NODE_ID: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TASK_CGROUPS: u32 = 0;
+static OFF_TASK_CGROUPS: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_CSS_SET_DFL_CGRP: u32 = 0;
+static OFF_CSS_SET_DFL_CGRP: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TASK_PID: u32 = 0;
+static OFF_TASK_PID: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TASK_TGID: u32 = 0;
+static OFF_TASK_TGID: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TASK_COMM: u32 = 0;
+static OFF_TASK_COMM: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TASK_SIGNAL: u32 = 0;
+static OFF_TASK_SIGNAL: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_SIGNAL_OOM_SCORE_ADJ: u32 = 0;
+pub(super) static OFF_TASK_IN_IOWAIT_BIT: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_SKB_CB: u32 = 0;
+pub(super) static OFF_GENDISK_FIRST_MINOR: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
-static OFF_TCP_SKB_CB_GSO_SEGS: u32 = 0;
+pub(super) static OFF_GENDISK_MAJOR: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+pub(super) static OFF_QUEUE_DISK: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+pub(super) static OFF_REQUEST_CMD_FLAGS: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+pub(super) static OFF_REQUEST_Q: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_SIGNAL_OOM_SCORE_ADJ: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_SKB_CB: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_TCP_SKB_CB_GSO_SEGS: u32 = UNKNOWN;
 
 /// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
 #[inline(always)]
 pub fn read<T>(base: u64, offset: &u32) -> Option<T> {
     let offset = global(offset);
-    if base == 0 || offset == 0 {
+    if base == 0 || offset == UNKNOWN {
         return None;
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
@@ -97,7 +112,7 @@ pub fn task_oom_score_adj(task: u64) -> Option<i16> {
 #[inline(always)]
 pub fn skb_tcp_segs(skb: u64) -> Option<u16> {
     let cb = global(&OFF_SKB_CB);
-    if skb == 0 || cb == 0 {
+    if skb == 0 || cb == UNKNOWN {
         return None;
     }
     read(skb + u64::from(cb), &OFF_TCP_SKB_CB_GSO_SEGS)

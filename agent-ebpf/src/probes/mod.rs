@@ -1,4 +1,5 @@
 //! One module per signal; `floor` holds the empty programs the benchmark compares against.
+mod block;
 mod floor;
 mod kernel;
 mod oom;

@@ -2,6 +2,7 @@
 
 use agent_ebpf::{
     hist::{Log2Hist, log2_slot},
+    iowait::{self, IowaitSince, SINCE_MAX_ENTRIES},
     runqueue::{
         ENQUEUED_AT_MAX_ENTRIES, ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH,
         ERRORS_LEN, LATENCY_MAX_CGROUPS, Pending,
@@ -9,26 +10,47 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-use core::ffi::c_void;
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 
-use super::{count_error, task_storage::TaskStorage, tp_field};
+use super::{
+    count_error, global, kernel::OFF_TASK_IN_IOWAIT_BIT, task_storage::TaskStorage, tp_field,
+};
 
-/// Enqueue times for the tp_btf programs: task local storage, cheaper than a hash.
+/// Per-task state for the tp_btf programs, in task local storage (cheaper than a hash).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TaskTimes {
+    /// When the task became runnable; 0 when it is not waiting for a CPU.
+    enqueued_at: u64,
+    /// Set while the task is blocked in iowait (`since_ns` 0 otherwise).
+    iowait: IowaitSince,
+}
+
 #[btf_map]
-static RUNQ_TASK_ENQUEUED_AT: TaskStorage<u64> = TaskStorage::new();
+static SCHED_TASK_TIMES: TaskStorage<TaskTimes> = TaskStorage::new();
 
 /// Enqueue times for the raw and classic tracepoint programs, whose task arguments are not
-/// trusted pointers the task storage helpers accept. A plain (preallocated) hash, not LRU: every entry is removed when its task gets a CPU, so
-/// it cannot fill with stale entries, and updates skip the LRU list bookkeeping (measurably
-/// cheaper on this hot path).
+/// trusted pointers the task storage helpers accept. A plain (preallocated) hash, not LRU:
+/// every entry is removed when its task gets a CPU, so it cannot fill with stale entries, and
+/// updates skip the LRU list bookkeeping (measurably cheaper on this hot path).
 #[map]
 static RUNQ_ENQUEUED_AT: HashMap<u64, u64> = HashMap::with_max_entries(ENQUEUED_AT_MAX_ENTRIES, 0);
+
+/// Tasks blocked in iowait, for the raw and classic tracepoint programs (removed at wake-up).
+#[map]
+static IOWAIT_SINCE: HashMap<u64, IowaitSince> = HashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
 
 #[map]
 static RUNQ_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
@@ -43,6 +65,13 @@ static RUNQ_CPU_WAIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RUNQ_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERRORS_LEN, 0);
 
+#[map]
+static IOWAIT_TIME: LruPerCpuHashMap<u64, u64> =
+    LruPerCpuHashMap::with_max_entries(iowait::TIME_MAX_ENTRIES, 0);
+
+#[map]
+static IOWAIT_CPU: Array<u64> = Array::with_max_entries(iowait::MAX_CPUS, 0);
+
 // Field offsets of the classic tracepoint records, set by the agent from tracefs at load time.
 // 0 (the common header) means "not set": the classic programs then do nothing.
 #[unsafe(no_mangle)]
@@ -54,12 +83,18 @@ static TP_SWITCH_NEXT_PID: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_WAKEUP_PID: u32 = 0;
 
-/// Where the time a runnable task was enqueued is kept until it gets a CPU.
-trait EnqueuedAt {
-    type Task: Copy + PartialEq;
-    fn set(task: Self::Task, now: u64);
-    /// Takes (and clears) the task's enqueue time.
-    fn take(task: Self::Task) -> Option<u64>;
+/// Where per-task times are kept between hooks.
+trait TaskState {
+    type Task: Copy;
+    /// The task became runnable at `now`.
+    fn set_enqueued(task: Self::Task, now: u64);
+    /// Takes (and clears) the time the task became runnable.
+    fn take_enqueued(task: Self::Task) -> Option<u64>;
+    /// The task was woken at `now`: it is runnable from now on; returns its iowait, if it was
+    /// blocked in one (and clears it).
+    fn woken(task: Self::Task, now: u64) -> Option<IowaitSince>;
+    /// The task blocked in iowait.
+    fn set_iowait(task: Self::Task, since: IowaitSince);
     /// The key parked in [`Pending::task`] to recognise the task at its switch-out.
     fn key(task: Self::Task) -> u64;
 }
@@ -67,55 +102,128 @@ trait EnqueuedAt {
 /// tp_btf: task local storage, reached through the (trusted) task pointer.
 struct InTaskStorage;
 
-impl EnqueuedAt for InTaskStorage {
+impl TaskState for InTaskStorage {
     type Task = *mut c_void;
-    fn set(task: *mut c_void, now: u64) {
-        match RUNQ_TASK_ENQUEUED_AT.get(task, true) {
-            Some(slot) => *slot = now,
+    fn set_enqueued(task: *mut c_void, now: u64) {
+        match SCHED_TASK_TIMES.get(task, true) {
+            Some(t) => t.enqueued_at = now,
             None => count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE),
         }
     }
-    fn take(task: *mut c_void) -> Option<u64> {
-        let slot = RUNQ_TASK_ENQUEUED_AT.get(task, false)?;
-        let since = core::mem::take(slot);
+    fn take_enqueued(task: *mut c_void) -> Option<u64> {
+        let t = SCHED_TASK_TIMES.get(task, false)?;
+        let since = core::mem::take(&mut t.enqueued_at);
         (since != 0).then_some(since)
+    }
+    fn woken(task: *mut c_void, now: u64) -> Option<IowaitSince> {
+        let Some(t) = SCHED_TASK_TIMES.get(task, true) else {
+            count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE);
+            return None;
+        };
+        t.enqueued_at = now;
+        let io = core::mem::take(&mut t.iowait);
+        (io.since_ns != 0).then_some(io)
+    }
+    fn set_iowait(task: *mut c_void, since: IowaitSince) {
+        if let Some(t) = SCHED_TASK_TIMES.get(task, true) {
+            t.iowait = since;
+        }
     }
     fn key(task: *mut c_void) -> u64 {
         task as u64
     }
 }
 
-/// Raw and classic tracepoints: a hash keyed by task address or pid.
+/// Raw and classic tracepoints: hashes keyed by task address or pid.
 struct InHashMap;
 
-impl EnqueuedAt for InHashMap {
+impl TaskState for InHashMap {
     type Task = u64;
-    fn set(task: u64, now: u64) {
+    fn set_enqueued(task: u64, now: u64) {
         if RUNQ_ENQUEUED_AT.insert(&task, &now, 0).is_err() {
             count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE);
         }
     }
-    fn take(task: u64) -> Option<u64> {
+    fn take_enqueued(task: u64) -> Option<u64> {
         // SAFETY: the value is copied out before the entry is removed.
         let since = *unsafe { RUNQ_ENQUEUED_AT.get(&task) }?;
         let _ = RUNQ_ENQUEUED_AT.remove(&task);
         Some(since)
+    }
+    fn woken(task: u64, now: u64) -> Option<IowaitSince> {
+        Self::set_enqueued(task, now);
+        // SAFETY: the value is copied out before the entry is removed.
+        let io = *unsafe { IOWAIT_SINCE.get(&task) }?;
+        let _ = IOWAIT_SINCE.remove(&task);
+        Some(io)
+    }
+    fn set_iowait(task: u64, since: IowaitSince) {
+        let _ = IOWAIT_SINCE.insert(&task, &since, 0);
     }
     fn key(task: u64) -> u64 {
         task
     }
 }
 
-/// A task became runnable (woken).
+/// A task was woken.
 #[inline(always)]
-fn woken<S: EnqueuedAt>(task: S::Task) {
+fn woken<S: TaskState>(task: S::Task) {
     // SAFETY: helper with no preconditions.
-    S::set(task, unsafe { bpf_ktime_get_ns() });
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(io) = S::woken(task, now) {
+        record_iowait(io, now);
+    }
 }
+
+/// Whether the current task is blocked in iowait (`current->in_iowait`, a bitfield whose bit
+/// offset the agent resolved from BTF).
+#[inline(always)]
+fn current_in_iowait() -> bool {
+    let bit = global(&OFF_TASK_IN_IOWAIT_BIT);
+    if bit == u32::MAX {
+        return false;
+    }
+    // SAFETY: helper with no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let byte: Option<u8> =
+        unsafe { bpf_probe_read_kernel((task + u64::from(bit / 8)) as *const u8) }.ok();
+    byte.is_some_and(|b| (b >> (bit % 8)) & 1 == 1)
+}
+
+/// Adds a finished iowait to its cgroup and to the CPU it blocked on.
+#[inline(always)]
+fn record_iowait(io: IowaitSince, now: u64) {
+    let d = now.saturating_sub(io.since_ns);
+    if let Some(t) = IOWAIT_TIME.get_ptr_mut(&io.cgroup) {
+        // SAFETY: per-CPU value.
+        unsafe { *t += d };
+    } else {
+        let _ = IOWAIT_TIME.insert(&io.cgroup, &d, 0);
+    }
+    if let Some(c) = IOWAIT_CPU.get_ptr_mut(io.cpu) {
+        // SAFETY: a valid map value; the slot is shared by all CPUs, hence the atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, d) };
+    }
+}
+
+/// How the task leaving the CPU left it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PrevState {
+    /// Still runnable (preempted or yielded): it goes back to the run queue.
+    Runnable,
+    /// Asleep in TASK_UNINTERRUPTIBLE (0x2): possibly iowait.
+    Uninterruptible,
+    /// Any other sleep.
+    Sleeping,
+}
+
+/// TASK_UNINTERRUPTIBLE, in both the raw task state and the classic record's report bits.
+const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 
 /// A context switch on this CPU from `prev` to `next`. `prev` is the current task.
 #[inline(always)]
-fn switched<S: EnqueuedAt>(prev: S::Task, prev_runnable: bool, next: S::Task) {
+fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(pending) = RUNQ_PENDING.get_ptr_mut(0) else {
@@ -123,13 +231,14 @@ fn switched<S: EnqueuedAt>(prev: S::Task, prev_runnable: bool, next: S::Task) {
     };
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
     let pending = unsafe { &mut *pending };
+    // SAFETY: helper with no preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
 
     // The task leaving the CPU is the one whose wait was parked when it started: it is the
     // current task, so the current cgroup is its own.
     if pending.task != 0 {
         if pending.task == S::key(prev) {
-            // SAFETY: helper with no preconditions.
-            record(unsafe { bpf_get_current_cgroup_id() }, pending.wait_ns);
+            record(cgroup, pending.wait_ns);
         } else {
             count_error(&RUNQ_ERRORS, ERR_PENDING_MISMATCH);
         }
@@ -137,12 +246,28 @@ fn switched<S: EnqueuedAt>(prev: S::Task, prev_runnable: bool, next: S::Task) {
         pending.wait_ns = 0;
     }
 
-    // A preempted task goes straight back to the run queue. The idle task (pid 0) never waits.
-    if prev_runnable && bpf_get_current_pid_tgid() as u32 != 0 {
-        S::set(prev, now);
+    if prev_state == PrevState::Runnable {
+        // A preempted task goes straight back to the run queue. The idle task never waits.
+        if bpf_get_current_pid_tgid() as u32 != 0 {
+            S::set_enqueued(prev, now);
+        }
+    } else if prev_state == PrevState::Uninterruptible && current_in_iowait() {
+        // Only uninterruptible sleeps can be iowait (io_schedule callers sleep in
+        // TASK_UNINTERRUPTIBLE, TASK_KILLABLE or TASK_IDLE, all with that bit): checking the
+        // state first spares the kernel read on every other switch.
+        S::set_iowait(
+            prev,
+            IowaitSince {
+                since_ns: now,
+                cgroup,
+                // SAFETY: helper with no preconditions.
+                cpu: unsafe { bpf_get_smp_processor_id() },
+                _pad: 0,
+            },
+        );
     }
 
-    let Some(since) = S::take(next) else {
+    let Some(since) = S::take_enqueued(next) else {
         return;
     };
     let wait = now.saturating_sub(since);
@@ -197,8 +322,14 @@ fn record(cgroup: u64, wait_ns: u64) {
 
 /// TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
 #[inline(always)]
-fn runnable(preempt: u64, prev_state: u64) -> bool {
-    preempt & 0xff != 0 || prev_state as u32 == 0
+fn prev_state(preempt: u64, prev_state: u64) -> PrevState {
+    if preempt & 0xff != 0 || prev_state as u32 == 0 {
+        PrevState::Runnable
+    } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
+        PrevState::Uninterruptible
+    } else {
+        PrevState::Sleeping
+    }
 }
 
 #[btf_tracepoint(function = "sched_switch")]
@@ -206,8 +337,8 @@ pub fn runq_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: *mut c_void = ctx.arg(1);
     let next: *mut c_void = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
-    switched::<InTaskStorage>(prev, runnable(preempt, prev_state), next);
+    let state: u64 = ctx.arg(3);
+    switched::<InTaskStorage>(prev, prev_state(preempt, state), next);
     0
 }
 
@@ -228,8 +359,8 @@ pub fn runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
-    switched::<InHashMap>(prev, runnable(preempt, prev_state), next);
+    let state: u64 = ctx.arg(3);
+    switched::<InHashMap>(prev, prev_state(preempt, state), next);
     0
 }
 
@@ -257,8 +388,16 @@ pub fn runq_switch_tp(ctx: TracePointContext) -> i32 {
         return 0;
     };
     // The classic field reports a preempted task as TASK_REPORT_MAX (0x100) and a runnable one
-    // as 0; the low bits are sleeping states.
-    switched::<InHashMap>(prev as u64, state & 0xff == 0, next as u64);
+    // as 0; the low bits are sleeping states (0x2: D, uninterruptible).
+    let state = state as u64;
+    let prev_state = if state & 0xff == 0 {
+        PrevState::Runnable
+    } else if state & TASK_UNINTERRUPTIBLE != 0 {
+        PrevState::Uninterruptible
+    } else {
+        PrevState::Sleeping
+    };
+    switched::<InHashMap>(prev as u64, prev_state, next as u64);
     0
 }
 

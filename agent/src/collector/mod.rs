@@ -1,10 +1,13 @@
 //! The collection loop's work: read every probe's maps, turn them into the interval's figures
 //! (through the pure aggregation core), and name the cgroups.
 
+pub mod block;
+pub mod iowait;
 mod maps;
 pub mod oom;
 pub mod runqueue;
 pub mod tcp;
+pub mod throttle;
 
 use std::{
     collections::BTreeMap,
@@ -14,30 +17,46 @@ use std::{
 use crate::{
     cgroups::CgroupNames,
     probes::{ProbeError, Probes},
-    report::{CgroupReport, NodeTotals, Report},
+    report::{CgroupReport, NodeTotals, Report, Sources},
 };
 
 pub struct Collector {
     runqueue: runqueue::Runqueue,
     tcp: tcp::Tcp,
     oom: oom::Oom,
+    iowait: iowait::Iowait,
+    block: block::Block,
+    throttle: throttle::Throttle,
     pub names: CgroupNames,
     last: Instant,
 }
 
 impl Collector {
     /// Starts collecting: the first report covers the time from now.
-    pub fn new(probes: &Probes, names: CgroupNames) -> Result<Collector, ProbeError> {
+    pub fn new(
+        probes: &Probes,
+        names: CgroupNames,
+        cgroup_root: &std::path::Path,
+    ) -> Result<Collector, ProbeError> {
         let mut runqueue = runqueue::Runqueue::default();
         runqueue.baseline(probes.ebpf())?;
         let mut tcp = tcp::Tcp::default();
         tcp.baseline(probes.ebpf())?;
         let mut oom = oom::Oom::default();
         oom.baseline(probes.ebpf())?;
+        let mut iowait = iowait::Iowait::default();
+        iowait.baseline(probes.ebpf())?;
+        let mut block = block::Block::default();
+        block.baseline(probes.ebpf())?;
+        let mut throttle = throttle::Throttle::new(cgroup_root, names.v2_root());
+        throttle.baseline();
         Ok(Collector {
             runqueue,
             tcp,
             oom,
+            iowait,
+            block,
+            throttle,
             names,
             last: Instant::now(),
         })
@@ -52,6 +71,9 @@ impl Collector {
         let rq = self.runqueue.collect(ebpf, elapsed)?;
         let retransmits = self.tcp.collect(ebpf)?;
         let (oom_kills, oom_lost) = self.oom.collect(ebpf)?;
+        let io = self.iowait.collect(ebpf)?;
+        let disks = self.block.collect(ebpf)?;
+        let throttled = self.throttle.collect();
 
         let mut cgroups: BTreeMap<u64, CgroupReport> = BTreeMap::new();
         fn entry(cgroups: &mut BTreeMap<u64, CgroupReport>, id: u64) -> &mut CgroupReport {
@@ -69,6 +91,18 @@ impl Collector {
         for (id, kills) in oom_kills {
             entry(&mut cgroups, id).oom_kills = kills;
             node.oom_kills += kills;
+        }
+        for (id, ns) in io.cgroups {
+            entry(&mut cgroups, id).iowait_ns = ns;
+        }
+        for (id, t) in throttled {
+            entry(&mut cgroups, id).throttling = Some(t);
+        }
+        let mut cpus = rq.cpus;
+        for c in &mut cpus {
+            let i = c.cpu as usize;
+            c.iowait_ns = io.cpu_ns.get(i).copied().unwrap_or(0);
+            c.proc_stat_iowait_ns = io.proc_stat_ns.get(i).copied().unwrap_or(0);
         }
         let mut kernel_errors = rq.errors;
         kernel_errors.extend(oom_lost);
@@ -103,7 +137,11 @@ impl Collector {
                 .unwrap_or(0),
             interval_ns: elapsed.as_nanos() as u64,
             cgroups,
-            cpus: rq.cpus,
+            cpus,
+            disks,
+            sources: Sources {
+                throttling: "cpu.stat",
+            },
             probes: probes.hook_stats(),
             node,
             kernel_errors,

