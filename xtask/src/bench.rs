@@ -12,6 +12,7 @@
 //! per configuration runs with the statistics switched on (and restored after), so each nodesat
 //! reports, per hook, how often its program ran and for how long: the ns/event figures.
 
+mod io;
 mod nodesat;
 mod report;
 mod retransmit;
@@ -41,13 +42,14 @@ Needs root (it enables /proc/sys/kernel/bpf_stats_enabled for the run and restor
   --all-variants    measure floor and agent for each probe variant (tp_btf, raw_tracepoint,
                     tracepoint) instead of `auto` only
   --baseline-only   measure the storm alone; builds and runs no nodesat
-  --retransmit-only only the retransmit storm
+  --retransmit-only only the retransmit and I/O storms
 
-Then a retransmit storm (a bulk TCP transfer over loopback with 30% of its packets dropped
-by nftables) with the agent running, for the TCP probes' cost per event from BPF statistics.
+Then a retransmit storm (bulk TCP transfers over loopback with 2% of their packets dropped by
+nftables) and an I/O storm (O_DIRECT writes to a loop device), with the agent running, for the
+TCP and block probes' cost per event from BPF statistics.
 
-Prints tables on stdout and writes the figures to target/bench/runqueue.json and
-target/bench/retransmit.json.";
+Prints tables on stdout and writes the figures to target/bench/runqueue.json,
+target/bench/retransmit.json and target/bench/io.json.";
 
 /// The probe variants `--all-variants` measures.
 const VARIANTS: [&str; 3] = ["tp_btf", "raw_tracepoint", "tracepoint"];
@@ -188,11 +190,14 @@ pub fn bench(args: &[String]) -> Result<()> {
     };
     install_interrupt_handler()?;
     if opts.retransmit_only {
-        let figures = retransmit::measure(&build_agent()?, opts.duration)?;
-        return write_json(
+        let bin = build_agent()?;
+        let figures = retransmit::measure(&bin, opts.duration)?;
+        write_json(
             &workspace_root().join("target/bench/retransmit.json"),
             &figures,
-        );
+        )?;
+        let figures = io::measure(&bin, opts.duration)?;
+        return write_json(&workspace_root().join("target/bench/io.json"), &figures);
     }
     let variants = opts.variants();
     let bin = if variants.is_empty() {
@@ -251,6 +256,10 @@ pub fn bench(args: &[String]) -> Result<()> {
     if let Some(bin) = bin.as_deref() {
         let figures = retransmit::measure(bin, opts.duration)?;
         let path = workspace_root().join("target/bench/retransmit.json");
+        write_json(&path, &figures)?;
+        eprintln!("bench: wrote {}", path.display());
+        let figures = io::measure(bin, opts.duration)?;
+        let path = workspace_root().join("target/bench/io.json");
         write_json(&path, &figures)?;
         eprintln!("bench: wrote {}", path.display());
     }
