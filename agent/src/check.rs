@@ -74,6 +74,11 @@ pub fn check(config: &Config) -> i32 {
             None => format!("not found under {}", config.cgroup_root.display()),
         }
     );
+    let _ = writeln!(
+        out,
+        "throttling    source: cpu.stat ({}); the eBPF throttle path (fentry/kprobe on throttle_cfs_rq) is not built yet",
+        throttle_sources(&config.cgroup_root)
+    );
     print!("{out}");
 
     if let Some(why) = privileges.refusal() {
@@ -174,5 +179,27 @@ pub fn check(config: &Config) -> i32 {
     } else {
         println!("nodesat cannot run: no probe can attach on this kernel (see the failures above)");
         crate::EXIT_UNAVAILABLE
+    }
+}
+
+/// Which cgroup hierarchies carry CPU limits here, for the throttling line.
+fn throttle_sources(cgroup_root: &Path) -> String {
+    let mut found = Vec::new();
+    if let Some(v2) = cgroups::v2_root(cgroup_root)
+        && std::fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.contains("cpu"))
+    {
+        found.push(format!("v2 cpu.max under {}", v2.display()));
+    }
+    for c in ["cpu", "cpu,cpuacct"] {
+        let dir = cgroup_root.join(c);
+        if dir.join("cpu.cfs_quota_us").exists() {
+            found.push(format!("v1 cpu.cfs_quota_us under {}", dir.display()));
+            break;
+        }
+    }
+    if found.is_empty() {
+        "no CPU controller found".into()
+    } else {
+        found.join(", ")
     }
 }
