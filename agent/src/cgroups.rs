@@ -48,12 +48,16 @@ impl CgroupNames {
         self.root.as_deref()
     }
 
-    /// The cgroup v2 id of a running process, from `/proc/<pid>/cgroup`.
-    pub fn id_of_pid(&self, pid: u32) -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    /// The cgroup v2 id of a running process, from `/proc/<pid>/cgroup` under `host_root`.
+    pub fn id_of_pid(&self, host_root: &Path, pid: u32) -> Option<u64> {
+        let path = crate::identity::pid_cgroup_path(host_root, pid).ok()??;
         let dir = self.root.as_ref()?.join(path.trim_start_matches('/'));
         std::fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
+    /// Every cgroup id seen in the last scan.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.names.keys().copied()
     }
 
     pub fn name(&self, id: u64) -> Option<&str> {

@@ -40,6 +40,12 @@ pub struct Config {
     pub max_cgroups: u32,
     pub cgroup_root: PathBuf,
     pub top: usize,
+    /// Where the host's `/` is mounted (`/` outside a container): /proc is read under it.
+    pub host_root: PathBuf,
+    /// The kubelet pod list URL; `None` when pod metadata is off.
+    pub kubelet_url: Option<String>,
+    /// Most entities (cgroups) reported per interval; the rest are summed into "other".
+    pub max_entities: usize,
 }
 
 /// Where a value came from, for error messages.
@@ -110,6 +116,18 @@ pub struct Flags {
     /// Rows shown in the table output [default: 20; env NODESAT_TOP].
     #[arg(long, value_name = "N")]
     pub top: Option<String>,
+    /// Where the host's / is mounted when running in a container, e.g. /host [default: /; env
+    /// NODESAT_HOST_ROOT].
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<String>,
+    /// Kubelet pod list for pod names: "auto" (https://$NODE_NAME:10250/pods with the service
+    /// account, when running in a pod), "off", or a URL [default: auto; env NODESAT_KUBELET_URL].
+    #[arg(long, value_name = "URL")]
+    pub kubelet_url: Option<String>,
+    /// Most cgroups reported per interval, the rest summed into "other" [default: 500; env
+    /// NODESAT_MAX_ENTITIES].
+    #[arg(long, value_name = "N")]
+    pub max_entities: Option<String>,
 }
 
 /// One configuration key: its name in the file, its flag and its environment variable.
@@ -119,7 +137,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 7] = [
+const KEYS: [Key; 10] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -127,6 +145,9 @@ const KEYS: [Key; 7] = [
     key("max_cgroups", "--max-cgroups", "NODESAT_MAX_CGROUPS"),
     key("cgroup_root", "--cgroup-root", "NODESAT_CGROUP_ROOT"),
     key("top", "--top", "NODESAT_TOP"),
+    key("host_root", "--host-root", "NODESAT_HOST_ROOT"),
+    key("kubelet_url", "--kubelet-url", "NODESAT_KUBELET_URL"),
+    key("max_entities", "--max-entities", "NODESAT_MAX_ENTITIES"),
 ];
 
 const fn key(field: &'static str, flag: &'static str, env: &'static str) -> Key {
@@ -144,6 +165,9 @@ struct FileConfig {
     max_cgroups: Option<toml::Value>,
     cgroup_root: Option<toml::Value>,
     top: Option<toml::Value>,
+    host_root: Option<toml::Value>,
+    kubelet_url: Option<toml::Value>,
+    max_entities: Option<toml::Value>,
 }
 
 impl FileConfig {
@@ -156,6 +180,9 @@ impl FileConfig {
             "max_cgroups" => self.max_cgroups.as_ref(),
             "cgroup_root" => self.cgroup_root.as_ref(),
             "top" => self.top.as_ref(),
+            "host_root" => self.host_root.as_ref(),
+            "kubelet_url" => self.kubelet_url.as_ref(),
+            "max_entities" => self.max_entities.as_ref(),
             _ => None,
         }
     }
@@ -171,6 +198,9 @@ impl Flags {
             "max_cgroups" => self.max_cgroups.as_ref(),
             "cgroup_root" => self.cgroup_root.as_ref(),
             "top" => self.top.as_ref(),
+            "host_root" => self.host_root.as_ref(),
+            "kubelet_url" => self.kubelet_url.as_ref(),
+            "max_entities" => self.max_entities.as_ref(),
             _ => None,
         }
     }
@@ -218,6 +248,9 @@ impl Config {
             max_cgroups: parse(raw, "max_cgroups", 4096, |s| parse_int(s, 16, 1 << 20))?,
             cgroup_root: parse(raw, "cgroup_root", "/sys/fs/cgroup".into(), parse_dir)?,
             top: parse(raw, "top", 20, |s| parse_int(s, 1, 10_000))?,
+            host_root: parse(raw, "host_root", "/".into(), parse_dir)?,
+            kubelet_url: parse(raw, "kubelet_url", auto_kubelet_url(), parse_kubelet_url)?,
+            max_entities: parse(raw, "max_entities", 500, |s| parse_int(s, 1, 100_000))?,
         })
     }
 }
@@ -327,6 +360,32 @@ fn parse_int<T: TryFrom<u64>>(s: &str, min: u64, max: u64) -> Result<T, String> 
         return Err(expected());
     }
     T::try_from(n).map_err(|_| expected())
+}
+
+/// Where the service account token is mounted in a pod.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// "auto": the node-local kubelet when running in a pod (a service account token is mounted),
+/// else off.
+fn auto_kubelet_url() -> Option<String> {
+    std::path::Path::new(SERVICE_ACCOUNT_TOKEN)
+        .exists()
+        .then(|| crate::identity::kubelet::KubeletConfig::in_cluster(node_name().as_deref()).url)
+}
+
+fn node_name() -> Option<String> {
+    crate::identity::kubelet::node_name(|k| std::env::var(k).ok())
+}
+
+fn parse_kubelet_url(s: &str) -> Result<Option<String>, String> {
+    match s {
+        "off" | "" => Ok(None),
+        "auto" => Ok(auto_kubelet_url()),
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(Some(url.to_owned()))
+        }
+        _ => Err("\"auto\", \"off\", or an http:// or https:// URL".to_owned()),
+    }
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {

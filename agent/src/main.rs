@@ -5,6 +5,7 @@ mod check;
 mod collector;
 mod config;
 mod core;
+mod identity;
 mod output;
 mod privileges;
 mod probes;
@@ -169,8 +170,22 @@ async fn collect_until_signal(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let emitter = Emitter::new(config.output, config.top);
     let names = CgroupNames::new(&config.cgroup_root, config.interval);
+    let kubelet = match &config.kubelet_url {
+        Some(url) => {
+            tracing::info!(url = %url, "reading pod metadata from the kubelet");
+            Some(
+                identity::kubelet::KubeletWatcher::spawn(identity::kubelet::KubeletConfig::new(
+                    url,
+                ))
+                .context("starting the kubelet pod list thread")?,
+            )
+        }
+        None => None,
+    };
+    let identities = identity::Resolver::new(kubelet.as_ref().map(|k| k.metadata()))
+        .with_capacity(4 * config.max_cgroups as usize);
     let mut collector =
-        Collector::new(probes, names, &config.cgroup_root).context("reading the probes' maps")?;
+        Collector::new(probes, names, identities, config).context("reading the probes' maps")?;
     let mut oom_ring = match oom_events {
         // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd owns it.
         Some(ring) => Some(
@@ -179,7 +194,7 @@ async fn collect_until_signal(
         ),
         None => None,
     };
-    let describer = OomEvents::new(&config.cgroup_root);
+    let describer = OomEvents::new(&config.cgroup_root, &config.host_root);
     emitter.ready(&probes.hook_stats());
     tracing::info!(
         interval = %humantime::format_duration(config.interval),
@@ -216,6 +231,9 @@ async fn collect_until_signal(
         .collect(probes, true)
         .context("final collection")?;
     emitter.report(&report);
+    if let Some(k) = kubelet {
+        k.stop();
+    }
     Ok(())
 }
 

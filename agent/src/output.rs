@@ -144,10 +144,11 @@ pub fn table(r: &Report, top: usize) -> String {
     );
     for c in r.cgroups.iter().take(top) {
         let q = &c.runqueue;
-        let name = c
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("cgroup id {}", c.cgroup_id));
+        let name = match (&c.name, c.identity.kind) {
+            (Some(path), crate::identity::Kind::Cgroup) => path.clone(),
+            (Some(_), _) => c.identity.label(),
+            (None, _) => format!("cgroup id {}", c.cgroup_id),
+        };
         let throttled = c
             .throttling
             .as_ref()
@@ -179,8 +180,9 @@ pub fn table(r: &Report, top: usize) -> String {
             human_ns(d.latency_max_ns)
         );
     }
-    if r.cgroups.len() > top {
-        let _ = writeln!(s, "… {} more cgroups", r.cgroups.len() - top);
+    let more = r.cgroups.len().saturating_sub(top) + r.entities_overflow;
+    if more > 0 {
+        let _ = writeln!(s, "… {more} more cgroups");
     }
     for e in &r.kernel_errors {
         let _ = writeln!(s, "kernel errors: {} {} ×{}", e.probe, e.error, e.count);
@@ -205,6 +207,7 @@ mod tests {
                 .map(|i| CgroupReport {
                     cgroup_id: 100 + i,
                     name: (i != 2).then(|| format!("/busy{i}")),
+                    identity: crate::identity::Identity::cgroup(&format!("/busy{i}")),
                     runqueue: RunqueueFigures {
                         events: 10,
                         wait_ns: 1_000,
@@ -228,6 +231,8 @@ mod tests {
                     }),
                 })
                 .collect(),
+            other: None,
+            entities_overflow: 0,
             cpus: vec![CpuReport {
                 cpu: 0,
                 runqueue_wait_ns: 4_000_000_000,

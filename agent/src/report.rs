@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::probes::HookStatus;
+use crate::{
+    identity::{Identity, Merge},
+    probes::HookStatus,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -17,8 +20,12 @@ pub struct Report {
     pub time_unix_ns: u64,
     /// Measured time since the previous collection (or since the probes attached).
     pub interval_ns: u64,
-    /// Cgroups with activity in the interval, busiest first.
+    /// Cgroups with activity in the interval, most saturated first, at most `max_entities`.
     pub cgroups: Vec<CgroupReport>,
+    /// The cgroups beyond `max_entities`, summed (quantiles: the largest); `None` if none.
+    pub other: Option<CgroupReport>,
+    /// How many cgroups were summed into `other`.
+    pub entities_overflow: usize,
     pub cpus: Vec<CpuReport>,
     /// Block request latency per disk and direction.
     pub disks: Vec<DiskReport>,
@@ -37,6 +44,9 @@ pub struct CgroupReport {
     pub cgroup_id: u64,
     /// Path relative to the cgroup v2 root; `None` when the cgroup is gone or unknown.
     pub name: Option<String>,
+    /// The workload: pod and container, container, systemd unit, or cgroup.
+    #[serde(flatten)]
+    pub identity: Identity,
     pub runqueue: RunqueueFigures,
     /// TCP retransmits by sockets this cgroup owns, by address family and kind.
     pub tcp_retransmits: Vec<TcpRetransmits>,
@@ -96,6 +106,7 @@ impl CgroupReport {
         CgroupReport {
             cgroup_id,
             name: None,
+            identity: Identity::cgroup(""),
             runqueue: RunqueueFigures::default(),
             tcp_retransmits: Vec::new(),
             oom_kills: 0,
@@ -106,6 +117,48 @@ impl CgroupReport {
 
     pub fn retransmits(&self) -> u64 {
         self.tcp_retransmits.iter().map(|r| r.count).sum()
+    }
+}
+
+impl Merge for CgroupReport {
+    /// Sums the figures (quantiles and maxima: the larger), for the "other" entity.
+    fn merge(&mut self, o: CgroupReport) {
+        let (a, b) = (&mut self.runqueue, &o.runqueue);
+        a.events += b.events;
+        a.wait_ns += b.wait_ns;
+        a.waiting_tasks += b.waiting_tasks;
+        a.latency_p50_ns = a.latency_p50_ns.max(b.latency_p50_ns);
+        a.latency_p99_ns = a.latency_p99_ns.max(b.latency_p99_ns);
+        a.latency_max_ns = a.latency_max_ns.max(b.latency_max_ns);
+        for r in o.tcp_retransmits {
+            match self
+                .tcp_retransmits
+                .iter_mut()
+                .find(|m| (m.family, m.kind) == (r.family, r.kind))
+            {
+                Some(m) => m.count += r.count,
+                None => self.tcp_retransmits.push(r),
+            }
+        }
+        self.oom_kills += o.oom_kills;
+        self.iowait_ns += o.iowait_ns;
+        self.throttling = match (self.throttling.take(), o.throttling) {
+            (Some(x), Some(y)) => {
+                let periods = x.periods + y.periods;
+                let throttled_periods = x.throttled_periods + y.throttled_periods;
+                Some(Throttling {
+                    periods,
+                    throttled_periods,
+                    throttled_ns: x.throttled_ns + y.throttled_ns,
+                    throttled_pct: if periods == 0 {
+                        0.0
+                    } else {
+                        100.0 * throttled_periods as f64 / periods as f64
+                    },
+                })
+            }
+            (x, y) => x.or(y),
+        };
     }
 }
 

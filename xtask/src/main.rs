@@ -2,6 +2,7 @@
 
 mod bench;
 mod provision;
+mod vm;
 
 use std::process::Command;
 
@@ -14,7 +15,9 @@ commands:
   run [ARGS..]     provision, build, and run `nodesat run ARGS..` (default: local table output)
   test             provision, then run every test: fmt, clippy, unit, fixture and privileged
                    integration tests
-  bench [ARGS..]   provision, build, and measure probe overhead under a context-switch storm";
+  bench [ARGS..]   provision, build, and measure probe overhead under a context-switch storm
+  vm [ARGS..]      boot Debian kernels in qemu and run `nodesat check` and a scenario in each
+                   (the kernel matrix; `cargo xtask vm --help`)";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
             provision::test_tools()?;
             bench::bench(&rest)
         }
+        "vm" => vm::vm(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

@@ -16,6 +16,8 @@ use std::{
 
 use crate::{
     cgroups::CgroupNames,
+    config::Config,
+    identity::{Resolver, cap_entities},
     probes::{ProbeError, Probes},
     report::{CgroupReport, NodeTotals, Report, Sources},
 };
@@ -28,6 +30,8 @@ pub struct Collector {
     block: block::Block,
     throttle: throttle::Throttle,
     pub names: CgroupNames,
+    identities: Resolver,
+    max_entities: usize,
     last: Instant,
 }
 
@@ -36,8 +40,10 @@ impl Collector {
     pub fn new(
         probes: &Probes,
         names: CgroupNames,
-        cgroup_root: &std::path::Path,
+        identities: Resolver,
+        config: &Config,
     ) -> Result<Collector, ProbeError> {
+        let cgroup_root = config.cgroup_root.as_path();
         let mut runqueue = runqueue::Runqueue::default();
         runqueue.baseline(probes.ebpf())?;
         let mut tcp = tcp::Tcp::default();
@@ -58,6 +64,8 @@ impl Collector {
             block,
             throttle,
             names,
+            identities,
+            max_entities: config.max_entities,
             last: Instant::now(),
         })
     }
@@ -108,10 +116,14 @@ impl Collector {
         kernel_errors.extend(oom_lost);
         let ids: Vec<u64> = cgroups.keys().copied().collect();
         self.names.refresh_if_unknown(&ids);
+        self.identities.forget(self.names.ids());
         let mut cgroups: Vec<CgroupReport> = cgroups
             .into_values()
             .map(|mut c| {
                 c.name = self.names.name(c.cgroup_id).map(str::to_owned);
+                if let Some(path) = &c.name {
+                    c.identity = self.identities.resolve(c.cgroup_id, path).clone();
+                }
                 c
             })
             .collect();
@@ -128,6 +140,22 @@ impl Collector {
                 .then(a.cgroup_id.cmp(&b.cgroup_id))
         });
 
+        // Cap the entities: the most saturated (the order above) stay, the rest are summed.
+        let n = cgroups.len();
+        let ranked = cgroups
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c.identity.clone(), (n - i, c)))
+            .collect();
+        let capped = cap_entities(ranked, self.max_entities, |(rank, _)| *rank as f64);
+        let cgroups = capped.kept.into_iter().map(|(_, (_, c))| c).collect();
+        let other = capped.other.map(|(identity, (_, mut c))| {
+            c.cgroup_id = 0;
+            c.name = None;
+            c.identity = identity;
+            c
+        });
+
         Ok(Report {
             kind: "interval",
             is_final,
@@ -137,6 +165,8 @@ impl Collector {
                 .unwrap_or(0),
             interval_ns: elapsed.as_nanos() as u64,
             cgroups,
+            other,
+            entities_overflow: capped.overflow,
             cpus,
             disks,
             sources: Sources {

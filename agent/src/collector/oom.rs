@@ -81,12 +81,14 @@ pub struct OomKill {
 /// Turns kernel events into reports: names the cgroup and the constraint.
 pub struct OomEvents {
     cgroup_root: PathBuf,
+    host_root: PathBuf,
 }
 
 impl OomEvents {
-    pub fn new(cgroup_root: &Path) -> OomEvents {
+    pub fn new(cgroup_root: &Path, host_root: &Path) -> OomEvents {
         OomEvents {
             cgroup_root: cgroup_root.to_path_buf(),
+            host_root: host_root.to_path_buf(),
         }
     }
 
@@ -95,7 +97,7 @@ impl OomEvents {
         if cgroup_id == 0 {
             // The classic tracepoint carries no task pointer: look the victim up while it may
             // still exist.
-            cgroup_id = names.id_of_pid(e.tgid).unwrap_or(0);
+            cgroup_id = names.id_of_pid(&self.host_root, e.tgid).unwrap_or(0);
         }
         names.refresh_if_unknown(&[cgroup_id]);
         let cgroup = names.name(cgroup_id).map(str::to_owned);

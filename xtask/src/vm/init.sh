@@ -1,0 +1,79 @@
+#!/bin/busybox sh
+# /init of the VM that `cargo xtask vm` boots. Mounts what nodesat needs, runs `nodesat check`
+# and a short scenario (a CPU-capped hog, and more busy loops than CPUs for run-queue waits),
+# prints everything to the serial console between markers the harness parses, powers off.
+# Markers: "@@nodesat-vm begin NAME@@", "@@nodesat-vm end NAME rc=N@@", "@@nodesat-vm done@@".
+
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+
+begin() { echo "@@nodesat-vm begin $1@@"; }
+end() { echo "@@nodesat-vm end $1 rc=$2@@"; }
+
+begin setup
+fails=0
+mount -t sysfs sysfs /sys || fails=$((fails + 1))
+mount -t tmpfs tmpfs /tmp || fails=$((fails + 1))
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || fails=$((fails + 1))
+mount -t tracefs tracefs /sys/kernel/tracing || fails=$((fails + 1))
+mount -t bpf bpf /sys/fs/bpf || fails=$((fails + 1))
+for c in cpu memory io; do
+    echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || fails=$((fails + 1))
+done
+echo "kernel $(uname -r), $(nproc) CPUs, cgroup v2 controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+end setup $fails
+
+begin check
+nodesat check
+end check $?
+
+# The scenario: the agent in the background; once it is attached, a hog capped at 20% of a CPU
+# in /hog and four unlimited busy loops in /busy (more runnable tasks than CPUs), for 6 s.
+mkdir /sys/fs/cgroup/hog /sys/fs/cgroup/busy
+echo "20000 100000" >/sys/fs/cgroup/hog/cpu.max
+begin run
+nodesat run --output json --interval 2s >/tmp/run.out 2>/tmp/run.err &
+agent=$!
+tries=0
+until grep -q '"type":"ready"' /tmp/run.out; do
+    if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
+        break
+    fi
+    sleep 0.1
+    tries=$((tries + 1))
+done
+sh -c 'echo $$ >/sys/fs/cgroup/hog/cgroup.procs && while :; do :; done' &
+load=$!
+for i in 1 2 3 4; do
+    sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
+    load="$load $!"
+done
+sleep 6
+kill $load
+# SIGTERM makes a final report; a watchdog kills the agent if it does not exit within 60 s.
+(sleep 60 && kill -KILL $agent) 2>/dev/null &
+watchdog=$!
+kill -TERM $agent
+wait $agent
+rc=$?
+kill $watchdog 2>/dev/null
+cat /tmp/run.out
+end run $rc
+
+begin run-stderr
+cat /tmp/run.err
+end run-stderr 0
+
+begin hog-cpu.stat
+cat /sys/fs/cgroup/hog/cpu.stat
+end hog-cpu.stat $?
+
+begin dmesg
+dmesg | tail -n 40
+end dmesg 0
+
+echo "@@nodesat-vm done@@"
+poweroff -f

@@ -1,0 +1,333 @@
+//! Debian kernel images for the matrix: resolve a name to a package, `apt-get download` it into
+//! the cache once, and keep its `boot/vmlinuz-*` and `boot/config-*`.
+//!
+//! A kernel is named by series ("6.1": the newest `linux-image-6.1.*-amd64-unsigned` the apt
+//! sources offer), by release ("6.1.0-50-amd64", "6.12.117+deb12-amd64") or by package
+//! ("linux-image-6.1.0-50-amd64-unsigned"). To add a kernel to the default matrix, add its
+//! series to [`DEFAULT`].
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::TempDir;
+
+/// The kernels `cargo xtask vm` boots when no `--kernel` is given.
+pub const DEFAULT: &[&str] = &["6.1", "6.12"];
+
+/// Options the VM needs built in (it has no modules), as `NAME=y` in the package's config.
+const BUILT_IN: &[&str] = &[
+    "CONFIG_BLK_DEV_INITRD",
+    "CONFIG_RD_GZIP",
+    "CONFIG_DEVTMPFS",
+    "CONFIG_SERIAL_8250_CONSOLE",
+    "CONFIG_BPF_SYSCALL",
+    "CONFIG_BPF_EVENTS",
+    "CONFIG_DEBUG_INFO_BTF",
+    "CONFIG_KPROBES",
+    "CONFIG_FTRACE",
+    "CONFIG_CGROUPS",
+    "CONFIG_CGROUP_SCHED",
+    "CONFIG_CFS_BANDWIDTH",
+    "CONFIG_MEMCG",
+    "CONFIG_BLK_CGROUP",
+];
+
+pub struct Kernel {
+    /// What was asked for (`--kernel`), for messages.
+    pub spec: String,
+    /// The kernel release, `uname -r` in the VM: "6.1.0-56-amd64".
+    pub release: String,
+    pub package: String,
+    /// The .deb it came from (its name carries the Debian version).
+    pub deb: Option<String>,
+    pub vmlinuz: PathBuf,
+    /// `CONFIG_*` options of [`BUILT_IN`] that are not `=y` in this kernel.
+    pub missing_config: Vec<String>,
+}
+
+/// Resolves `spec`, downloads and unpacks its package unless the cache has it.
+pub fn prepare(spec: &str, cache: &Path) -> Result<Kernel> {
+    prepare_inner(spec, cache).with_context(|| format!("kernel {spec}"))
+}
+
+fn prepare_inner(spec: &str, cache: &Path) -> Result<Kernel> {
+    let (release, candidates) = resolve(spec)?;
+    let dir = cache.join(&release);
+    let vmlinuz = dir.join("vmlinuz");
+    let config = dir.join("config");
+    let (package, deb) = if vmlinuz.exists() && config.exists() {
+        let package = fs::read_to_string(dir.join("package"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| candidates[0].clone());
+        let deb = cached_deb(cache, &package);
+        (package, deb)
+    } else {
+        let package = candidates
+            .iter()
+            .find(|p| available(p))
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no package {} in the configured apt sources (`apt-cache search linux-image-` lists the kernels they offer; try `apt-get update`)",
+                    candidates.join(" or ")
+                )
+            })?;
+        let deb = match cached_deb(cache, &package) {
+            Some(deb) => cache.join(deb),
+            None => download(&package, cache)?,
+        };
+        unpack(&deb, &release, &package, cache)?;
+        let name = deb.file_name().map(|n| n.to_string_lossy().into_owned());
+        (package, name)
+    };
+    let config =
+        fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    let missing_config = BUILT_IN
+        .iter()
+        .filter(|opt| !config.lines().any(|l| l == format!("{opt}=y")))
+        .map(|opt| opt.to_string())
+        .collect();
+    Ok(Kernel {
+        spec: spec.to_owned(),
+        release,
+        package,
+        deb,
+        vmlinuz,
+        missing_config,
+    })
+}
+
+/// The release and the packages that may carry it, best first (unsigned, then signed).
+fn resolve(spec: &str) -> Result<(String, Vec<String>)> {
+    if let Some(rest) = spec.strip_prefix("linux-image-") {
+        let release = rest.strip_suffix("-unsigned").unwrap_or(rest);
+        return Ok((release.to_owned(), vec![spec.to_owned()]));
+    }
+    let release = if is_series(spec) {
+        newest_in_series(spec)?
+    } else if spec.ends_with("amd64") {
+        spec.to_owned()
+    } else {
+        format!("{spec}-amd64")
+    };
+    let candidates = vec![
+        format!("linux-image-{release}-unsigned"),
+        format!("linux-image-{release}"),
+    ];
+    Ok((release, candidates))
+}
+
+/// "6.1", "6.12": a major.minor series.
+fn is_series(spec: &str) -> bool {
+    let parts: Vec<&str> = spec.split('.').collect();
+    parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The newest generic amd64 release of a series the apt sources offer ("6.1.0-56-amd64").
+fn newest_in_series(series: &str) -> Result<String> {
+    let mut releases = generic_releases()?;
+    if releases.is_empty() {
+        // A fresh machine may never have fetched the package lists.
+        eprintln!("xtask: no kernel packages known to apt; running apt-get update");
+        let mut update = crate::cmd("apt-get", &["update", "-qq"]);
+        update.env("DEBIAN_FRONTEND", "noninteractive");
+        crate::run(update)?;
+        releases = generic_releases()?;
+    }
+    let mut series_seen: Vec<String> = releases.iter().map(|r| series_of(r)).collect();
+    series_seen.sort_by_key(|s| version_key(s));
+    series_seen.dedup();
+    releases
+        .into_iter()
+        .filter(|r| series_of(r) == series)
+        .max_by_key(|r| version_key(r))
+        .map(|r| format!("{r}-amd64"))
+        .with_context(|| {
+            format!(
+                "no linux-image-{series} package (linux-image-{series}.*-amd64-unsigned) in the configured apt sources; they offer the series {}",
+                if series_seen.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    series_seen.join(", ")
+                }
+            )
+        })
+}
+
+/// Versions of the generic amd64 kernels apt knows ("6.1.0-56", "6.12.117+deb12"): no rt,
+/// cloud or debug flavours.
+fn generic_releases() -> Result<Vec<String>> {
+    let out = Command::new("apt-cache")
+        .args(["pkgnames", "linux-image-"])
+        .output()
+        .context("running apt-cache (is this a Debian machine?)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|name| {
+            name.strip_prefix("linux-image-")?
+                .strip_suffix("-amd64-unsigned")
+        })
+        .filter(|v| {
+            v.replace("+deb", "+")
+                .chars()
+                .all(|c| c.is_ascii_digit() || ".-+".contains(c))
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
+/// "6.12.117+deb12" → "6.12".
+fn series_of(version: &str) -> String {
+    version
+        .split(['.', '-', '+'])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Numeric components, for ordering versions: "6.1.0-56" → [6, 1, 0, 56].
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+fn available(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The cached .deb of a package, if any (`apt-get download` names it PACKAGE_VERSION_ARCH.deb).
+fn cached_deb(cache: &Path, package: &str) -> Option<String> {
+    let prefix = format!("{package}_");
+    let mut debs: Vec<String> = fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        .collect();
+    debs.sort_by_key(|n| version_key(&n[prefix.len()..]));
+    debs.pop()
+}
+
+/// `apt-get download` into a temporary directory, then moved into the cache whole.
+fn download(package: &str, cache: &Path) -> Result<PathBuf> {
+    eprintln!("xtask: downloading {package} (apt-get download)");
+    let tmp = TempDir::new(cache.join(format!(".download-{}", std::process::id())))?;
+    let mut get = Command::new("apt-get");
+    if nix::unistd::geteuid().is_root() {
+        // apt's _apt user cannot write into a directory under the workspace.
+        get.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    get.args(["download", "-q", package])
+        .current_dir(tmp.path());
+    let out = get.output().context("running apt-get download")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get download {package} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let deb = fs::read_dir(tmp.path())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+    let dest = cache.join(deb.file_name().expect("a file"));
+    fs::rename(&deb, &dest).with_context(|| format!("moving {} into the cache", deb.display()))?;
+    Ok(dest)
+}
+
+/// Extracts `./boot/` of the package (not its modules) into `cache/RELEASE/`.
+fn unpack(deb: &Path, release: &str, package: &str, cache: &Path) -> Result<()> {
+    let tmp = TempDir::new(cache.join(format!(".unpack-{}", std::process::id())))?;
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(tmp.path())
+        .args(["--wildcards", "./boot/*"])
+        .stdin(dpkg.stdout.take().expect("piped"))
+        .status()
+        .context("running tar")?;
+    let dpkg = dpkg.wait()?;
+    if !dpkg.success() || !tar.success() {
+        bail!(
+            "unpacking {} failed (dpkg-deb {dpkg}, tar {tar}); delete it to download it again",
+            deb.display()
+        );
+    }
+    let boot = tmp.path().join("boot");
+    let find = |prefix: &str| -> Result<PathBuf> {
+        fs::read_dir(&boot)
+            .with_context(|| format!("{} has no boot/", deb.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .with_context(|| format!("{} has no boot/{prefix}*", deb.display()))
+    };
+    let staged = tmp.path().join("kernel");
+    fs::create_dir(&staged)?;
+    fs::rename(find("vmlinuz-")?, staged.join("vmlinuz"))?;
+    fs::rename(find("config-")?, staged.join("config"))?;
+    fs::write(staged.join("package"), format!("{package}\n"))?;
+    let dir = cache.join(release);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::rename(&staged, &dir)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_and_versions() {
+        assert!(is_series("6.1") && is_series("6.12"));
+        assert!(!is_series("6.1.0-50") && !is_series("6") && !is_series("6."));
+        assert_eq!(series_of("6.1.0-56"), "6.1");
+        assert_eq!(series_of("6.12.117+deb12"), "6.12");
+        assert!(version_key("6.1.0-56") > version_key("6.1.0-9"));
+        assert!(version_key("6.12.117+deb12") > version_key("6.12.99+deb12"));
+    }
+
+    #[test]
+    fn releases_and_packages() {
+        let (release, pkgs) = resolve("6.1.0-50-amd64").unwrap();
+        assert_eq!(release, "6.1.0-50-amd64");
+        assert_eq!(
+            pkgs,
+            [
+                "linux-image-6.1.0-50-amd64-unsigned",
+                "linux-image-6.1.0-50-amd64"
+            ]
+        );
+        assert_eq!(resolve("6.1.0-50").unwrap().0, "6.1.0-50-amd64");
+        let (release, pkgs) = resolve("linux-image-6.12.117+deb12-amd64-unsigned").unwrap();
+        assert_eq!(release, "6.12.117+deb12-amd64");
+        assert_eq!(pkgs, ["linux-image-6.12.117+deb12-amd64-unsigned"]);
+    }
+}

@@ -1,0 +1,494 @@
+//! `cargo xtask vm`: the kernel matrix. Boots Debian kernels in qemu (TCG, no KVM needed) with a
+//! busybox initramfs holding a static nodesat, runs `nodesat check` and a short scenario in
+//! each (a CPU-capped hog, a run-queue storm, the agent's JSON reports), and reports which
+//! attach variant each probe got and whether the figures came through, per kernel.
+//!
+//! Layout under target/vm/: `cache/` (downloaded kernel packages and their unpacked
+//! `vmlinuz`/`config`, kept across runs), `work/` (initramfs staging, removed unless `--keep`),
+//! `<release>.log` (each VM's serial console) and `matrix.json`.
+
+mod boot;
+mod initramfs;
+mod kernels;
+mod results;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{cmd, provision, run, workspace_root};
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+const USAGE: &str = "usage: cargo xtask vm [--kernel NAME...] [--keep] [--timeout SECS]
+
+Boots each kernel in qemu (TCG) with a busybox initramfs and the static nodesat, runs
+`nodesat check` and a short scenario (a hog capped by cpu.max, busy loops for run-queue waits,
+`nodesat run --output json`), and prints which variant each probe attached with per kernel.
+
+  --kernel NAME    a kernel to boot (repeatable; default: 6.1 6.12). NAME is a series (6.1: the
+                   newest linux-image-6.1.*-amd64-unsigned in the apt sources), a release
+                   (6.1.0-50-amd64, 6.12.117+deb12-amd64) or a package name
+  --keep           keep target/vm/work (the initramfs tree and image) for inspection
+  --timeout SECS   per-VM limit from start to power-off (default 180)
+
+Logs: target/vm/<release>.log; summary: target/vm/matrix.json; kernels are cached in
+target/vm/cache. Exits non-zero when a kernel fails.";
+
+struct Args {
+    kernels: Vec<String>,
+    keep: bool,
+    timeout: Duration,
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Args>> {
+    let mut out = Args {
+        kernels: Vec::new(),
+        keep: false,
+        timeout: Duration::from_secs(180),
+    };
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--kernel" => {
+                let before = out.kernels.len();
+                while let Some(name) = it.next_if(|a| !a.starts_with("--")) {
+                    out.kernels
+                        .extend(name.split(',').filter(|n| !n.is_empty()).map(String::from));
+                }
+                if out.kernels.len() == before {
+                    bail!("--kernel needs a name\n{USAGE}");
+                }
+            }
+            "--keep" => out.keep = true,
+            "--timeout" => {
+                let secs: u64 = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&s| s > 0)
+                    .with_context(|| format!("--timeout needs a number of seconds\n{USAGE}"))?;
+                out.timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A directory removed when dropped (unless kept); whatever was there before is removed first.
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(path: PathBuf) -> Result<TempDir> {
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path, keep: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// One kernel's row: what it is, how long it took, what its log said.
+struct Row {
+    name: String,
+    kernel: Option<kernels::Kernel>,
+    log: Option<PathBuf>,
+    elapsed: Option<Duration>,
+    outcome: Option<results::Outcome>,
+    failures: Vec<String>,
+    /// A default kernel the apt sources do not offer: reported, not a failure.
+    unavailable: bool,
+}
+
+pub fn vm(args: &[String]) -> Result<()> {
+    let Some(args) = parse_args(args)? else {
+        return Ok(());
+    };
+    let total = Instant::now();
+    let dir = workspace_root().join("target/vm");
+    let cache = dir.join("cache");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    remove_leftovers(&cache);
+    let mut phases = serde_json::Map::new();
+    let mut phase = |name: &str, started: Instant| {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("xtask: {name} took {secs:.1}s");
+        phases.insert(name.to_owned(), json!(round(secs)));
+    };
+
+    let t = Instant::now();
+    provision::provision()?;
+    // musl-tools: crates with C code (ring, under rustls) need musl-gcc for the musl target.
+    provision::apt_install(&["qemu-system-x86", "busybox-static", "cpio", "musl-tools"])?;
+    musl_target()?;
+    phase("provision", t);
+
+    let t = Instant::now();
+    let defaults = args.kernels.is_empty();
+    let specs: Vec<String> = if defaults {
+        kernels::DEFAULT.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.kernels.clone()
+    };
+    let mut rows = Vec::new();
+    for spec in &specs {
+        match kernels::prepare(spec, &cache) {
+            Ok(k) => {
+                if !k.missing_config.is_empty() {
+                    eprintln!(
+                        "xtask: warning: {} lacks {} built in; the VM has no modules",
+                        k.release,
+                        k.missing_config.join(", ")
+                    );
+                }
+                rows.push(Row::new(k.release.clone(), Some(k)));
+            }
+            Err(e) => {
+                eprintln!("xtask: {e:#}");
+                let mut row = Row::new(spec.clone(), None);
+                row.failures.push(format!("{e:#}"));
+                row.unavailable = defaults;
+                rows.push(row);
+            }
+        }
+    }
+    phase("kernels", t);
+    if rows.iter().all(|r| r.kernel.is_none()) {
+        let why: Vec<String> = rows.iter().flat_map(|r| r.failures.clone()).collect();
+        bail!("no kernel to boot: {}", why.join("; "));
+    }
+
+    let t = Instant::now();
+    run(cmd(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "nodesat",
+            "--target",
+            MUSL,
+        ],
+    ))
+    .context("building the static nodesat")?;
+    let nodesat = workspace_root().join(format!("target/{MUSL}/release/nodesat"));
+    phase("build", t);
+
+    let t = Instant::now();
+    let mut work = TempDir::new(dir.join("work"))?;
+    work.keep = args.keep;
+    let initrd = initramfs::build(work.path(), &nodesat)?;
+    phase("initramfs", t);
+
+    for row in rows.iter_mut() {
+        let Some(k) = &row.kernel else { continue };
+        let log = dir.join(format!("{}.log", k.release));
+        eprintln!(
+            "xtask: booting {} (qemu TCG, up to {}s; serial console in {})",
+            k.release,
+            args.timeout.as_secs(),
+            log.display()
+        );
+        let b = boot::boot(&k.vmlinuz, &initrd, &log, args.timeout)?;
+        let text = fs::read(&log).unwrap_or_default();
+        let outcome = results::parse(&String::from_utf8_lossy(&text));
+        row.failures = outcome.failures(b.timed_out);
+        if !b.timed_out && b.exit_code != Some(0) && row.failures.is_empty() {
+            row.failures
+                .push(format!("qemu exited with {:?}", b.exit_code));
+        }
+        eprintln!(
+            "xtask: {}: {} in {:.1}s",
+            k.release,
+            if row.failures.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            b.elapsed.as_secs_f64()
+        );
+        phases.insert(
+            format!("boot {}", k.release),
+            json!(round(b.elapsed.as_secs_f64())),
+        );
+        row.elapsed = Some(b.elapsed);
+        row.log = Some(log);
+        row.outcome = Some(outcome);
+    }
+    let total = total.elapsed();
+    drop(work);
+
+    println!();
+    print!("{}", table(&rows));
+    print!("{}", variant_table(&rows));
+    println!("\ntotal {:.1}s", total.as_secs_f64());
+    let matrix = dir.join("matrix.json");
+    let doc = json!({
+        "generated_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "qemu": boot::qemu_version(),
+        "accel": "tcg",
+        "total_seconds": round(total.as_secs_f64()),
+        "phase_seconds": Value::Object(phases),
+        "kernels": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    fs::write(&matrix, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", matrix.display()))?;
+    println!("wrote {}", matrix.display());
+
+    let mut failed = Vec::new();
+    for row in &rows {
+        if row.unavailable {
+            println!("note: {}", row.failures.join("; "));
+        } else if !row.failures.is_empty() {
+            let log = row
+                .log
+                .as_ref()
+                .map(|l| format!(" (log: {})", l.display()))
+                .unwrap_or_default();
+            println!("{} FAILED: {}{log}", row.name, row.failures.join("; "));
+            failed.push(row.name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} kernels failed: {}",
+            failed.len(),
+            rows.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+impl Row {
+    fn new(name: String, kernel: Option<kernels::Kernel>) -> Row {
+        Row {
+            name,
+            kernel,
+            log: None,
+            elapsed: None,
+            outcome: None,
+            failures: Vec::new(),
+            unavailable: false,
+        }
+    }
+
+    fn result(&self) -> &'static str {
+        match (self.unavailable, self.failures.is_empty(), &self.outcome) {
+            (true, _, _) => "N/A",
+            (_, true, Some(_)) => "PASS",
+            _ => "FAIL",
+        }
+    }
+
+    fn json(&self) -> Value {
+        let k = self.kernel.as_ref();
+        json!({
+            "kernel": self.name,
+            "asked_for": k.map(|k| k.spec.as_str()),
+            "package": k.map(|k| k.package.as_str()),
+            "deb": k.and_then(|k| k.deb.as_deref()),
+            "config_not_built_in": k.map(|k| &k.missing_config),
+            "seconds": self.elapsed.map(|d| round(d.as_secs_f64())),
+            "result": self.result(),
+            "failures": self.failures,
+            "log": self.log,
+            "vm": self.outcome.as_ref().map(results::Outcome::json),
+        })
+    }
+}
+
+/// The summary: per kernel, the check's verdict, each probe's variant, the scenario's figures.
+fn table(rows: &[Row]) -> String {
+    let mut probes: Vec<String> = Vec::new();
+    for p in rows
+        .iter()
+        .filter_map(|r| r.outcome.as_ref())
+        .flat_map(|o| &o.probes)
+    {
+        if !probes.contains(&p.probe) {
+            probes.push(p.probe.clone());
+        }
+    }
+    let mut header: Vec<String> = ["kernel", "time", "check"].map(String::from).to_vec();
+    header.extend(probes.iter().cloned());
+    header.extend(["busy_p99", "throttled", "result"].map(String::from));
+    let mut lines = vec![header];
+    for row in rows {
+        let o = row.outcome.as_ref();
+        let mut cells = vec![
+            row.name.clone(),
+            row.elapsed
+                .map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+            match o.and_then(|o| o.sections.get("check")).and_then(|s| s.rc) {
+                Some(0) => "ok".into(),
+                Some(n) => format!("exit {n}"),
+                None => "-".into(),
+            },
+        ];
+        for name in &probes {
+            let p = o.and_then(|o| o.probes.iter().find(|p| &p.probe == name));
+            cells.push(match p {
+                Some(p) => p.chosen.clone().unwrap_or_else(|| "none".into()),
+                None => "-".into(),
+            });
+        }
+        cells.push(o.map_or("-".into(), |o| results::short_ns(o.run.busy_p99_ns)));
+        cells.push(match o {
+            Some(o) if o.run.hog_throttled_periods > 0 => {
+                format!("yes {}/{}", o.run.hog_throttled_periods, o.run.hog_periods)
+            }
+            Some(o) if o.run.intervals > 0 => "no".into(),
+            _ => "-".into(),
+        });
+        cells.push(row.result().into());
+        lines.push(cells);
+    }
+    columns(&lines)
+}
+
+/// Every variant's result per probe and kernel, as `nodesat check` found it.
+fn variant_table(rows: &[Row]) -> String {
+    let mut variants: Vec<String> = Vec::new();
+    for (v, _) in rows
+        .iter()
+        .filter_map(|r| r.outcome.as_ref())
+        .flat_map(|o| &o.probes)
+        .flat_map(|p| &p.variants)
+    {
+        if !variants.contains(v) {
+            variants.push(v.clone());
+        }
+    }
+    if variants.is_empty() {
+        return String::new();
+    }
+    let mut header: Vec<String> = vec!["kernel".into(), "probe".into()];
+    header.extend(variants.iter().cloned());
+    let mut lines = vec![header];
+    for row in rows {
+        for p in row.outcome.iter().flat_map(|o| &o.probes) {
+            let mut cells = vec![row.name.clone(), p.probe.clone()];
+            for v in &variants {
+                cells.push(
+                    p.variants
+                        .iter()
+                        .find(|(name, _)| name == v)
+                        .map_or("-".into(), |(_, cell)| cell.clone()),
+                );
+            }
+            lines.push(cells);
+        }
+    }
+    format!(
+        "\nattach variants (nodesat check, every hook of the probe):\n{}",
+        columns(&lines)
+    )
+}
+
+/// Left-aligned columns, two spaces apart.
+fn columns(lines: &[Vec<String>]) -> String {
+    let n = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn round(secs: f64) -> f64 {
+    (secs * 10.0).round() / 10.0
+}
+
+/// Temporary directories a killed earlier run left in the cache.
+fn remove_leftovers(cache: &Path) {
+    for e in fs::read_dir(cache).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn musl_target() -> Result<()> {
+    let out = cmd("rustup", &["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {MUSL} target (rustup)");
+    run(cmd("rustup", &["target", "add", MUSL]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Option<Args>> {
+        parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn kernel_names_repeat_or_list() {
+        let a = args(&["--kernel", "6.1", "6.12", "--keep", "--kernel", "a,b"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.kernels, ["6.1", "6.12", "a", "b"]);
+        assert!(a.keep);
+        assert!(args(&["--kernel"]).is_err());
+        assert!(args(&["--timeout", "0"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn columns_align() {
+        let t = columns(&[
+            vec!["kernel".into(), "time".into()],
+            vec!["6.1.0-56-amd64".into(), "1.0s".into()],
+        ]);
+        assert_eq!(t, "kernel          time\n6.1.0-56-amd64  1.0s\n");
+    }
+}

@@ -1,0 +1,367 @@
+//! Reading a VM's serial log: the sections init.sh prints between markers, what `nodesat
+//! check` said about each probe, and what the agent's JSON reports showed.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+const BEGIN: &str = "@@nodesat-vm begin ";
+const END: &str = "@@nodesat-vm end ";
+const DONE: &str = "@@nodesat-vm done@@";
+
+/// One section of the log: its lines and the exit code init.sh printed at its end.
+#[derive(Debug, Default)]
+pub struct Section {
+    pub lines: Vec<String>,
+    pub rc: Option<i32>,
+}
+
+/// What one VM's log says.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub sections: BTreeMap<String, Section>,
+    /// init.sh reached its end.
+    pub done: bool,
+    /// `uname -r` as `nodesat check` printed it.
+    pub release: Option<String>,
+    /// Per probe, in the order check printed them: the result of each variant column.
+    pub probes: Vec<ProbeCheck>,
+    pub run: RunFigures,
+}
+
+#[derive(Debug)]
+pub struct ProbeCheck {
+    pub probe: String,
+    pub hooks: Vec<String>,
+    /// (variant, "ok" / "FAILED" / "n/a"), in check's column order.
+    pub variants: Vec<(String, String)>,
+    /// The variant check says the agent will use, or `None` when none can attach.
+    pub chosen: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RunFigures {
+    pub ready: bool,
+    /// Probe → the variant the running agent attached it with (from the `ready` line).
+    pub attached: Vec<(String, String)>,
+    pub intervals: u64,
+    pub final_report: bool,
+    /// JSON lines that did not parse (a kernel message in the middle of one, say).
+    pub garbled_lines: u64,
+    pub hog_periods: u64,
+    pub hog_throttled_periods: u64,
+    pub hog_throttled_ns: u64,
+    /// Run-queue figures of the /busy cgroup: waits that ended, the highest p99 and the highest
+    /// average number of waiting tasks of any interval.
+    pub busy_events: u64,
+    pub busy_p99_ns: u64,
+    pub busy_waiting_tasks: f64,
+    /// The highest run-queue length of any CPU in any interval.
+    pub max_cpu_runqueue_length: f64,
+}
+
+pub fn parse(log: &str) -> Outcome {
+    let mut out = Outcome::default();
+    let mut current: Option<String> = None;
+    for line in log.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(i) = line.find(BEGIN) {
+            let name = line[i + BEGIN.len()..].trim_end_matches("@@").to_owned();
+            out.sections.entry(name.clone()).or_default();
+            current = Some(name);
+        } else if let Some(i) = line.find(END) {
+            let rest = line[i + END.len()..].trim_end_matches("@@");
+            if let Some((name, rc)) = rest.split_once(" rc=")
+                && let Some(s) = out.sections.get_mut(name)
+            {
+                s.rc = rc.trim().parse().ok();
+            }
+            current = None;
+        } else if line.contains(DONE) {
+            out.done = true;
+        } else if let Some(name) = &current {
+            let s = out.sections.get_mut(name).expect("opened above");
+            s.lines.push(line.to_owned());
+        }
+    }
+    if let Some(check) = out.sections.get("check") {
+        parse_check(&check.lines, &mut out.release, &mut out.probes);
+    }
+    if let Some(run) = out.sections.get("run") {
+        out.run = parse_run(&run.lines);
+    }
+    out
+}
+
+/// The `kernel` line, the PROBE table and the "X will attach with V" summary.
+fn parse_check(lines: &[String], release: &mut Option<String>, probes: &mut Vec<ProbeCheck>) {
+    let mut columns: Vec<String> = Vec::new();
+    let mut in_table = false;
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"kernel") && release.is_none() {
+            *release = words.get(1).map(|w| w.to_string());
+        } else if words.len() > 2 && words[0] == "PROBE" && words[1] == "HOOK" {
+            columns = words[2..].iter().map(|w| w.to_string()).collect();
+            in_table = true;
+        } else if in_table
+            && !line.starts_with(' ')
+            && words.len() == columns.len() + 2
+            && words[2..]
+                .iter()
+                .all(|w| ["ok", "FAILED", "n/a"].contains(w))
+        {
+            let variants: Vec<(String, String)> = columns
+                .iter()
+                .cloned()
+                .zip(words[2..].iter().map(|w| w.to_string()))
+                .collect();
+            match probes.iter_mut().find(|p| p.probe == words[0]) {
+                Some(p) => {
+                    p.hooks.push(words[1].to_owned());
+                    // A variant counts as ok for the probe only if every hook attached.
+                    for ((_, cell), (_, new)) in p.variants.iter_mut().zip(&variants) {
+                        if cell == "ok" && new != "ok" {
+                            *cell = new.clone();
+                        }
+                    }
+                }
+                None => probes.push(ProbeCheck {
+                    probe: words[0].to_owned(),
+                    hooks: vec![words[1].to_owned()],
+                    variants,
+                    chosen: None,
+                }),
+            }
+        } else if in_table && words.is_empty() && !probes.is_empty() {
+            in_table = false;
+        } else if let Some((probe, variant)) = line.split_once(" will attach with ")
+            && let Some(p) = probes.iter_mut().find(|p| p.probe == probe.trim())
+        {
+            p.chosen = Some(variant.trim().to_owned());
+        }
+    }
+}
+
+fn parse_run(lines: &[String]) -> RunFigures {
+    let mut f = RunFigures::default();
+    for line in lines.iter().filter(|l| l.starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            f.garbled_lines += 1;
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("ready") => {
+                f.ready = true;
+                for h in v["probes"].as_array().into_iter().flatten() {
+                    if h["attached"].as_bool() == Some(true)
+                        && let (Some(p), Some(var)) = (h["probe"].as_str(), h["variant"].as_str())
+                        && !f.attached.iter().any(|(q, _)| q == p)
+                    {
+                        f.attached.push((p.to_owned(), var.to_owned()));
+                    }
+                }
+            }
+            Some("interval") => {
+                f.intervals += 1;
+                f.final_report |= v["final"].as_bool() == Some(true);
+                for c in v["cgroups"].as_array().into_iter().flatten() {
+                    let name = c["name"].as_str().unwrap_or("").trim_start_matches('/');
+                    let u = |v: &Value| v.as_u64().unwrap_or(0);
+                    if name == "hog" {
+                        let t = &c["throttling"];
+                        f.hog_periods += u(&t["periods"]);
+                        f.hog_throttled_periods += u(&t["throttled_periods"]);
+                        f.hog_throttled_ns += u(&t["throttled_ns"]);
+                    } else if name == "busy" {
+                        let r = &c["runqueue"];
+                        f.busy_events += u(&r["events"]);
+                        f.busy_p99_ns = f.busy_p99_ns.max(u(&r["latency_p99_ns"]));
+                        f.busy_waiting_tasks = f
+                            .busy_waiting_tasks
+                            .max(r["waiting_tasks"].as_f64().unwrap_or(0.0));
+                    }
+                }
+                for cpu in v["cpus"].as_array().into_iter().flatten() {
+                    f.max_cpu_runqueue_length = f
+                        .max_cpu_runqueue_length
+                        .max(cpu["runqueue_length"].as_f64().unwrap_or(0.0));
+                }
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+impl Outcome {
+    /// Why this kernel fails, empty when it passes; `timed_out`: qemu was killed.
+    pub fn failures(&self, timed_out: bool) -> Vec<String> {
+        let mut why = Vec::new();
+        let rc = |name: &str| self.sections.get(name).and_then(|s| s.rc);
+        if timed_out {
+            why.push("killed at the timeout (--timeout): the VM never powered off".to_owned());
+        }
+        if !self.sections.contains_key("setup") {
+            why.push("init never started (no setup section: kernel panic?)".to_owned());
+            return why;
+        }
+        if rc("setup") != Some(0) {
+            why.push(format!(
+                "setup failed ({} mounts or controllers failed)",
+                rc("setup").map_or("?".into(), |n| n.to_string())
+            ));
+        }
+        match rc("check") {
+            Some(0) => {}
+            Some(n) => why.push(format!("`nodesat check` exited {n}")),
+            None => why.push("`nodesat check` did not finish".to_owned()),
+        }
+        let r = &self.run;
+        if !r.ready {
+            why.push("`nodesat run` never reported ready".to_owned());
+        }
+        match rc("run") {
+            Some(0) => {}
+            Some(n) => why.push(format!("`nodesat run` exited {n} after SIGTERM")),
+            None => why.push("the scenario did not finish".to_owned()),
+        }
+        if r.ready && r.intervals == 0 {
+            why.push("no interval report".to_owned());
+        } else if r.ready && !r.final_report {
+            why.push("no final report after SIGTERM".to_owned());
+        }
+        if r.intervals > 0 && r.hog_throttled_periods == 0 {
+            why.push("the /hog cgroup (cpu.max 20000 100000) was never reported throttled".into());
+        }
+        if r.intervals > 0 && r.busy_events == 0 {
+            why.push("no run-queue figures for the /busy cgroup".into());
+        }
+        if r.garbled_lines > 0 {
+            why.push(format!("{} JSON lines did not parse", r.garbled_lines));
+        }
+        if !self.done && !timed_out && why.is_empty() {
+            why.push("init.sh did not reach its end".to_owned());
+        }
+        why
+    }
+
+    pub fn json(&self) -> Value {
+        let r = &self.run;
+        let pairs = |v: &[(String, String)]| -> Value {
+            Value::Object(
+                v.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            )
+        };
+        json!({
+            "release": self.release,
+            "setup_rc": self.sections.get("setup").and_then(|s| s.rc),
+            "check": {
+                "rc": self.sections.get("check").and_then(|s| s.rc),
+                "probes": self.probes.iter().map(|p| json!({
+                    "probe": p.probe,
+                    "hooks": p.hooks,
+                    "variants": pairs(&p.variants),
+                    "chosen": p.chosen,
+                })).collect::<Vec<_>>(),
+            },
+            "run": {
+                "rc": self.sections.get("run").and_then(|s| s.rc),
+                "ready": r.ready,
+                "attached": pairs(&r.attached),
+                "intervals": r.intervals,
+                "final_report": r.final_report,
+                "hog_throttling": {
+                    "periods": r.hog_periods,
+                    "throttled_periods": r.hog_throttled_periods,
+                    "throttled_ns": r.hog_throttled_ns,
+                },
+                "busy_runqueue": {
+                    "events": r.busy_events,
+                    "max_latency_p99_ns": r.busy_p99_ns,
+                    "max_waiting_tasks": r.busy_waiting_tasks,
+                },
+                "max_cpu_runqueue_length": r.max_cpu_runqueue_length,
+                "garbled_lines": r.garbled_lines,
+            },
+            "done": self.done,
+        })
+    }
+}
+
+/// "16.8ms", "32.8µs": short durations for the table.
+pub fn short_ns(ns: u64) -> String {
+    match ns {
+        0 => "-".to_owned(),
+        n if n >= 1_000_000_000 => format!("{:.2}s", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}µs", n as f64 / 1e3),
+        n => format!("{n}ns"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "\x1bc\x1b[?7lSeaBIOS\r
+@@nodesat-vm begin setup@@\r
+kernel 6.1.0-56-amd64, 2 CPUs\r
+@@nodesat-vm end setup rc=0@@\r
+@@nodesat-vm begin check@@\r
+kernel        6.1.0-56-amd64 (x86_64)\r
+BTF           present (/sys/kernel/btf/vmlinux)\r
+\r
+PROBE      HOOK               tp_btf         raw_tracepoint tracepoint     kprobe         fentry         \r
+runqueue   sched_switch       ok             ok             ok             n/a            n/a            \r
+runqueue   sched_wakeup       ok             ok             ok             n/a            n/a            \r
+tcp        tcp_retransmit_skb FAILED         ok             ok             n/a            n/a            \r
+  tcp tp_btf failed: nope\r
+\r
+runqueue will attach with tp_btf\r
+tcp will attach with raw_tracepoint\r
+ready: nodesat can run here\r
+@@nodesat-vm end check rc=0@@\r
+@@nodesat-vm begin run@@\r
+{\"type\":\"ready\",\"probes\":[{\"probe\":\"runqueue\",\"hook\":\"sched_switch\",\"variant\":\"tp_btf\",\"attached\":true}]}\r
+{\"type\":\"interval\",\"final\":false,\"cgroups\":[{\"name\":\"/hog\",\"runqueue\":{},\"throttling\":{\"periods\":20,\"throttled_periods\":19,\"throttled_ns\":5}},{\"name\":\"/busy\",\"runqueue\":{\"events\":100,\"latency_p99_ns\":16000000,\"waiting_tasks\":2.5}}],\"cpus\":[{\"runqueue_length\":1.5}]}\r
+{\"type\":\"interval\",\"final\":true,\"cgroups\":[],\"cpus\":[]}\r
+@@nodesat-vm end run rc=0@@\r
+@@nodesat-vm done@@\r
+";
+
+    #[test]
+    fn parses_a_passing_log() {
+        let o = parse(LOG);
+        assert_eq!(o.release.as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!(o.probes.len(), 2);
+        assert_eq!(o.probes[0].hooks, ["sched_switch", "sched_wakeup"]);
+        assert_eq!(o.probes[0].chosen.as_deref(), Some("tp_btf"));
+        assert_eq!(o.probes[1].variants[0], ("tp_btf".into(), "FAILED".into()));
+        assert_eq!(o.probes[1].chosen.as_deref(), Some("raw_tracepoint"));
+        assert_eq!(o.run.intervals, 2);
+        assert!(o.run.ready && o.run.final_report && o.done);
+        assert_eq!(o.run.hog_throttled_periods, 19);
+        assert_eq!(o.run.busy_p99_ns, 16_000_000);
+        assert_eq!(o.run.attached, [("runqueue".into(), "tp_btf".into())]);
+        assert_eq!(o.failures(false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_panic_before_init_fails() {
+        let o = parse("Kernel panic - not syncing: VFS: Unable to mount root fs\n");
+        assert_eq!(o.failures(false).len(), 1);
+        assert!(!o.failures(true).is_empty());
+    }
+
+    #[test]
+    fn a_failed_check_fails() {
+        let log = LOG.replace("end check rc=0", "end check rc=69");
+        assert!(
+            parse(&log)
+                .failures(false)
+                .contains(&"`nodesat check` exited 69".to_owned())
+        );
+    }
+}
