@@ -273,6 +273,12 @@ pub fn vm(args: &[String]) -> Result<()> {
             failed.push(row.name.clone());
         }
     }
+    let booted = rows.iter().filter(|r| !r.unavailable).count();
+    println!(
+        "kernel matrix: {} passed, {} failed",
+        booted - failed.len(),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!(
             "{} of {} kernels failed: {}",
