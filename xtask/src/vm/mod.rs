@@ -275,7 +275,7 @@ pub fn vm(args: &[String]) -> Result<()> {
     }
     let booted = rows.iter().filter(|r| !r.unavailable).count();
     println!(
-        "kernel matrix: {} passed, {} failed",
+        "vm: {} passed, {} failed",
         booted - failed.len(),
         failed.len()
     );
