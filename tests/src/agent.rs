@@ -8,7 +8,8 @@
 //! [`Agent`] collects those separately (see [`Agent::next_oom_kill`]). The
 //! structs here hold only the fields the tests use; unknown fields and unknown
 //! `type`s are ignored, and fields added with a signal default when absent
-//! (or `null`).
+//! (or `null`): zero, empty, or `None` (e.g. [`CgroupReport::throttling`]
+//! for cgroups without a CPU limit).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -100,6 +101,13 @@ pub struct Report {
     /// Node-wide totals of the interval (zero when absent).
     #[serde(default, deserialize_with = "null_as_default")]
     pub node: NodeTotals,
+    /// Block request latency per disk and direction, for the disks with
+    /// requests completed in the interval (empty when absent).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub disks: Vec<DiskReport>,
+    /// Where signals with more than one possible source came from.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub sources: Sources,
 }
 
 impl Report {
@@ -112,6 +120,58 @@ impl Report {
     pub fn probes_for<'a>(&'a self, probe: &'a str) -> impl Iterator<Item = &'a ProbeReport> {
         self.probes.iter().filter(move |p| p.probe == probe)
     }
+
+    /// The entry for CPU `cpu`, if any.
+    pub fn cpu(&self, cpu: u32) -> Option<&CpuReport> {
+        self.cpus.iter().find(|c| c.cpu == cpu)
+    }
+
+    /// The `disks` entries of the disk `device` (`"major:minor"`), one per
+    /// direction with completed requests.
+    pub fn disk_entries<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a DiskReport> {
+        self.disks.iter().filter(move |d| d.device == device)
+    }
+
+    /// Requests of disk `device` (`"major:minor"`) completed in the interval
+    /// in direction `op` (`"read"`, `"write"`, `"other"`); 0 without an entry.
+    pub fn disk_requests(&self, device: &str, op: &str) -> u64 {
+        self.disk_entries(device)
+            .filter(|d| d.op == op)
+            .map(|d| d.requests)
+            .sum()
+    }
+}
+
+/// Block request latency (from issue to the driver to completion) of one
+/// disk and direction over one interval, in a [`Report`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DiskReport {
+    /// Device number, `"major:minor"` (e.g. `"7:0"`).
+    pub device: String,
+    /// The kernel's name for it (e.g. `"loop0"`), `None` when unknown.
+    pub name: Option<String>,
+    /// `"read"`, `"write"` or `"other"` (flushes, discards, ...).
+    pub op: String,
+    /// Requests completed.
+    pub requests: u64,
+    pub latency_sum_ns: u64,
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
+    pub latency_max_ns: u64,
+    /// Log2 latency histogram (32 slots; slot `s` counts latencies in
+    /// `(2^(s-1), 2^s]` ns).
+    #[serde(deserialize_with = "null_as_default")]
+    pub histogram: Vec<u64>,
+}
+
+/// Where signals with more than one possible source came from, in a
+/// [`Report`] (`None` when not said).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Sources {
+    /// Source of [`CgroupReport::throttling`], e.g. `"cpu.stat"`.
+    pub throttling: Option<String>,
 }
 
 /// One cgroup's figures in a [`Report`].
@@ -133,6 +193,13 @@ pub struct CgroupReport {
     /// Processes of it the kernel OOM-killed.
     #[serde(default, deserialize_with = "null_as_default")]
     pub oom_kills: u64,
+    /// Time its tasks spent blocked in iowait, ns.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub iowait_ns: u64,
+    /// Its CFS bandwidth throttling (deltas of its `cpu.stat`): present for
+    /// every cgroup with a CPU limit, `None` for the others.
+    #[serde(default)]
+    pub throttling: Option<Throttling>,
 }
 
 impl CgroupReport {
@@ -150,6 +217,21 @@ impl CgroupReport {
     pub fn total_retransmits(&self) -> u64 {
         self.tcp_retransmits.iter().map(|r| r.count).sum()
     }
+}
+
+/// CFS bandwidth throttling of a cgroup over one interval, in a
+/// [`CgroupReport`]: the growth of its `cpu.stat` counters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Throttling {
+    /// Enforcement periods that elapsed while it had runnable tasks.
+    pub periods: u64,
+    /// Periods in which it used up its quota and was throttled.
+    pub throttled_periods: u64,
+    /// Time it spent throttled, ns.
+    pub throttled_ns: u64,
+    /// `throttled_periods` ÷ `periods`, in percent.
+    pub throttled_pct: f64,
 }
 
 /// TCP retransmits of one family and kind, in a [`CgroupReport`].
@@ -217,6 +299,14 @@ pub struct CpuReport {
     pub cpu: u32,
     pub runqueue_wait_ns: u64,
     pub runqueue_length: f64,
+    /// Time tasks that blocked on this CPU spent in iowait, ns (measured by
+    /// the agent's probes).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub iowait_ns: u64,
+    /// The kernel's iowait of this CPU over the interval from `/proc/stat`,
+    /// ns (time it was idle while tasks that blocked on it waited for I/O).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub proc_stat_iowait_ns: u64,
 }
 
 /// One probe's state in a [`Report`].
@@ -641,6 +731,86 @@ mod tests {
             panic!("not parsed as an interval");
         };
         assert_eq!(report.node, NodeTotals::default());
+    }
+
+    #[test]
+    fn parses_iowait_throttling_and_disks() {
+        let mut histogram = vec![0u64; 32];
+        histogram[17] = 90;
+        histogram[20] = 10;
+        let interval = format!(
+            r#"{{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[{{"cgroup_id":42,"name":"/l","iowait_ns":0,
+                "throttling":{{"periods":20,"throttled_periods":19,"throttled_ns":1600000000,
+                    "throttled_pct":95.0,"burst":0}}}},
+                {{"cgroup_id":43,"name":"/x","iowait_ns":1234,"throttling":null}},
+                {{"cgroup_id":44,"name":"/u"}}],
+            "cpus":[{{"cpu":0,"runqueue_wait_ns":9,"runqueue_length":2.5,"iowait_ns":7,
+                "proc_stat_iowait_ns":10000000}},{{"cpu":1,"runqueue_wait_ns":0,"runqueue_length":0}}],
+            "disks":[{{"device":"7:0","name":"loop0","op":"write","requests":100,
+                "latency_sum_ns":5,"latency_p50_ns":131072,"latency_p99_ns":1048576,
+                "latency_max_ns":900000,"histogram":{histogram:?}}},
+                {{"device":"7:0","name":null,"op":"other","requests":3,"latency_sum_ns":1,
+                "latency_p50_ns":1,"latency_p99_ns":1,"latency_max_ns":1,"histogram":null}},
+                {{"device":"254:0","name":"vda","op":"read","requests":2,"latency_sum_ns":1,
+                "latency_p50_ns":1,"latency_p99_ns":1,"latency_max_ns":1,"histogram":[]}}],
+            "sources":{{"throttling":"cpu.stat","other":"x"}},
+            "probes":[]}}"#
+        )
+        .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&interval) else {
+            panic!("not parsed as an interval");
+        };
+        let limited = report.cgroup(42).expect("cgroup 42");
+        assert_eq!(
+            limited.throttling,
+            Some(Throttling {
+                periods: 20,
+                throttled_periods: 19,
+                throttled_ns: 1_600_000_000,
+                throttled_pct: 95.0
+            })
+        );
+        assert_eq!(report.cgroup(43).map(|c| c.iowait_ns), Some(1234));
+        assert!(report.cgroup(43).unwrap().throttling.is_none());
+        let unlimited = report.cgroup(44).expect("cgroup 44");
+        assert_eq!(
+            (unlimited.iowait_ns, unlimited.throttling.is_none()),
+            (0, true)
+        );
+        let cpu0 = report.cpu(0).expect("cpu 0");
+        assert_eq!((cpu0.iowait_ns, cpu0.proc_stat_iowait_ns), (7, 10_000_000));
+        let cpu1 = report.cpu(1).expect("cpu 1");
+        assert_eq!((cpu1.iowait_ns, cpu1.proc_stat_iowait_ns), (0, 0));
+        assert!(report.cpu(2).is_none());
+        assert_eq!(report.disk_entries("7:0").count(), 2);
+        assert_eq!(report.disk_requests("7:0", "write"), 100);
+        assert_eq!(report.disk_requests("7:0", "other"), 3);
+        assert_eq!(report.disk_requests("7:0", "read"), 0);
+        assert_eq!(report.disk_requests("254:0", "read"), 2);
+        let write = report
+            .disk_entries("7:0")
+            .find(|d| d.op == "write")
+            .unwrap();
+        assert_eq!(write.name.as_deref(), Some("loop0"));
+        assert_eq!(write.histogram, histogram);
+        assert_eq!(write.latency_p99_ns, 1_048_576);
+        assert!(report.disk_entries("7:0").any(|d| d.histogram.is_empty()));
+        assert_eq!(report.sources.throttling.as_deref(), Some("cpu.stat"));
+
+        // Reports without these signals still parse, as all zero / none.
+        let old = r#"{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[{"cgroup_id":1,"name":"/"}],"cpus":[{"cpu":0,"runqueue_wait_ns":0,
+            "runqueue_length":0}],"probes":[],"disks":null,"sources":null}"#
+            .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&old) else {
+            panic!("not parsed as an interval");
+        };
+        assert!(report.disks.is_empty());
+        assert_eq!(report.sources, Sources::default());
+        assert_eq!(report.cgroups[0].iowait_ns, 0);
+        assert!(report.cgroups[0].throttling.is_none());
+        assert_eq!(report.cpus[0].proc_stat_iowait_ns, 0);
     }
 
     #[test]

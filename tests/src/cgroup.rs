@@ -28,6 +28,8 @@ pub struct Hierarchies {
     pub v1: Vec<PathBuf>,
     /// Root of the v1 `memory` hierarchy (also in `v1`), if mounted.
     pub v1_memory: Option<PathBuf>,
+    /// Root of the v1 `cpu` hierarchy (also in `v1`), if mounted.
+    pub v1_cpu: Option<PathBuf>,
 }
 
 impl Hierarchies {
@@ -65,13 +67,43 @@ impl Hierarchies {
             }
         }
         let v2 = v2.ok_or("no cgroup v2 hierarchy is mounted")?;
-        let mut v1: Vec<PathBuf> = cpu.into_iter().chain(memory.clone()).collect();
+        let mut v1: Vec<PathBuf> = cpu.iter().cloned().chain(memory.clone()).collect();
         v1.dedup();
         Ok(Self {
             v2,
             v1,
             v1_memory: memory,
+            v1_cpu: cpu,
         })
+    }
+
+    /// Where the CPU controller is: `Ok` if test cgroups can get a CPU quota
+    /// ([`TestCgroup::set_cpu_quota`]), else the reason.
+    ///
+    /// That is the v1 `cpu` hierarchy when it is mounted (hybrid machines),
+    /// else the v2 hierarchy if its root offers the `cpu` controller (listed
+    /// in `cgroup.controllers`).
+    pub fn cpu_controller(&self) -> Result<CpuController, String> {
+        if let Some(root) = &self.v1_cpu {
+            return Ok(CpuController::V1(root.clone()));
+        }
+        if self.v2_offers("cpu")? {
+            Ok(CpuController::V2(self.v2.clone()))
+        } else {
+            Err(format!(
+                "no CPU controller: no v1 cpu hierarchy is mounted and the v2 root \
+                 ({}) does not offer cpu in cgroup.controllers",
+                self.v2.display()
+            ))
+        }
+    }
+
+    /// Whether the v2 root lists `controller` in its `cgroup.controllers`.
+    fn v2_offers(&self, controller: &str) -> Result<bool, String> {
+        let file = self.v2.join("cgroup.controllers");
+        let controllers = fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        Ok(controllers.split_whitespace().any(|c| c == controller))
     }
 
     /// Where the memory controller is: `Ok` if test cgroups can get a
@@ -97,6 +129,59 @@ impl Hierarchies {
                 controllers.trim()
             ))
         }
+    }
+}
+
+/// Which hierarchy's CPU controller gives test cgroups their CPU quota, and
+/// its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuController {
+    /// The v1 `cpu` hierarchy (`cpu.cfs_period_us`, `cpu.cfs_quota_us`,
+    /// `cpu.stat` with `throttled_time` in ns).
+    V1(PathBuf),
+    /// The v2 hierarchy (`cpu.max`, `cpu.stat` with `throttled_usec`).
+    V2(PathBuf),
+}
+
+/// CFS bandwidth counters of a cgroup's `cpu.stat`, cumulative since it was
+/// created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// Enforcement periods that elapsed while it had runnable tasks
+    /// (`nr_periods`).
+    pub periods: u64,
+    /// Periods in which it used up its quota and was throttled
+    /// (`nr_throttled`).
+    pub throttled_periods: u64,
+    /// Total time it was throttled, ns (v1 `throttled_time`; v2
+    /// `throttled_usec` × 1000).
+    pub throttled_ns: u64,
+}
+
+impl CpuStat {
+    /// The counters' growth since `earlier` (saturating at 0).
+    pub fn since(&self, earlier: &CpuStat) -> CpuStat {
+        CpuStat {
+            periods: self.periods.saturating_sub(earlier.periods),
+            throttled_periods: self
+                .throttled_periods
+                .saturating_sub(earlier.throttled_periods),
+            throttled_ns: self.throttled_ns.saturating_sub(earlier.throttled_ns),
+        }
+    }
+
+    /// Parses a v1 (`v1 == true`) or v2 `cpu.stat`.
+    pub fn parse(text: &str, v1: bool) -> Option<CpuStat> {
+        let throttled_ns = if v1 {
+            keyed_value(text, "throttled_time")?
+        } else {
+            keyed_value(text, "throttled_usec")?.checked_mul(1000)?
+        };
+        Some(CpuStat {
+            periods: keyed_value(text, "nr_periods")?,
+            throttled_periods: keyed_value(text, "nr_throttled")?,
+            throttled_ns,
+        })
     }
 }
 
@@ -129,6 +214,8 @@ pub struct TestCgroup {
     v1: Vec<PathBuf>,
     /// Its directory in the v1 memory hierarchy (also in `v1`), if any.
     v1_memory: Option<PathBuf>,
+    /// Its directory in the v1 cpu hierarchy (also in `v1`), if any.
+    v1_cpu: Option<PathBuf>,
     id: u64,
 }
 
@@ -150,6 +237,7 @@ impl TestCgroup {
             v2: PathBuf::new(),
             v1: Vec::new(),
             v1_memory: None,
+            v1_cpu: None,
             id: 0,
         };
         let v2 = hierarchies.v2.join(&name);
@@ -161,6 +249,9 @@ impl TestCgroup {
             make_dir(&dir)?;
             if hierarchies.v1_memory.as_ref() == Some(root) {
                 cgroup.v1_memory = Some(dir.clone());
+            }
+            if hierarchies.v1_cpu.as_ref() == Some(root) {
+                cgroup.v1_cpu = Some(dir.clone());
             }
             cgroup.v1.push(dir);
         }
@@ -250,7 +341,7 @@ impl TestCgroup {
             // limited by memsw above, or there is none.
             let _ = write("memory.swappiness", "0");
         } else {
-            enable_v2_memory(&self.v2)?;
+            enable_v2_controller(&self.v2, "memory")?;
             write("memory.max", &bytes.to_string())?;
             if exists("memory.swap.max") {
                 write("memory.swap.max", "0")?;
@@ -277,19 +368,69 @@ impl TestCgroup {
             )
         })
     }
+
+    /// The directory whose CPU controller files apply to this cgroup: the
+    /// v1 cpu one on hybrid machines, else the v2 one.
+    pub fn cpu_dir(&self) -> &Path {
+        self.v1_cpu.as_deref().unwrap_or(&self.v2)
+    }
+
+    /// Limits it to `quota_us` of CPU time every `period_us` (CFS bandwidth
+    /// control), so that its tasks are throttled beyond that.
+    ///
+    /// On hybrid machines it writes the v1 `cpu.cfs_period_us`, then
+    /// `cpu.cfs_quota_us`. Otherwise it enables the v2 cpu controller for the
+    /// top-level cgroups if needed (`+cpu` in the root's
+    /// `cgroup.subtree_control`; left enabled afterwards) and writes
+    /// `cpu.max` = `"<quota_us> <period_us>"`. See
+    /// [`Hierarchies::cpu_controller`] for whether either is possible.
+    pub fn set_cpu_quota(&self, quota_us: u64, period_us: u64) -> io::Result<()> {
+        let dir = self.cpu_dir();
+        let write = |file: &str, value: &str| {
+            let path = dir.join(file);
+            fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
+        };
+        if self.v1_cpu.is_some() {
+            write("cpu.cfs_period_us", &period_us.to_string())?;
+            write("cpu.cfs_quota_us", &quota_us.to_string())
+        } else {
+            enable_v2_controller(&self.v2, "cpu")?;
+            write("cpu.max", &format!("{quota_us} {period_us}"))
+        }
+    }
+
+    /// Its CFS bandwidth counters, from `cpu.stat` of [`TestCgroup::cpu_dir`]
+    /// (v1 `throttled_time` in ns, or v2 `throttled_usec` × 1000).
+    ///
+    /// On v2 the counters exist only once the cpu controller is enabled for
+    /// it (see [`TestCgroup::set_cpu_quota`]); before, this errors.
+    pub fn cpu_stat(&self) -> io::Result<CpuStat> {
+        let path = self.cpu_dir().join("cpu.stat");
+        let text = fs::read_to_string(&path).map_err(|e| with_path(e, "cannot read", &path))?;
+        CpuStat::parse(&text, self.v1_cpu.is_some()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "no nr_periods/nr_throttled/throttled time in {}: {text:?}",
+                    path.display()
+                ),
+            )
+        })
+    }
 }
 
-/// Enables the memory controller for the children of the cgroup v2 directory
-/// `dir`'s parent, unless it already is.
-fn enable_v2_memory(dir: &Path) -> io::Result<()> {
+/// Enables `controller` (e.g. `"memory"`, `"cpu"`) for the children of the
+/// cgroup v2 directory `dir`'s parent, unless it already is.
+fn enable_v2_controller(dir: &Path, controller: &str) -> io::Result<()> {
     let parent = dir.parent().ok_or_else(|| io::Error::other("no parent"))?;
     let control = parent.join("cgroup.subtree_control");
     let enabled =
         fs::read_to_string(&control).map_err(|e| with_path(e, "cannot read", &control))?;
-    if enabled.split_whitespace().any(|c| c == "memory") {
+    if enabled.split_whitespace().any(|c| c == controller) {
         return Ok(());
     }
-    fs::write(&control, "+memory").map_err(|e| with_path(e, "cannot write +memory to", &control))
+    fs::write(&control, format!("+{controller}"))
+        .map_err(|e| with_path(e, &format!("cannot write +{controller} to"), &control))
 }
 
 /// The number after `key` in `key value` lines (`memory.events`,
@@ -438,6 +579,11 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             h.memory_controller(),
             Ok(MemoryController::V1("/sys/fs/cgroup/memory".into()))
         );
+        assert_eq!(h.v1_cpu.as_deref(), Some(Path::new("/sys/fs/cgroup/cpu")));
+        assert_eq!(
+            h.cpu_controller(),
+            Ok(CpuController::V1("/sys/fs/cgroup/cpu".into()))
+        );
     }
 
     #[test]
@@ -448,6 +594,43 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(keyed_value(v2, "oom_kill"), Some(3));
         assert_eq!(keyed_value(v2, "oom"), Some(3));
         assert_eq!(keyed_value("oom 1\n", "oom_kill"), None);
+    }
+
+    #[test]
+    fn parses_v1_and_v2_cpu_stat() {
+        let v1 = "nr_periods 80\nnr_throttled 79\nthrottled_time 6400000123\n\
+                  nr_bursts 0\nburst_time 0\n";
+        assert_eq!(
+            CpuStat::parse(v1, true),
+            Some(CpuStat {
+                periods: 80,
+                throttled_periods: 79,
+                throttled_ns: 6_400_000_123
+            })
+        );
+        let v2 = "usage_usec 1600000\nuser_usec 1600000\nsystem_usec 0\n\
+                  nr_periods 80\nnr_throttled 79\nthrottled_usec 6400000\n\
+                  nr_bursts 0\nburst_usec 0\n";
+        let stat = CpuStat::parse(v2, false).unwrap();
+        assert_eq!(stat.throttled_ns, 6_400_000_000);
+        // A v2 cgroup without the cpu controller has no bandwidth counters.
+        assert_eq!(
+            CpuStat::parse("usage_usec 1\nuser_usec 1\nsystem_usec 0\n", false),
+            None
+        );
+        let earlier = CpuStat {
+            periods: 30,
+            throttled_periods: 29,
+            throttled_ns: 400_000_000,
+        };
+        assert_eq!(
+            stat.since(&earlier),
+            CpuStat {
+                periods: 50,
+                throttled_periods: 50,
+                throttled_ns: 6_000_000_000
+            }
+        );
     }
 
     #[test]
@@ -465,6 +648,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0
                 PathBuf::from("/sys/fs/cgroup/memory")
             ]
         );
+        assert_eq!(
+            h.v1_cpu.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+        );
     }
 
     #[test]
@@ -474,6 +661,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0
         assert_eq!(h.v2, Path::new("/sys/fs/cgroup"));
         assert!(h.v1.is_empty());
         assert!(h.v1_memory.is_none());
+        assert!(h.v1_cpu.is_none());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   there;
 //! * [`TestCgroup`]: a uniquely named cgroup that is removed again on drop,
 //!   on pure cgroup v2 machines as well as on hybrid v1/v2 ones, optionally
-//!   with a memory limit ([`memory_controller`] says whether one can be set);
+//!   with a memory limit ([`memory_controller`] says whether one can be set)
+//!   or a CPU quota ([`cpu_controller`]), and its `cpu.stat` counters;
 //! * [`TestProcess`] / [`spawn_in`]: a child process that starts inside a
 //!   [`TestCgroup`] and is killed and reaped on drop;
 //! * [`Agent`]: the `nodesat` agent running with `--output json`, with its
@@ -18,8 +19,12 @@
 //! * [`NftTable`]: an nftables table (e.g. rules dropping packets) that is
 //!   deleted on drop ([`nft_available`] says whether nftables can be used);
 //! * [`tcp_retrans_segs`] and friends: the kernel's TCP counters and sockets;
-//! * the `nodesat-load` binary (see [`load_bin!`]): CPU, TCP and memory load
-//!   generators.
+//! * [`LoopDevice`]: a loop block device on a sparse file on disk, detached
+//!   and deleted on drop, with its `/sys/block` counters ([`BlockStat`]);
+//!   [`proc_stat_cpu_times`]: the kernel's per-CPU busy, idle and iowait
+//!   time;
+//! * the `nodesat-load` binary (see [`load_bin!`]): CPU, TCP, memory and
+//!   direct-I/O load generators.
 //!
 //! Every wait in the harness is bounded.
 //!
@@ -31,12 +36,14 @@
 //! ```
 //!
 //! `NODESAT_BIN` overrides which agent binary is tested. The TCP retransmit
-//! test also needs the `nft` tool (package `nftables`), and the OOM test a
+//! test also needs the `nft` tool (package `nftables`), the OOM test a
 //! memory controller (v1 `memory` hierarchy, or `memory` in the v2 root's
-//! `cgroup.controllers`); without them they skip (fail with
-//! `NODESAT_REQUIRE_PRIVILEGED=1`).
+//! `cgroup.controllers`), the throttling test a CPU controller (likewise
+//! `cpu`), and the iowait test `losetup` (package `mount`) and the loop
+//! driver; without them they skip (fail with `NODESAT_REQUIRE_PRIVILEGED=1`).
 
 pub mod agent;
+pub mod block;
 pub mod cgroup;
 pub mod net;
 pub mod nft;
@@ -45,13 +52,17 @@ pub mod process;
 use std::path::Path;
 
 pub use agent::{
-    Agent, CgroupReport, CpuReport, NodeTotals, OomKill, ProbeReport, Ready, Report, RunqueueStats,
-    Stopped, TcpRetransmits, agent_bin, agent_command, clear_agent_env,
+    Agent, CgroupReport, CpuReport, DiskReport, NodeTotals, OomKill, ProbeReport, Ready, Report,
+    RunqueueStats, Sources, Stopped, TcpRetransmits, Throttling, agent_bin, agent_command,
+    clear_agent_env,
 };
-pub use cgroup::{MemoryController, TestCgroup};
+pub use block::{
+    BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,
+};
+pub use cgroup::{CpuController, CpuStat, MemoryController, TestCgroup};
 pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
 pub use nft::{NftRule, NftTable, nft_available};
-pub use process::{TestProcess, output_within, spawn_in};
+pub use process::{TestProcess, output_within, spawn_in, try_output_within};
 
 /// Environment variable that turns "skip" into "fail" for privileged tests.
 pub const REQUIRE_PRIVILEGED_ENV: &str = "NODESAT_REQUIRE_PRIVILEGED";
@@ -131,6 +142,12 @@ fn require_privileged() -> bool {
 /// one here (see [`cgroup::Hierarchies::memory_controller`]).
 pub fn memory_controller() -> Result<MemoryController, String> {
     cgroup::Hierarchies::detect()?.memory_controller()
+}
+
+/// Where test cgroups get their CPU quota from, or why they cannot get one
+/// here (see [`cgroup::Hierarchies::cpu_controller`]).
+pub fn cpu_controller() -> Result<CpuController, String> {
+    cgroup::Hierarchies::detect()?.cpu_controller()
 }
 
 /// Number of online CPUs (not limited by this process's affinity or quota).

@@ -150,13 +150,20 @@ pub(crate) fn die_with_parent() -> io::Result<()> {
 /// Runs `cmd` to completion like [`Command::output`], but kills it and panics
 /// if it runs longer than `timeout`. Stdin is `/dev/null`.
 #[track_caller]
-pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
+pub fn output_within(cmd: Command, timeout: Duration) -> Output {
+    try_output_within(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`output_within`], but returns an error instead of panicking when
+/// `cmd` cannot be started or runs longer than `timeout` (it is then killed
+/// and reaped). For use where panicking is not an option, e.g. in `Drop`.
+pub fn try_output_within(mut cmd: Command, timeout: Duration) -> io::Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {cmd:?}: {e}")))?;
     let stdout = read_in_background(child.stdout.take());
     let stderr = read_in_background(child.stderr.take());
     let deadline = Instant::now() + timeout;
@@ -168,19 +175,29 @@ pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
                 let _ = child.kill();
                 let _ = child.wait();
                 let stderr = stderr.join().unwrap_or_default();
-                panic!(
-                    "{cmd:?} still running after {timeout:?}; killed it. stderr:\n{}",
-                    String::from_utf8_lossy(&stderr)
-                );
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{cmd:?} still running after {timeout:?}; killed it. stderr:\n{}",
+                        String::from_utf8_lossy(&stderr)
+                    ),
+                ));
             }
-            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("waiting for {cmd:?}: {e}"),
+                ));
+            }
         }
     };
-    Output {
+    Ok(Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
-    }
+    })
 }
 
 /// Reads `pipe` to its end on a thread.

@@ -1,5 +1,6 @@
 //! Self-tests of the harness that need no agent: cgroups, processes, the
-//! load generator, memory limits and nftables tables.
+//! load generator, memory limits, CPU quotas, loop devices and nftables
+//! tables.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -11,7 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    NftTable, TestCgroup, load_bin, memory_controller, nft_available, output_within, skip,
+    DioWriteSummary, LoopDevice, NftTable, TestCgroup, block, cpu_controller, load_bin,
+    memory_controller, nft_available, online_cpus, output_within, proc_stat_cpu_times, skip,
     skip_if_unprivileged, spawn_in,
 };
 
@@ -177,6 +179,22 @@ fn load_generator_modes() {
         ],
         &["alloc"],
         &["alloc", "--mb", "1", "--size", "1"],
+        &["spin", "--cpu"],
+        &["spin", "--cpu", "x"],
+        &["spin", "--period-ms", "1"],
+        &["dio-write"],
+        &["dio-write", "--path", "/dev/null"],
+        &["dio-write", "--seconds", "1"],
+        &["dio-write", "--path", "/dev/null", "--seconds", "-1"],
+        &[
+            "dio-write",
+            "--path",
+            "/dev/null",
+            "--seconds",
+            "1",
+            "--block",
+            "100",
+        ],
     ] {
         let mut cmd = Command::new(load_bin!());
         cmd.args(args);
@@ -184,6 +202,53 @@ fn load_generator_modes() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
     }
+
+    // Run-time errors: exit status 1.
+    for args in [
+        &[
+            "dio-write",
+            "--path",
+            "/nonexistent/nodesat",
+            "--seconds",
+            "1",
+        ][..],
+        &["spin", "--cpu", "100000"],
+    ] {
+        let mut cmd = Command::new(load_bin!());
+        cmd.args(args);
+        let out = output_within(cmd, Duration::from_secs(10));
+        eprintln!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+
+    // spin --cpu pins itself.
+    let last = (online_cpus() - 1).to_string();
+    let mut spinner = Command::new(load_bin!())
+        .args(["spin", "--cpu", &last])
+        .spawn()
+        .expect("spawn spinner");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let allowed = loop {
+        let allowed = cpus_allowed(spinner.id());
+        if allowed == last || Instant::now() >= deadline {
+            break allowed;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    assert_eq!(allowed, last, "spin --cpu {last}: Cpus_allowed_list");
+}
+
+/// `Cpus_allowed_list` of `pid` (e.g. `"0-1"`, `"1"`).
+fn cpus_allowed(pid: u32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// VmRSS of `pid`, in KiB.
@@ -345,4 +410,232 @@ fn nft_tables_are_deleted_on_drop_and_on_panic() {
     assert!(result.is_err());
     assert!(!name.is_empty());
     assert!(!tables().contains(&name), "{name} deleted on panic");
+}
+
+#[test]
+fn cpu_quota_throttles_per_cpu_stat() {
+    const TEST: &str = "cpu_quota_throttles_per_cpu_stat";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    if let Err(reason) = cpu_controller() {
+        skip(TEST, &reason);
+        return;
+    }
+    let cgroup = TestCgroup::create("quota").expect("create cgroup");
+    // 20 ms every 100 ms: 20% of one CPU.
+    cgroup
+        .set_cpu_quota(20_000, 100_000)
+        .expect("set cpu quota");
+    let mut cmd = Command::new(load_bin!());
+    cmd.arg("spin");
+    let spinner = spawn_in(&cgroup, cmd).expect("spawn spinner");
+    // Let it settle into the quota.
+    thread::sleep(Duration::from_millis(300));
+    let before = cgroup.cpu_stat().expect("read cpu.stat");
+    let ticks_before = cpu_ticks(spinner.pid());
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+    let after = cgroup.cpu_stat().expect("read cpu.stat");
+    let elapsed = start.elapsed();
+    let ticks = cpu_ticks(spinner.pid()) - ticks_before;
+    let delta = after.since(&before);
+    // Clock ticks are 10 ms.
+    let used = Duration::from_millis(ticks * 10);
+    eprintln!(
+        "{} (cpu.stat in {}): in {elapsed:.2?}: {delta:?}; spinner used {used:?} of CPU",
+        cgroup.relative_path(),
+        cgroup.cpu_dir().display()
+    );
+    assert!(
+        (15..=25).contains(&delta.periods),
+        "~20 periods of 100 ms in 2 s: {delta:?}"
+    );
+    assert!(
+        delta.throttled_periods * 10 >= delta.periods * 9,
+        "a spinner with a 20% quota is throttled in (nearly) every period: {delta:?}"
+    );
+    // Throttled for ~80 ms of every 100 ms period.
+    let throttled = Duration::from_nanos(delta.throttled_ns);
+    assert!(
+        throttled >= elapsed / 2 && throttled <= elapsed,
+        "throttled for {throttled:?} of {elapsed:?}"
+    );
+    assert!(
+        used <= elapsed * 3 / 10,
+        "a 20% quota let the spinner use {used:?} of {elapsed:?}"
+    );
+}
+
+#[test]
+fn loop_device_is_created_and_cleaned_up() {
+    const TEST: &str = "loop_device_is_created_and_cleaned_up";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    let (name, backing, dir, initial_cache);
+    {
+        let device = match LoopDevice::create() {
+            Ok(device) => device,
+            Err(e) => {
+                skip(TEST, &format!("no loop device: {e}"));
+                return;
+            }
+        };
+        name = device.name().to_owned();
+        backing = device.backing_file().to_path_buf();
+        dir = backing.parent().unwrap().to_path_buf();
+        eprintln!(
+            "{} = {name} ({}), backing {}, direct I/O {}, stat {:?}",
+            device.path().display(),
+            device.major_minor(),
+            backing.display(),
+            device.direct_io(),
+            device.stat()
+        );
+        assert!(
+            fs::metadata(device.path())
+                .is_ok_and(|m| { std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) }),
+            "{} is a block device",
+            device.path().display()
+        );
+        assert_eq!(device.path(), PathBuf::from("/dev").join(&name));
+        let (major, minor) = device.major_minor().split_once(':').expect("major:minor");
+        assert!(major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok());
+        let listed = fs::read_to_string(device.sysfs().join("loop/backing_file")).unwrap();
+        assert_eq!(listed.trim(), backing.to_str().unwrap());
+        assert_eq!(fs::metadata(&backing).unwrap().len(), block::LOOP_SIZE);
+        assert!(
+            !block::memory_backed(&backing).unwrap(),
+            "backing file on a disk"
+        );
+        // 256 MiB in 512-byte sectors.
+        let sectors = fs::read_to_string(device.sysfs().join("size")).unwrap();
+        assert_eq!(sectors.trim(), (block::LOOP_SIZE / 512).to_string());
+        let stat = device.stat().expect("read stat");
+        assert_eq!(stat.in_flight, 0);
+        // The write cache mode is changed, and restored on drop.
+        initial_cache = device.write_cache().expect("read write_cache");
+        let write_back = initial_cache != "write back";
+        device
+            .set_write_back_cache(write_back)
+            .expect("set write_cache");
+        let expected = if write_back {
+            "write back"
+        } else {
+            "write through"
+        };
+        assert_eq!(device.write_cache().unwrap(), expected);
+    }
+    // Detached: the loop device has no backing file any more (or another
+    // one, if someone attached it meanwhile), and the file is gone.
+    let listed = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
+    assert!(
+        listed
+            .as_deref()
+            .map_or(true, |l| l.trim() != backing.to_str().unwrap()),
+        "{name} detached from {}",
+        backing.display()
+    );
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let cache = fs::read_to_string(format!("/sys/block/{name}/queue/write_cache")).unwrap();
+    assert_eq!(cache.trim(), initial_cache, "{name}'s write cache restored");
+
+    // Also when the test panics.
+    let mut dir = PathBuf::new();
+    let result = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        let device = LoopDevice::create().expect("create loop device");
+        dir = device.backing_file().parent().unwrap().to_path_buf();
+        panic!("deliberate panic with {}", device.path().display());
+    }));
+    assert!(result.is_err());
+    assert!(!dir.as_os_str().is_empty());
+    assert!(!dir.exists(), "{} removed on panic", dir.display());
+}
+
+#[test]
+fn dio_write_completes_writes_and_waits_in_iowait() {
+    const TEST: &str = "dio_write_completes_writes_and_waits_in_iowait";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    let device = match LoopDevice::create() {
+        Ok(device) => device,
+        Err(e) => {
+            skip(TEST, &format!("no loop device: {e}"));
+            return;
+        }
+    };
+    // One write request per block, no flushes (see set_write_back_cache).
+    device
+        .set_write_back_cache(false)
+        .expect("write-through cache");
+    let cpu = online_cpus() - 1;
+    let mut cmd = Command::new(load_bin!());
+    cmd.arg("dio-write")
+        .arg("--path")
+        .arg(device.path())
+        .args(["--seconds", "2", "--cpu", &cpu.to_string()])
+        .stdout(Stdio::piped());
+    let stat_before = device.stat().expect("read stat");
+    let times_before = proc_stat_cpu_times().expect("read /proc/stat");
+    let start = Instant::now();
+    // Dropped in reverse order: the writer, then its cgroup, then the device.
+    let cgroup = TestCgroup::create("dio").expect("create cgroup");
+    let mut writer = spawn_in(&cgroup, cmd).expect("spawn dio-write");
+    let first = writer
+        .read_line(Duration::from_secs(10))
+        .expect("first line");
+    assert_eq!(first, "writing");
+    assert_eq!(cpus_allowed(writer.pid()), cpu.to_string(), "pinned");
+    let status = writer
+        .wait_within(Duration::from_secs(20))
+        .expect("wait for dio-write")
+        .expect("dio-write exits after 2 s");
+    let last = writer.read_line(Duration::from_secs(5)).expect("last line");
+    let delta = device.stat().expect("read stat").since(&stat_before);
+    let times_after = proc_stat_cpu_times().expect("read /proc/stat");
+    let window = start.elapsed();
+    let times = times_after[&(cpu as u32)].since(&times_before[&(cpu as u32)]);
+    let summary = DioWriteSummary::parse(&last).unwrap_or_else(|| panic!("last line {last:?}"));
+    let blocked = Duration::from_nanos(summary.blocked_ns());
+    let ms = |ns: u64| Duration::from_nanos(ns).as_millis();
+    eprintln!(
+        "dio-write on {} pinned to CPU {cpu}: {status}, {summary:?} (blocked {blocked:.2?}); \
+         {} delta {delta:?}; CPU {cpu} in {window:.2?}: busy {} ms (user {} ms), \
+         idle {} ms, iowait {} ms",
+        device.path().display(),
+        device.name(),
+        ms(times.busy_ns),
+        ms(times.user_ns),
+        ms(times.idle_ns),
+        ms(times.iowait_ns),
+    );
+    assert!(status.success(), "dio-write: {status}");
+    assert!(summary.blocks > 0);
+    // Each block is one completed write request of 8 sectors.
+    assert_eq!(delta.writes, summary.blocks, "write requests completed");
+    assert_eq!(delta.sectors_written, summary.blocks * 8, "sectors written");
+    assert_eq!((delta.reads, delta.flushes, delta.in_flight), (0, 0, 0));
+    // Synchronous writes: it is blocked nearly all the time.
+    assert!(
+        summary.blocked_ns() * 10 >= summary.elapsed_ns * 7,
+        "dio-write blocked for {blocked:?} of {:?}",
+        Duration::from_nanos(summary.elapsed_ns)
+    );
+    // Whenever its CPU was idle while it was blocked, that was iowait: idle
+    // time that was not iowait fits outside its blocked time (20 ms for
+    // the 10 ms resolution of two readings). How much idle time there was
+    // depends on what else ran there, so iowait itself may be small.
+    let not_blocked = window.saturating_sub(blocked);
+    assert!(
+        Duration::from_nanos(times.idle_ns) <= not_blocked + Duration::from_millis(20),
+        "CPU {cpu} was idle without iowait for {} ms, more than the {} ms its writer \
+         was not blocked",
+        ms(times.idle_ns),
+        not_blocked.as_millis()
+    );
+    if times.idle_ns + times.iowait_ns > not_blocked.as_nanos() as u64 + 20_000_000 {
+        assert!(times.iowait_ns > 0, "/proc/stat iowait of CPU {cpu} grew");
+    }
 }

@@ -1,7 +1,7 @@
 //! `nodesat-load`: load generators for the integration tests.
 //!
 //! ```text
-//! nodesat-load spin                                   busy loop forever
+//! nodesat-load spin [--cpu N]                         busy loop forever (on CPU N)
 //! nodesat-load sleeper --period-ms N --work-us M      every N ms, ~M µs of work, then sleep
 //! nodesat-load tcp-server --listen ADDR --rounds N --size B
 //!                                                     accept one connection, N rounds of
@@ -9,36 +9,61 @@
 //! nodesat-load tcp-client --connect ADDR --rounds N --size B
 //!                                                     N rounds of write B bytes / read B bytes
 //! nodesat-load alloc --mb N [--oom-score-adj A]       touch N MiB, then sleep forever
+//! nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]
+//!                                                     for S seconds, write B-byte blocks
+//!                                                     (default 4096) to P sequentially with
+//!                                                     O_DIRECT|O_DSYNC, wrapping at its size
 //! ```
 //!
+//! `--cpu N` pins the process to CPU `N` (`sched_setaffinity`) before it
+//! starts working.
+//!
 //! `spin`, `sleeper` and `alloc` run until killed; the TCP modes exit 0 after
-//! their rounds (1 on an I/O error). `tcp-server` prints `listening <addr>`
-//! (the address it is bound to, so `ADDR` may have port 0) on stdout once it
-//! listens, and exits after the client closed its side. `alloc` prints
+//! their rounds and `dio-write` after its time (1 on an I/O error).
+//! `tcp-server` prints `listening <addr>` (the address it is bound to, so
+//! `ADDR` may have port 0) on stdout once it listens, and exits after the
+//! client closed its side. `alloc` prints
 //! `allocated` once every page is touched (when its cgroup lets it get there).
+//! `dio-write` prints `writing` once its first block is written and, at the
+//! end, `wrote <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>`: the time
+//! it spent writing, and of that the time it ran on a CPU and waited on a run
+//! queue (from `/proc/self/schedstat`; both 0 without one), so the rest is
+//! the time it was blocked. Every write is synchronous (one at a time, each
+//! waited for), so it spends nearly all its time blocked on I/O.
 
+use std::alloc::{self, Layout};
+use std::fs::OpenOptions;
 use std::hint::black_box;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: nodesat-load spin
+const USAGE: &str = "usage: nodesat-load spin [--cpu N]
        nodesat-load sleeper --period-ms N --work-us M
        nodesat-load tcp-server --listen ADDR --rounds N --size B
        nodesat-load tcp-client --connect ADDR --rounds N --size B
-       nodesat-load alloc --mb N [--oom-score-adj A]";
+       nodesat-load alloc --mb N [--oom-score-adj A]
+       nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]";
 
 /// Page size assumed by `alloc` (touching one byte per 4 KiB touches every
 /// page on any page size of at least 4 KiB).
 const PAGE: usize = 4096;
 
+/// Alignment of `dio-write`'s buffer (enough for `O_DIRECT` on any device
+/// with logical blocks of up to 4 KiB).
+const DIO_ALIGN: usize = 4096;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args[..] {
-        ["spin"] => spin(),
+        ["spin", ref options @ ..] => match spin_options(options) {
+            Ok(cpu) => pin(cpu).and_then(|()| spin()),
+            Err(e) => return usage_error(&e),
+        },
         ["sleeper", ref options @ ..] => match sleeper_options(options) {
             Ok((period, work)) => sleeper(period, work),
             Err(e) => return usage_error(&e),
@@ -53,6 +78,10 @@ fn main() -> ExitCode {
         },
         ["alloc", ref options @ ..] => match alloc_options(options) {
             Ok((mib, adj)) => alloc(mib, adj),
+            Err(e) => return usage_error(&e),
+        },
+        ["dio-write", ref options @ ..] => match dio_options(options) {
+            Ok(o) => pin(o.cpu).and_then(|()| dio_write(&o)),
             Err(e) => return usage_error(&e),
         },
         _ => return usage_error("expected a mode"),
@@ -105,6 +134,37 @@ where
     T::Err: std::fmt::Display,
 {
     value(parsed, name)?.ok_or(format!("{name} is required"))
+}
+
+/// Parses `[--cpu N]`.
+fn spin_options(options: &[&str]) -> Result<Option<usize>, String> {
+    let parsed = self::options(options, &["--cpu"])?;
+    value(&parsed, "--cpu")
+}
+
+/// Pins this process to CPU `cpu`, if given.
+fn pin(cpu: Option<usize>) -> io::Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    // CPU_SET indexes a fixed-size bitmap; beyond it is out of bounds.
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::other(format!("--cpu {cpu} is out of range")));
+    }
+    // SAFETY: cpu_set_t is a plain bitmap (all zeroes is the empty set), `cpu`
+    // is within it, and sched_setaffinity only reads the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("pinning to CPU {cpu}: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Busy loop forever.
@@ -247,4 +307,122 @@ fn alloc(mib: usize, oom_score_adj: Option<i32>) -> io::Result<()> {
     loop {
         thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Options of `dio-write`.
+struct DioOptions {
+    path: String,
+    duration: Duration,
+    /// Bytes per write: a multiple of 512, at least 512.
+    block: usize,
+    cpu: Option<usize>,
+}
+
+/// Parses `--path P --seconds S [--block B] [--cpu N]`.
+fn dio_options(options: &[&str]) -> Result<DioOptions, String> {
+    let parsed = self::options(options, &["--path", "--seconds", "--block", "--cpu"])?;
+    let seconds: f64 = required(&parsed, "--seconds")?;
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|e| format!("--seconds {seconds}: {e}"))?;
+    let block = value(&parsed, "--block")?.unwrap_or(4096);
+    if block == 0 || block % 512 != 0 {
+        return Err(format!(
+            "--block {block} must be a positive multiple of 512"
+        ));
+    }
+    Ok(DioOptions {
+        path: required(&parsed, "--path")?,
+        duration,
+        block,
+        cpu: value(&parsed, "--cpu")?,
+    })
+}
+
+/// A zeroed heap buffer aligned for `O_DIRECT`.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(len, DIO_ALIGN).map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size (checked by dio_options).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "aligned buffer"));
+        }
+        Ok(Self { ptr, layout })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr points to layout.size() initialized (zeroed) bytes that
+        // this struct owns exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new() with this layout.
+        unsafe { alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Writes `o.block`-byte blocks to `o.path` (opened `O_WRONLY|O_DIRECT|O_DSYNC`)
+/// one after the other from offset 0, wrapping at its size, until
+/// `o.duration` has passed; prints `writing` after the first block and
+/// `wrote <n> blocks` at the end.
+fn dio_write(o: &DioOptions) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(&o.path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", o.path)))?;
+    // The size of a regular file or of a block device alike.
+    let size = file.seek(SeekFrom::End(0))?;
+    let blocks = size / o.block as u64;
+    if blocks == 0 {
+        return Err(io::Error::other(format!(
+            "{} ({size} bytes) is smaller than one block of {}",
+            o.path, o.block
+        )));
+    }
+    let mut buf = AlignedBuf::new(o.block)?;
+    let sched_start = schedstat();
+    let start = Instant::now();
+    let mut stdout = io::stdout().lock();
+    let mut written = 0u64;
+    while written == 0 || start.elapsed() < o.duration {
+        let data = buf.as_mut_slice();
+        // Different content per block, so nothing can be deduplicated.
+        data[..8].copy_from_slice(&written.to_le_bytes());
+        let offset = (written % blocks) * o.block as u64;
+        file.write_all_at(data, offset)?;
+        written += 1;
+        if written == 1 {
+            writeln!(stdout, "writing")?;
+            stdout.flush()?;
+        }
+    }
+    let elapsed = start.elapsed();
+    let sched = schedstat();
+    let (run, runqueue) = match (sched_start, sched) {
+        (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
+        _ => (0, 0),
+    };
+    writeln!(
+        stdout,
+        "wrote {written} blocks elapsed_ns {} run_ns {run} runqueue_ns {runqueue}",
+        elapsed.as_nanos()
+    )?;
+    stdout.flush()
+}
+
+/// This process's time on a CPU and waiting on a run queue so far, ns
+/// (`/proc/self/schedstat`), if the kernel keeps them.
+fn schedstat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
 }
