@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 18] = [
+pub const OFFSETS: [(&str, &str, &str); 20] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (CGROUP_KN, "cgroup", "kn"),
@@ -24,6 +24,8 @@ pub const OFFSETS: [(&str, &str, &str); 18] = [
     (QUEUE_DISK, "request_queue", "disk"),
     (GENDISK_MAJOR, "gendisk", "major"),
     (GENDISK_FIRST_MINOR, "gendisk", "first_minor"),
+    (CFS_RQ_TG, "cfs_rq", "tg"),
+    (TASK_GROUP_CGROUP, "task_group", "css.cgroup"),
 ];
 
 /// Bitfields: the global holds the member's offset in *bits* from the start of the struct.
@@ -49,3 +51,5 @@ pub const QUEUE_DISK: &str = "OFF_QUEUE_DISK";
 pub const GENDISK_MAJOR: &str = "OFF_GENDISK_MAJOR";
 pub const GENDISK_FIRST_MINOR: &str = "OFF_GENDISK_FIRST_MINOR";
 pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";
+pub const CFS_RQ_TG: &str = "OFF_CFS_RQ_TG";
+pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod oom;
 pub mod runqueue;
 pub mod tcp;
+pub mod throttle;
 
 /// Implements `aya::Pod` for plain `#[repr(C)]` types when built for userspace.
 macro_rules! user_pod {
@@ -24,19 +25,21 @@ macro_rules! user_pod {
 }
 pub(crate) use user_pod;
 
-/// The kernel programs on one hook, by attach variant.
+/// The kernel programs on one hook, by attach variant (`None`: no program of that kind).
 #[derive(Clone, Copy, Debug)]
 pub struct HookPrograms {
-    /// Tracepoint category (for classic tracepoints) and name.
+    /// Tracepoint category (for classic tracepoints) and name, or the kernel function.
     pub category: &'static str,
     pub name: &'static str,
-    pub tp_btf: &'static str,
-    pub raw_tracepoint: &'static str,
-    pub tracepoint: &'static str,
+    pub tp_btf: Option<&'static str>,
+    pub raw_tracepoint: Option<&'static str>,
+    pub tracepoint: Option<&'static str>,
+    pub fentry: Option<&'static str>,
+    pub kprobe: Option<&'static str>,
 }
 
 impl HookPrograms {
-    /// `programs`: the tp_btf, raw tracepoint and classic tracepoint program names.
+    /// A tracepoint; `programs`: the tp_btf, raw tracepoint and classic tracepoint programs.
     pub const fn new(
         category: &'static str,
         name: &'static str,
@@ -46,9 +49,25 @@ impl HookPrograms {
         Self {
             category,
             name,
-            tp_btf,
-            raw_tracepoint,
-            tracepoint,
+            tp_btf: Some(tp_btf),
+            raw_tracepoint: Some(raw_tracepoint),
+            tracepoint: Some(tracepoint),
+            fentry: None,
+            kprobe: None,
+        }
+    }
+
+    /// A kernel function; `programs`: the fentry and kprobe programs.
+    pub const fn function(name: &'static str, programs: [&'static str; 2]) -> Self {
+        let [fentry, kprobe] = programs;
+        Self {
+            category: "",
+            name,
+            tp_btf: None,
+            raw_tracepoint: None,
+            tracepoint: None,
+            fentry: Some(fentry),
+            kprobe: Some(kprobe),
         }
     }
 }

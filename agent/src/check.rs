@@ -8,7 +8,7 @@ use crate::{
     cgroups,
     config::Config,
     privileges::Privileges,
-    probes::{self, LoadOptions, Probes, ProgramSet, TRACEPOINT_CHAIN, Variant},
+    probes::{self, LoadOptions, Probes, ProgramSet, Variant},
 };
 
 /// Columns of the probe table, in the order the agent prefers them.
@@ -76,7 +76,7 @@ pub fn check(config: &Config) -> i32 {
     );
     let _ = writeln!(
         out,
-        "throttling    source: cpu.stat ({}); the eBPF throttle path (fentry/kprobe on throttle_cfs_rq) is not built yet",
+        "throttling    totals from cpu.stat ({}); durations from the throttle probe where it attaches (below)",
         throttle_sources(&config.cgroup_root)
     );
     print!("{out}");
@@ -118,7 +118,7 @@ pub fn check(config: &Config) -> i32 {
         let results: Vec<(Variant, Option<Result<(), String>>)> = COLUMNS
             .iter()
             .map(|&variant| {
-                if !TRACEPOINT_CHAIN.contains(&variant) {
+                if !probe.chain.contains(&variant) {
                     return (variant, None); // no program of this kind yet
                 }
                 let r = loaded.try_attach(probe, variant);
@@ -153,8 +153,14 @@ pub fn check(config: &Config) -> i32 {
                 let _ = writeln!(failures, "  {} {variant} failed: {e}", probe.name);
             }
         }
-        match results.iter().find(|(_, r)| matches!(r, Some(Ok(())))) {
-            Some((v, _)) => {
+        // The variant the agent would use: the first of the probe's own chain that attached.
+        let chosen = probe.chain.iter().find(|v| {
+            results
+                .iter()
+                .any(|(rv, r)| rv == *v && matches!(r, Some(Ok(()))))
+        });
+        match chosen {
+            Some(v) => {
                 attachable += 1;
                 let _ = writeln!(summary, "{} will attach with {v}", probe.name);
             }

@@ -101,8 +101,9 @@ pub struct Flags {
     /// NODESAT_LOG_LEVEL].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Probe attach variant: auto, tp_btf, raw_tracepoint or tracepoint [default: auto; env
-    /// NODESAT_PROBE_VARIANT].
+    /// Probe attach variant: auto, or one to force on the probes that have it: tp_btf,
+    /// raw_tracepoint, tracepoint (tracepoint probes), fentry, kprobe (the throttle probe)
+    /// [default: auto; env NODESAT_PROBE_VARIANT].
     #[arg(long, value_name = "VARIANT")]
     pub probe_variant: Option<String>,
     /// Most cgroups tracked in the kernel's per-cgroup maps (LRU beyond) [default: 4096; env
@@ -349,6 +350,8 @@ fn parse_variant(s: &str) -> Result<VariantChoice, String> {
                 VariantChoice::Only(Variant::RawTracepoint),
             ),
             ("tracepoint", VariantChoice::Only(Variant::Tracepoint)),
+            ("fentry", VariantChoice::Only(Variant::Fentry)),
+            ("kprobe", VariantChoice::Only(Variant::Kprobe)),
         ],
     )
 }
@@ -454,7 +457,7 @@ mod tests {
         assert!(err.contains("probe_variant"), "{err}");
         assert!(err.contains("--probe-variant"), "{err}");
         assert!(
-            err.contains("auto, tp_btf, raw_tracepoint, tracepoint"),
+            err.contains("auto, tp_btf, raw_tracepoint, tracepoint, fentry, kprobe"),
             "{err}"
         );
 

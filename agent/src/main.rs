@@ -27,7 +27,7 @@ use crate::{
     config::{Config, EXIT_CONFIG, Flags, VariantChoice},
     output::Emitter,
     privileges::Privileges,
-    probes::{LoadOptions, Probes, ProgramSet, TRACEPOINT_CHAIN},
+    probes::{LoadOptions, Probes, ProgramSet},
 };
 
 /// Exit code when privileges are missing (EX_NOPERM).
@@ -114,9 +114,9 @@ fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
             message: why,
         });
     }
-    let chain = match config.probe_variant {
-        VariantChoice::Auto => TRACEPOINT_CHAIN.to_vec(),
-        VariantChoice::Only(v) => vec![v],
+    let forced = match config.probe_variant {
+        VariantChoice::Auto => None,
+        VariantChoice::Only(v) => Some(v),
     };
     let opts = LoadOptions {
         max_cgroups: config.max_cgroups,
@@ -127,7 +127,7 @@ fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
         message: format!("the kernel refused nodesat's eBPF programs: {e}. Run `nodesat check` to see what this kernel allows."),
     })?;
     for probe in probes::probes_of(set) {
-        probes.attach_group(probe, &chain);
+        probes.attach_group(probe, &probe.variants(forced));
     }
     if !probes.hooks.iter().any(|h| h.attached) {
         probes.detach();

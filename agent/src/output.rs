@@ -228,6 +228,7 @@ mod tests {
                         throttled_periods: 19,
                         throttled_ns: 1_600_000_000,
                         throttled_pct: 95.0,
+                        durations: None,
                     }),
                 })
                 .collect(),

@@ -69,6 +69,21 @@ pub struct Throttling {
     pub throttled_ns: u64,
     /// throttled_periods ÷ periods, in percent.
     pub throttled_pct: f64,
+    /// Individual throttle durations (each time one of its per-CPU run queues was throttled
+    /// until unthrottled), from the throttle probe; `None` where it is not attached.
+    pub durations: Option<ThrottleDurations>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThrottleDurations {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    /// The 32 log2 slots (slot s: (2^(s-1), 2^s] ns).
+    #[serde(serialize_with = "slots")]
+    pub histogram: agent_ebpf::hist::Log2Hist,
 }
 
 /// Block request latency of one disk and direction over one interval.
@@ -97,7 +112,8 @@ fn slots<S: serde::Serializer>(h: &agent_ebpf::hist::Log2Hist, s: S) -> Result<S
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Sources {
-    /// "cpu.stat": the kernel's own accounting (the eBPF throttle path is not built yet).
+    /// "cpu.stat" (the kernel's own accounting), or "cpu.stat+fentry" / "cpu.stat+kprobe"
+    /// when the throttle probe adds individual durations.
     pub throttling: &'static str,
 }
 
@@ -154,6 +170,14 @@ impl Merge for CgroupReport {
                         0.0
                     } else {
                         100.0 * throttled_periods as f64 / periods as f64
+                    },
+                    durations: match (x.durations, y.durations) {
+                        (Some(a), Some(b)) => {
+                            let mut h = a.histogram;
+                            crate::core::counters::Counter::merge(&mut h, &b.histogram);
+                            Some(ThrottleDurations::from_hist(h))
+                        }
+                        (a, b) => a.or(b),
                     },
                 })
             }
@@ -212,4 +236,18 @@ pub struct KernelError {
     pub probe: &'static str,
     pub error: &'static str,
     pub count: u64,
+}
+
+impl ThrottleDurations {
+    pub fn from_hist(h: agent_ebpf::hist::Log2Hist) -> ThrottleDurations {
+        use crate::core::histogram::HistStats;
+        ThrottleDurations {
+            count: h.count(),
+            sum_ns: h.sum_ns,
+            p50_ns: h.quantile(0.5).unwrap_or(0),
+            p99_ns: h.quantile(0.99).unwrap_or(0),
+            max_ns: h.max().unwrap_or(0),
+            histogram: h,
+        }
+    }
 }

@@ -32,6 +32,10 @@ static OFF_TASK_SIGNAL: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 pub(super) static OFF_TASK_IN_IOWAIT_BIT: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
+static OFF_CFS_RQ_TG: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_TASK_GROUP_CGROUP: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_FIRST_MINOR: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_MAJOR: u32 = UNKNOWN;
@@ -116,4 +120,11 @@ pub fn skb_tcp_segs(skb: u64) -> Option<u16> {
         return None;
     }
     read(skb + u64::from(cb), &OFF_TCP_SKB_CB_GSO_SEGS)
+}
+
+/// The cgroup v2 id of a CFS run queue's task group: `cfs_rq->tg->css.cgroup->kn->id`.
+#[inline(always)]
+pub fn cfs_rq_cgroup_id(cfs_rq: u64) -> Option<u64> {
+    let tg: u64 = read(cfs_rq, &OFF_CFS_RQ_TG)?;
+    cgroup_id(read(tg, &OFF_TASK_GROUP_CGROUP)?)
 }

@@ -6,6 +6,7 @@ mod oom;
 mod runqueue;
 mod task_storage;
 mod tcp;
+mod throttle;
 
 use aya_ebpf::{maps::PerCpuArray, programs::TracePointContext};
 

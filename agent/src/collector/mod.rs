@@ -55,7 +55,7 @@ impl Collector {
         let mut block = block::Block::default();
         block.baseline(probes.ebpf())?;
         let mut throttle = throttle::Throttle::new(cgroup_root, names.v2_root());
-        throttle.baseline();
+        throttle.baseline(probes.ebpf())?;
         Ok(Collector {
             runqueue,
             tcp,
@@ -81,7 +81,7 @@ impl Collector {
         let (oom_kills, oom_lost) = self.oom.collect(ebpf)?;
         let io = self.iowait.collect(ebpf)?;
         let disks = self.block.collect(ebpf)?;
-        let throttled = self.throttle.collect();
+        let throttled = self.throttle.collect(ebpf)?;
 
         let mut cgroups: BTreeMap<u64, CgroupReport> = BTreeMap::new();
         fn entry(cgroups: &mut BTreeMap<u64, CgroupReport>, id: u64) -> &mut CgroupReport {
@@ -170,11 +170,26 @@ impl Collector {
             cpus,
             disks,
             sources: Sources {
-                throttling: "cpu.stat",
+                throttling: throttling_source(probes),
             },
             probes: probes.hook_stats(),
             node,
             kernel_errors,
         })
+    }
+}
+
+/// "cpu.stat", plus the throttle probe's variant when it is attached.
+fn throttling_source(probes: &Probes) -> &'static str {
+    use crate::probes::{Variant, catalog::THROTTLE};
+    let variant = probes
+        .hooks
+        .iter()
+        .find(|h| h.probe == THROTTLE.name && h.attached)
+        .and_then(|h| h.variant);
+    match variant {
+        Some(Variant::Fentry) => "cpu.stat+fentry",
+        Some(Variant::Kprobe) => "cpu.stat+kprobe",
+        _ => "cpu.stat",
     }
 }

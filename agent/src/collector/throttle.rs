@@ -10,9 +10,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use agent_ebpf::{hist::Log2Hist, throttle::MAP_DURATIONS};
+use aya::Ebpf;
+
+use super::maps;
 use crate::{
     core::counters::{Counter, Snapshot},
-    report::Throttling,
+    probes::ProbeError,
+    report::{ThrottleDurations, Throttling},
 };
 
 /// The three cumulative counters of `cpu.stat`.
@@ -55,6 +60,7 @@ pub struct Throttle {
     v1_cpu: Option<PathBuf>,
     v2_root: Option<PathBuf>,
     prev: Snapshot<u64, CpuStat>,
+    prev_durations: Snapshot<u64, Log2Hist>,
 }
 
 impl Throttle {
@@ -67,23 +73,34 @@ impl Throttle {
             v1_cpu,
             v2_root: v2_root.map(Path::to_path_buf),
             prev: Snapshot::default(),
+            prev_durations: Snapshot::default(),
         }
     }
 
-    pub fn baseline(&mut self) {
+    pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = self.scan();
+        self.prev_durations = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        Ok(())
     }
 
-    /// The interval's throttling per limited cgroup.
-    pub fn collect(&mut self) -> BTreeMap<u64, Throttling> {
+    /// The interval's throttling per limited cgroup, with the throttle probe's durations
+    /// where it recorded some.
+    pub fn collect(&mut self, ebpf: &Ebpf) -> Result<BTreeMap<u64, Throttling>, ProbeError> {
         let cur = self.scan();
-        let out = cur
+        let mut out: BTreeMap<u64, Throttling> = cur
             .delta_since(&self.prev)
             .into_iter()
             .map(|(id, d)| (id, throttling(&d)))
             .collect();
         self.prev = cur;
-        out
+        let durations = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        for (id, h) in durations.delta_since(&self.prev_durations) {
+            if let Some(t) = out.get_mut(&id) {
+                t.durations = Some(ThrottleDurations::from_hist(h));
+            }
+        }
+        self.prev_durations = durations;
+        Ok(out)
     }
 
     /// Reads `cpu.stat` of every cgroup with a CPU limit.
@@ -113,6 +130,7 @@ impl Throttle {
 
 pub fn throttling(d: &CpuStat) -> Throttling {
     Throttling {
+        durations: None,
         periods: d.periods,
         throttled_periods: d.throttled_periods,
         throttled_ns: d.throttled_ns,

@@ -1,7 +1,9 @@
 //! Every probe the agent has: its hooks (with the program for each attach variant) and the
 //! classic tracepoint fields its `tracepoint` programs read.
 
-use agent_ebpf::{HookPrograms, block, oom, runqueue, tcp};
+use agent_ebpf::{HookPrograms, block, oom, runqueue, tcp, throttle};
+
+use super::{FUNCTION_CHAIN, TRACEPOINT_CHAIN, Variant};
 
 /// A classic tracepoint field whose offset (from tracefs) is handed to the programs as a
 /// global.
@@ -33,6 +35,18 @@ pub struct Probe {
     pub name: &'static str,
     pub hooks: &'static [HookPrograms],
     pub tracepoint_fields: &'static [TracepointField],
+    /// The attach variants it has, best first.
+    pub chain: &'static [Variant],
+}
+
+impl Probe {
+    /// The variants to try: `forced` alone if this probe has it, else its own chain.
+    pub fn variants(&self, forced: Option<Variant>) -> Vec<Variant> {
+        match forced {
+            Some(v) if self.chain.contains(&v) => vec![v],
+            _ => self.chain.to_vec(),
+        }
+    }
 }
 
 /// The scheduler hooks: run-queue latency and iowait.
@@ -65,6 +79,7 @@ pub const RUNQUEUE: Probe = Probe {
             "pid",
         ),
     ],
+    chain: &TRACEPOINT_CHAIN,
 };
 
 pub const TCP: Probe = Probe {
@@ -96,6 +111,7 @@ pub const TCP: Probe = Probe {
             "family",
         ),
     ],
+    chain: &TRACEPOINT_CHAIN,
 };
 
 pub const OOM: Probe = Probe {
@@ -111,6 +127,7 @@ pub const OOM: Probe = Probe {
             "oom_score_adj",
         ),
     ],
+    chain: &TRACEPOINT_CHAIN,
 };
 
 pub const BLOCK: Probe = Probe {
@@ -143,6 +160,7 @@ pub const BLOCK: Probe = Probe {
             "rwbs",
         ),
     ],
+    chain: &TRACEPOINT_CHAIN,
 };
 
 /// The benchmark's empty programs on the run-queue hooks.
@@ -150,7 +168,16 @@ pub const FLOOR: Probe = Probe {
     name: "runqueue",
     hooks: &runqueue::FLOOR_HOOKS,
     tracepoint_fields: &[],
+    chain: &TRACEPOINT_CHAIN,
+};
+
+/// Individual CFS throttle durations (kernel functions: fentry, else kprobe).
+pub const THROTTLE: Probe = Probe {
+    name: "throttle",
+    hooks: &throttle::HOOKS,
+    tracepoint_fields: &[],
+    chain: &FUNCTION_CHAIN,
 };
 
 /// The agent's probes.
-pub const AGENT: [Probe; 4] = [RUNQUEUE, TCP, OOM, BLOCK];
+pub const AGENT: [Probe; 5] = [RUNQUEUE, TCP, OOM, BLOCK, THROTTLE];

@@ -12,7 +12,7 @@ use agent_ebpf::HookPrograms;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
 };
 use serde::Serialize;
 
@@ -74,6 +74,8 @@ pub enum ProbeError {
         #[source]
         source: ProgramError,
     },
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("program {0} is missing from the eBPF object")]
     Missing(&'static str),
     #[error("kernel BTF is not available (/sys/kernel/btf/vmlinux): {0}")]
@@ -97,19 +99,23 @@ pub struct HookStatus {
     pub program: Option<&'static str>,
 }
 
-/// The program for a hook and variant (kprobe and fentry have none yet).
+/// The program for a hook and variant, if it has one.
 fn program(hook: &HookPrograms, variant: Variant) -> Option<&'static str> {
     match variant {
-        Variant::TpBtf => Some(hook.tp_btf),
-        Variant::RawTracepoint => Some(hook.raw_tracepoint),
-        Variant::Tracepoint => Some(hook.tracepoint),
-        Variant::Kprobe | Variant::Fentry => None,
+        Variant::TpBtf => hook.tp_btf,
+        Variant::RawTracepoint => hook.raw_tracepoint,
+        Variant::Tracepoint => hook.tracepoint,
+        Variant::Fentry => hook.fentry,
+        Variant::Kprobe => hook.kprobe,
     }
 }
 
-/// The tracepoint variants in order of preference.
+/// Tracepoint hooks' variants in order of preference.
 pub const TRACEPOINT_CHAIN: [Variant; 3] =
     [Variant::TpBtf, Variant::RawTracepoint, Variant::Tracepoint];
+
+/// Kernel function hooks' variants in order of preference.
+pub const FUNCTION_CHAIN: [Variant; 2] = [Variant::Fentry, Variant::Kprobe];
 
 /// The loaded eBPF object and what is attached.
 pub struct Probes {
@@ -320,7 +326,22 @@ impl Probes {
                 p.load().map_err(err)?;
                 p.attach(hook.category, hook.name).map_err(err)?;
             }
-            Variant::Kprobe | Variant::Fentry => unreachable!("no such program"),
+            Variant::Fentry => {
+                let btf = btf.ok_or_else(|| ProbeError::NoBtf("not found".into()))?;
+                let p: &mut FEntry = program.try_into().map_err(err)?;
+                p.load(hook.name, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
+            Variant::Kprobe => {
+                if !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                    return Err(ProbeError::Unsupported(
+                        "kprobes are not built into this kernel (no /sys/bus/event_source/devices/kprobe)",
+                    ));
+                }
+                let p: &mut KProbe = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                p.attach(hook.name, 0).map_err(err)?;
+            }
         }
         Ok(())
     }
@@ -340,6 +361,8 @@ impl Probes {
             Some(Program::BtfTracePoint(p)) => p.unload(),
             Some(Program::RawTracePoint(p)) => p.unload(),
             Some(Program::TracePoint(p)) => p.unload(),
+            Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::KProbe(p)) => p.unload(),
             _ => Ok(()),
         }
     }

@@ -71,6 +71,42 @@ begin hog-cpu.stat
 cat /sys/fs/cgroup/hog/cpu.stat
 end hog-cpu.stat $?
 
+# The fallbacks: the same capped hog with every probe forced to its fallback variant (raw
+# tracepoints; kprobes for the throttle probe), 4 s.
+mkdir /sys/fs/cgroup/hog2
+echo "20000 100000" >/sys/fs/cgroup/hog2/cpu.max
+for forced in raw_tracepoint kprobe; do
+    begin run-$forced
+    # A fresh output file: the ready wait below must not see the previous run's ready line.
+    rm -f /tmp/run.out /tmp/run.err
+    nodesat run --output json --interval 2s --probe-variant $forced >/tmp/run.out 2>/tmp/run.err &
+    agent=$!
+    tries=0
+    until grep -q '"type":"ready"' /tmp/run.out 2>/dev/null; do
+        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
+            break
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    sh -c 'echo $$ >/sys/fs/cgroup/hog2/cgroup.procs && while :; do :; done' &
+    load=$!
+    for i in 1 2 3 4; do
+        sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
+        load="$load $!"
+    done
+    sleep 4
+    kill $load
+    (sleep 60 && kill -KILL $agent) 2>/dev/null &
+    watchdog=$!
+    kill -TERM $agent
+    wait $agent
+    rc=$?
+    kill $watchdog 2>/dev/null
+    cat /tmp/run.out
+    end run-$forced $rc
+done
+
 begin dmesg
 dmesg | tail -n 40
 end dmesg 0

@@ -342,7 +342,7 @@ fn table(rows: &[Row]) -> String {
     }
     let mut header: Vec<String> = ["kernel", "time", "check"].map(String::from).to_vec();
     header.extend(probes.iter().cloned());
-    header.extend(["busy_p99", "throttled", "result"].map(String::from));
+    header.extend(["busy_p99", "throttled", "durations", "fallback", "result"].map(String::from));
     let mut lines = vec![header];
     for row in rows {
         let o = row.outcome.as_ref();
@@ -371,6 +371,18 @@ fn table(rows: &[Row]) -> String {
             Some(o) if o.run.intervals > 0 => "no".into(),
             _ => "-".into(),
         });
+        cells.push(o.map_or("-".into(), |o| o.run.durations_cell()));
+        // The forced-fallback runs: throttled and, for the kprobe run, its durations.
+        cells.push(o.map_or("-".into(), |o| {
+            o.fallback_runs
+                .iter()
+                .map(|(forced, f)| match forced.as_str() {
+                    "kprobe" => f.durations_cell(),
+                    _ => format!("raw {}", if f.busy_events > 0 { "ok" } else { "none" }),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }));
         cells.push(row.result().into());
         lines.push(cells);
     }

@@ -27,6 +27,8 @@ pub struct Outcome {
     /// Per probe, in the order check printed them: the result of each variant column.
     pub probes: Vec<ProbeCheck>,
     pub run: RunFigures,
+    /// The fallback runs (see [`FALLBACK_RUNS`]): forced variant and figures.
+    pub fallback_runs: Vec<(String, RunFigures)>,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,9 @@ pub struct RunFigures {
     pub hog_periods: u64,
     pub hog_throttled_periods: u64,
     pub hog_throttled_ns: u64,
+    /// Individual throttle durations of the hog (throttle probe): how many and their sum.
+    pub hog_durations: u64,
+    pub hog_durations_ns: u64,
     /// Run-queue figures of the /busy cgroup: waits that ended, the highest p99 and the highest
     /// average number of waiting tasks of any interval.
     pub busy_events: u64,
@@ -89,7 +94,56 @@ pub fn parse(log: &str) -> Outcome {
     if let Some(run) = out.sections.get("run") {
         out.run = parse_run(&run.lines);
     }
+    for forced in FALLBACK_RUNS {
+        if let Some(run) = out.sections.get(&format!("run-{forced}")) {
+            out.fallback_runs
+                .push((forced.to_owned(), parse_run(&run.lines)));
+        }
+    }
     out
+}
+
+/// The scenario again with every probe forced to a fallback variant (see init.sh).
+pub const FALLBACK_RUNS: [&str; 2] = ["raw_tracepoint", "kprobe"];
+
+impl RunFigures {
+    /// The variant the agent attached `probe` with, if it did.
+    pub fn variant(&self, probe: &str) -> Option<&str> {
+        self.attached
+            .iter()
+            .find(|(p, _)| p == probe)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// "fentry 98%": the throttle probe's variant and its durations' sum as a share of
+    /// cpu.stat's throttled time; "-" when it did not attach.
+    pub fn durations_cell(&self) -> String {
+        match self.variant("throttle") {
+            Some(v) => format!(
+                "{v} {:.0}%",
+                100.0 * self.hog_durations_ns as f64 / self.hog_throttled_ns.max(1) as f64
+            ),
+            None => "-".into(),
+        }
+    }
+
+    /// Why the throttle durations disagree with cpu.stat's throttled time (when the throttle
+    /// probe attached): they must exist and sum to within 25% of it.
+    fn durations_problem(&self) -> Option<String> {
+        self.variant("throttle")?;
+        if self.hog_durations == 0 {
+            return Some(
+                "the throttle probe is attached but recorded no throttle durations".into(),
+            );
+        }
+        let ratio = self.hog_durations_ns as f64 / self.hog_throttled_ns.max(1) as f64;
+        (!(0.75..=1.25).contains(&ratio)).then(|| {
+            format!(
+                "throttle durations sum to {} ns against cpu.stat's {} ns (ratio {ratio:.2})",
+                self.hog_durations_ns, self.hog_throttled_ns
+            )
+        })
+    }
 }
 
 /// The `kernel` line, the PROBE table and the "X will attach with V" summary.
@@ -167,11 +221,13 @@ fn parse_run(lines: &[String]) -> RunFigures {
                 for c in v["cgroups"].as_array().into_iter().flatten() {
                     let name = c["name"].as_str().unwrap_or("").trim_start_matches('/');
                     let u = |v: &Value| v.as_u64().unwrap_or(0);
-                    if name == "hog" {
+                    if name == "hog" || name == "hog2" {
                         let t = &c["throttling"];
                         f.hog_periods += u(&t["periods"]);
                         f.hog_throttled_periods += u(&t["throttled_periods"]);
                         f.hog_throttled_ns += u(&t["throttled_ns"]);
+                        f.hog_durations += u(&t["durations"]["count"]);
+                        f.hog_durations_ns += u(&t["durations"]["sum_ns"]);
                     } else if name == "busy" {
                         let r = &c["runqueue"];
                         f.busy_events += u(&r["events"]);
@@ -235,6 +291,41 @@ impl Outcome {
         }
         if r.intervals > 0 && r.busy_events == 0 {
             why.push("no run-queue figures for the /busy cgroup".into());
+        }
+        if let Some(p) = r.durations_problem() {
+            why.push(p);
+        }
+        for (forced, f) in &self.fallback_runs {
+            let section = format!("run-{forced}");
+            if rc(&section) != Some(0) {
+                why.push(format!("the {forced} run did not finish cleanly"));
+                continue;
+            }
+            for (probe, variant) in &f.attached {
+                let want = match forced.as_str() {
+                    "kprobe" if probe == "throttle" => Some("kprobe"),
+                    "raw_tracepoint" if probe != "throttle" => Some("raw_tracepoint"),
+                    _ => None,
+                };
+                if let Some(want) = want
+                    && variant != want
+                {
+                    why.push(format!(
+                        "{forced} run: {probe} attached with {variant}, not {want}"
+                    ));
+                }
+            }
+            if f.hog_throttled_periods == 0 {
+                why.push(format!(
+                    "{forced} run: the capped hog was never reported throttled"
+                ));
+            }
+            if f.busy_events == 0 {
+                why.push(format!("{forced} run: no run-queue figures for /busy"));
+            }
+            if let Some(p) = f.durations_problem() {
+                why.push(format!("{forced} run: {p}"));
+            }
         }
         if r.garbled_lines > 0 {
             why.push(format!("{} JSON lines did not parse", r.garbled_lines));
