@@ -64,7 +64,8 @@ impl CgroupNames {
         self.names.get(&id).map(String::as_str)
     }
 
-    /// Rescans the hierarchy if any of `ids` is unknown (forgetting cgroups that are gone).
+    /// Rescans the hierarchy if any of `ids` is unknown, forgetting cgroups that are gone,
+    /// except those among `ids` (they still have figures to report, under their last name).
     pub fn refresh_if_unknown(&mut self, ids: &[u64]) {
         let unknown = ids.iter().any(|id| !self.names.contains_key(id));
         let due = self
@@ -72,7 +73,13 @@ impl CgroupNames {
             .is_none_or(|t| t.elapsed() >= self.min_rescan);
         if unknown && due {
             if let Some(root) = &self.root {
-                self.names = scan(root);
+                let mut fresh = scan(root);
+                for id in ids {
+                    if let Some(name) = self.names.remove(id) {
+                        fresh.entry(*id).or_insert(name);
+                    }
+                }
+                self.names = fresh;
             }
             self.last_scan = Some(Instant::now());
         }
@@ -125,6 +132,30 @@ mod tests {
         );
         assert_eq!(names[&ino(&root.join("c"))], "/c");
         assert_eq!(names.len(), 4);
+    }
+
+    #[test]
+    fn a_removed_cgroup_keeps_its_name_for_its_last_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = dir.path().join("unified");
+        std::fs::create_dir_all(v2.join("gone")).unwrap();
+        std::fs::write(v2.join("cgroup.controllers"), "").unwrap();
+        let gone = std::fs::metadata(v2.join("gone")).unwrap().ino();
+        let mut names = CgroupNames::new(dir.path(), Duration::ZERO);
+        names.refresh_if_unknown(&[gone]);
+        assert_eq!(names.name(gone), Some("/gone"));
+        std::fs::create_dir(v2.join("new")).unwrap();
+        let new = std::fs::metadata(v2.join("new")).unwrap().ino();
+        std::fs::remove_dir(v2.join("gone")).unwrap();
+        // Its last figures arrive with a new cgroup's: both are named.
+        names.refresh_if_unknown(&[gone, new]);
+        assert_eq!(names.name(gone), Some("/gone"));
+        assert_eq!(names.name(new), Some("/new"));
+        // Once it no longer has figures, a rescan forgets it.
+        std::fs::create_dir(v2.join("newer")).unwrap();
+        let newer = std::fs::metadata(v2.join("newer")).unwrap().ino();
+        names.refresh_if_unknown(&[newer]);
+        assert_eq!(names.name(gone), None);
     }
 
     #[test]

@@ -169,7 +169,9 @@ async fn collect_until_signal(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let emitter = Emitter::new(config.output, config.top);
-    let names = CgroupNames::new(&config.cgroup_root, config.interval);
+    // Rescans are rate-limited to two per interval: collections come one interval apart, so a
+    // limit of one interval would often skip the rescan a new cgroup needs.
+    let names = CgroupNames::new(&config.cgroup_root, config.interval / 2);
     let kubelet = match &config.kubelet_url {
         Some(url) => {
             tracing::info!(url = %url, "reading pod metadata from the kubelet");

@@ -122,7 +122,7 @@ impl CgroupReport {
         CgroupReport {
             cgroup_id,
             name: None,
-            identity: Identity::cgroup(""),
+            identity: Identity::unknown(),
             runqueue: RunqueueFigures::default(),
             tcp_retransmits: Vec::new(),
             oom_kills: 0,

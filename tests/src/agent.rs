@@ -108,6 +108,13 @@ pub struct Report {
     /// Where signals with more than one possible source came from.
     #[serde(default, deserialize_with = "null_as_default")]
     pub sources: Sources,
+    /// The cgroups beyond the agent's `--max-entities`, summed into one
+    /// entry of kind `"other"`; `None` when none were left over (or absent).
+    #[serde(default)]
+    pub other: Option<Box<CgroupReport>>,
+    /// How many cgroups were summed into [`Report::other`] (0 when absent).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub entities_overflow: usize,
 }
 
 impl Report {
@@ -185,6 +192,38 @@ pub struct CgroupReport {
     pub cgroup_id: u64,
     /// Path relative to the v2 hierarchy's root, `None` when unknown.
     pub name: Option<String>,
+    /// Who the cgroup is (flattened identity fields, each `None` when absent):
+    /// `"pod_container"`, `"pod"`, `"container"`, `"systemd_unit"`,
+    /// `"cgroup"` or `"other"`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Kubernetes pod UID (from the cgroup path).
+    #[serde(default)]
+    pub pod_uid: Option<String>,
+    /// Pod name (from the kubelet's pod list).
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// Pod namespace (from the kubelet's pod list).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Container name in the pod spec (from the kubelet's pod list).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Container runtime id (64 hex digits, without `runtime://`).
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// Container runtime, e.g. `"containerd"`.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Pod QoS class, e.g. `"burstable"`.
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// systemd unit, e.g. `"ssh.service"`.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// The cgroup path the identity was derived from.
+    #[serde(default)]
+    pub path: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub runqueue: RunqueueStats,
     /// TCP retransmits of its sockets, by family and kind (empty when none).
@@ -316,7 +355,10 @@ pub struct ProbeReport {
     pub probe: String,
     /// Kernel hook, e.g. `"sched_switch"`.
     pub hook: String,
-    /// `"tp_btf"`, `"raw_tracepoint"` or `"tracepoint"`.
+    /// `"tp_btf"`, `"raw_tracepoint"` or `"tracepoint"` (or another attach
+    /// method the agent names); empty when it says none (`null`, e.g. for a
+    /// probe that could not be attached at all).
+    #[serde(deserialize_with = "null_as_default")]
     pub variant: String,
     pub attached: bool,
     pub error: Option<String>,
@@ -494,6 +536,28 @@ impl Agent {
             Event::Interval(report) => report,
             Event::Ready(_) => self.fail("got a second ready line"),
             _ => unreachable!("next_event returns only ready and interval"),
+        }
+    }
+
+    /// The interval reports received so far and not yet taken, in order,
+    /// without waiting. Panics on an invalid line or a second ready line; if
+    /// the agent exited, returns what came before (the next
+    /// [`Agent::next_interval`] then panics).
+    #[track_caller]
+    pub fn take_intervals(&mut self) -> Vec<Report> {
+        let mut reports = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(Event::Interval(report)) => reports.push(report),
+                Ok(Event::Ready(_)) => self.fail("printed a second ready line"),
+                Ok(Event::Invalid { line, error }) => {
+                    self.fail(&format!("printed an invalid line ({error}): {line}"))
+                }
+                Ok(Event::OomKill(_)) => unreachable!("oom_kill events have their own channel"),
+                // After Closed the channel is disconnected, which
+                // next_interval reports as an exit.
+                Ok(Event::Closed) | Err(_) => return reports,
+            }
         }
     }
 
@@ -811,6 +875,57 @@ mod tests {
         assert_eq!(report.cgroups[0].iowait_ns, 0);
         assert!(report.cgroups[0].throttling.is_none());
         assert_eq!(report.cpus[0].proc_stat_iowait_ns, 0);
+    }
+
+    #[test]
+    fn parses_identity_fields_other_and_overflow() {
+        let interval = r#"{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[{"cgroup_id":42,"name":"/kubepods.slice/p.slice/c.scope",
+                "kind":"pod_container","pod_uid":"u","pod":"web-1","namespace":"shop",
+                "container":"app","container_id":"abc","runtime":"containerd",
+                "qos":"burstable","path":"/kubepods.slice/p.slice/c.scope"},
+                {"cgroup_id":43,"name":"/system.slice/ssh.service","kind":"systemd_unit",
+                "unit":"ssh.service","path":"/system.slice/ssh.service"}],
+            "other":{"cgroup_id":0,"name":null,"kind":"other","runqueue":{"events":5,
+                "wait_ns":1,"waiting_tasks":0.5,"latency_p50_ns":1,"latency_p99_ns":1,
+                "latency_max_ns":1}},
+            "entities_overflow":7,"cpus":[],"probes":[]}"#
+            .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&interval) else {
+            panic!("not parsed as an interval");
+        };
+        let c = report.cgroup(42).expect("cgroup 42");
+        assert_eq!(c.kind.as_deref(), Some("pod_container"));
+        assert_eq!(
+            (
+                c.pod.as_deref(),
+                c.namespace.as_deref(),
+                c.container.as_deref()
+            ),
+            (Some("web-1"), Some("shop"), Some("app"))
+        );
+        assert_eq!(c.container_id.as_deref(), Some("abc"));
+        assert_eq!(c.runtime.as_deref(), Some("containerd"));
+        assert_eq!(c.qos.as_deref(), Some("burstable"));
+        assert_eq!(c.unit, None);
+        let unit = report.cgroup(43).expect("cgroup 43");
+        assert_eq!(unit.unit.as_deref(), Some("ssh.service"));
+        assert_eq!(unit.pod, None);
+        let other = report.other.as_ref().expect("other");
+        assert_eq!(other.kind.as_deref(), Some("other"));
+        assert_eq!(other.runqueue.events, 5);
+        assert_eq!(report.entities_overflow, 7);
+
+        // Without the fields (older agents, or nothing left over).
+        let old = r#"{"type":"interval","final":false,"time_unix_ns":1,"interval_ns":2,
+            "cgroups":[{"cgroup_id":1,"name":"/"}],"cpus":[],"probes":[],"other":null}"#
+            .replace('\n', " ");
+        let Some(Event::Interval(report)) = parse_line(&old) else {
+            panic!("not parsed as an interval");
+        };
+        assert!(report.other.is_none());
+        assert_eq!(report.entities_overflow, 0);
+        assert_eq!(report.cgroups[0].kind, None);
     }
 
     #[test]

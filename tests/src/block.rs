@@ -328,7 +328,7 @@ fn creator_pid(path: &Path) -> Option<u32> {
 
 /// Whether `pid` is a process that created test resources and is gone.
 fn is_dead_test_process(pid: u32) -> bool {
-    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    pid != std::process::id() && !crate::process_alive(pid)
 }
 
 /// Detaches loop devices whose backing file belongs to a test process that no

@@ -195,6 +195,25 @@ pub enum MemoryController {
     V2(PathBuf),
 }
 
+/// A cgroup that processes can be started in (see
+/// [`spawn_in`](crate::spawn_in)): one directory per hierarchy.
+pub trait CgroupDirs {
+    /// The `cgroup.procs` files of all its directories, v2 first.
+    fn procs_files(&self) -> Vec<PathBuf>;
+    /// Its path relative to the v2 hierarchy's root (for messages).
+    fn relative_path(&self) -> String;
+}
+
+impl CgroupDirs for TestCgroup {
+    fn procs_files(&self) -> Vec<PathBuf> {
+        TestCgroup::procs_files(self)
+    }
+
+    fn relative_path(&self) -> String {
+        TestCgroup::relative_path(self)
+    }
+}
+
 /// A uniquely named cgroup, removed again when dropped.
 ///
 /// It is created at the top of the cgroup v2 hierarchy as
@@ -460,12 +479,12 @@ fn make_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir(dir).map_err(|e| with_path(e, "cannot create cgroup", dir))
 }
 
-fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+pub(crate) fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 /// Pids listed in `dir/cgroup.procs` (none if it cannot be read).
-fn read_pids(dir: &Path) -> Vec<u32> {
+pub(crate) fn read_pids(dir: &Path) -> Vec<u32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
@@ -474,8 +493,9 @@ fn read_pids(dir: &Path) -> Vec<u32> {
 }
 
 /// Kills every process in the cgroup directories `dirs`, waits until they are
-/// empty and removes them. Bounded by [`EMPTY_TIMEOUT`].
-fn remove(dirs: &[PathBuf]) -> Result<(), String> {
+/// empty and removes them, in the given order (children before their
+/// parents). Bounded by [`EMPTY_TIMEOUT`].
+pub(crate) fn remove(dirs: &[PathBuf]) -> Result<(), String> {
     let deadline = Instant::now() + EMPTY_TIMEOUT;
     loop {
         let pids: Vec<u32> = dirs.iter().flat_map(|d| read_pids(d)).collect();
@@ -518,8 +538,33 @@ fn remove(dirs: &[PathBuf]) -> Result<(), String> {
     }
 }
 
+/// Removes the cgroup directory `dir` and every cgroup below it: kills the
+/// processes in all of them first, then removes them children first. A
+/// `dir` that does not exist is not an error. Bounded by [`EMPTY_TIMEOUT`].
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), String> {
+    // Pre-order: every directory comes after its ancestors, so reversed,
+    // children come before their parents.
+    let mut dirs = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue; // gone (or never there)
+        };
+        stack.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+        dirs.push(d);
+    }
+    dirs.reverse();
+    remove(&dirs)
+}
+
 /// Removes `nodesat-test-<pid>-*` cgroups left behind by test processes that
-/// no longer exist (e.g. killed by a CI timeout), including their processes.
+/// no longer exist (e.g. killed by a CI timeout), including their processes
+/// and the cgroups below them.
 fn sweep_stale(hierarchies: &Hierarchies) {
     for root in std::iter::once(&hierarchies.v2).chain(&hierarchies.v1) {
         let Ok(entries) = fs::read_dir(root) else {
@@ -533,14 +578,14 @@ fn sweep_stale(hierarchies: &Hierarchies) {
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            if pid == std::process::id() || crate::process_alive(pid) {
                 continue;
             }
             eprintln!(
                 "nodesat-tests: removing stale cgroup {}",
                 entry.path().display()
             );
-            if let Err(e) = remove(&[entry.path()]) {
+            if let Err(e) = remove_tree(&entry.path()) {
                 eprintln!("nodesat-tests: {e}");
             }
         }

@@ -11,8 +11,14 @@
 //!   on pure cgroup v2 machines as well as on hybrid v1/v2 ones, optionally
 //!   with a memory limit ([`memory_controller`] says whether one can be set)
 //!   or a CPU quota ([`cpu_controller`]), and its `cpu.stat` counters;
+//! * [`NestedCgroup`]: a cgroup at a path of the test's choosing (e.g. a
+//!   kubelet-shaped `kubepods.slice/.../cri-containerd-<id>.scope`) that
+//!   removes exactly the directories it created;
 //! * [`TestProcess`] / [`spawn_in`]: a child process that starts inside a
-//!   [`TestCgroup`] and is killed and reaped on drop;
+//!   [`TestCgroup`] or [`NestedCgroup`] and is killed and reaped on drop;
+//!   [`vm_rss_kib`]: a process's resident memory;
+//! * [`HttpServer`]: a tiny HTTP server answering one path with a fixed body
+//!   (e.g. a fake kubelet's `/pods`);
 //! * [`Agent`]: the `nodesat` agent running with `--output json`, with its
 //!   JSON-lines reports parsed into [`Report`]s and its `oom_kill` events
 //!   into [`OomKill`]s;
@@ -45,6 +51,8 @@
 pub mod agent;
 pub mod block;
 pub mod cgroup;
+pub mod http;
+pub mod nested;
 pub mod net;
 pub mod nft;
 pub mod process;
@@ -59,10 +67,15 @@ pub use agent::{
 pub use block::{
     BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,
 };
-pub use cgroup::{CpuController, CpuStat, MemoryController, TestCgroup};
+pub use cgroup::{CgroupDirs, CpuController, CpuStat, MemoryController, TestCgroup};
+pub use http::HttpServer;
+pub use nested::NestedCgroup;
 pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
 pub use nft::{NftRule, NftTable, nft_available};
-pub use process::{TestProcess, output_within, spawn_in, try_output_within};
+pub use process::{
+    TestProcess, output_within, proc_status_kib, spawn_in, try_output_within, vm_hwm_kib,
+    vm_rss_kib,
+};
 
 /// Environment variable that turns "skip" into "fail" for privileged tests.
 pub const REQUIRE_PRIVILEGED_ENV: &str = "NODESAT_REQUIRE_PRIVILEGED";
@@ -155,6 +168,19 @@ pub fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
+/// Whether process `pid` exists and has not exited: `false` for a zombie,
+/// e.g. a killed test process whose parent has not reaped it yet.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may contain ")".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// The workspace root (parent of this package's directory).

@@ -229,7 +229,7 @@ fn sweep_stale() {
         return;
     };
     for name in stale_tables(&listed, |pid| {
-        pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        pid != std::process::id() && !crate::process_alive(pid)
     }) {
         eprintln!("nodesat-tests: deleting stale nft table {FAMILY} {name}");
         if let Err(e) = nft(&["delete", "table", FAMILY, &name], None) {

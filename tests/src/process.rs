@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::TestCgroup;
+use crate::cgroup::CgroupDirs;
 
 /// A child process that is SIGKILLed and reaped when dropped.
 #[derive(Debug)]
@@ -93,13 +93,15 @@ impl Drop for TestProcess {
     }
 }
 
-/// Spawns `cmd` inside `cgroup` (every hierarchy of it).
+/// Spawns `cmd` inside `cgroup` (every hierarchy of it): a
+/// [`TestCgroup`](crate::TestCgroup) or a
+/// [`NestedCgroup`](crate::NestedCgroup).
 ///
 /// The child moves itself into the cgroup between fork and exec, so none of
 /// the program's work runs outside it. The child also gets SIGKILL if the
 /// thread that spawned it dies (so a killed test run leaves no load behind).
 /// Stdin is `/dev/null` unless `cmd` says otherwise.
-pub fn spawn_in(cgroup: &TestCgroup, mut cmd: Command) -> io::Result<TestProcess> {
+pub fn spawn_in<C: CgroupDirs + ?Sized>(cgroup: &C, mut cmd: Command) -> io::Result<TestProcess> {
     let procs_files: Vec<CString> = cgroup
         .procs_files()
         .iter()
@@ -129,7 +131,10 @@ pub fn spawn_in(cgroup: &TestCgroup, mut cmd: Command) -> io::Result<TestProcess
     let child = cmd.spawn().map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot spawn {cmd:?} in cgroup {}: {e}", cgroup.name()),
+            format!(
+                "cannot spawn {cmd:?} in cgroup {}: {e}",
+                cgroup.relative_path()
+            ),
         )
     })?;
     Ok(TestProcess {
@@ -211,4 +216,34 @@ pub(crate) fn read_in_background(
         }
         buf
     })
+}
+
+/// A field of `/proc/<pid>/status` given in kB (e.g. `"VmRSS"`, `"VmHWM"`),
+/// in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> io::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(field)?.strip_prefix(':')?;
+            value.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no `{field}: N kB` line in {path}"),
+            )
+        })
+}
+
+/// The resident set size of process `pid` (`VmRSS`), in KiB.
+pub fn vm_rss_kib(pid: u32) -> io::Result<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// The largest resident set size process `pid` had so far (`VmHWM`, its
+/// high-water mark), in KiB.
+pub fn vm_hwm_kib(pid: u32) -> io::Result<u64> {
+    proc_status_kib(pid, "VmHWM")
 }

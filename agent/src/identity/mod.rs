@@ -110,7 +110,13 @@ impl Identity {
         }
     }
 
+    /// A cgroup whose path is unknown (gone, or not visible).
+    pub fn unknown() -> Identity {
+        Identity::empty(Kind::Cgroup)
+    }
+
     /// A cgroup known only by its path.
+    #[cfg(test)]
     pub fn cgroup(path: &str) -> Identity {
         Identity {
             path: Some(path.to_owned()),

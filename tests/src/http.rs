@@ -1,0 +1,178 @@
+//! A tiny HTTP/1.1 server on `127.0.0.1` that answers one path with a fixed
+//! body, e.g. a fake kubelet's `GET /pods`.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// Longest a client may take to send its request or read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Serves `GET <path>` (any query string) with `200`, a fixed body and
+/// content type, and anything else with `404` (`405` for other methods), one
+/// connection at a time, each closed after its answer, on a thread of its
+/// own until dropped.
+#[derive(Debug)]
+pub struct HttpServer {
+    addr: SocketAddr,
+    path: String,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Starts serving `body` as `content_type` at `path` (e.g. `"/pods"`) on
+    /// a free port of `127.0.0.1`.
+    pub fn serve(path: &str, content_type: &str, body: Vec<u8>) -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let answer = Answer {
+            path: path.to_owned(),
+            content_type: content_type.to_owned(),
+            body,
+        };
+        let thread = thread::Builder::new().name("http-server".into()).spawn({
+            let stop = Arc::clone(&stop);
+            let served = Arc::clone(&served);
+            move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    match answer.handle(conn) {
+                        Ok(true) => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(false) => {}
+                        Err(e) => eprintln!("nodesat-tests: http server on {addr}: {e}"),
+                    }
+                }
+            }
+        })?;
+        Ok(Self {
+            addr,
+            path: path.to_owned(),
+            stop,
+            served,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.path)
+    }
+
+    /// How many requests it answered with the body so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept; the thread sees the flag and ends.
+        let _ = TcpStream::connect_timeout(&self.addr, CLIENT_TIMEOUT);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the server answers.
+struct Answer {
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// Answers one request on `conn`; `Ok(true)` if it got the body.
+    fn handle(&self, mut conn: TcpStream) -> io::Result<bool> {
+        conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(false); // closed before a whole request
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.len() > MAX_HEAD {
+                return Err(io::Error::other("request head too large"));
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let mut request_line = head.lines().next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default();
+        let target = request_line.next().unwrap_or_default();
+        let target = target.split('?').next().unwrap_or_default();
+        let (status, content_type, body): (&str, &str, &[u8]) = if target != self.path {
+            ("404 Not Found", "text/plain", b"not found\n")
+        } else if method != "GET" {
+            ("405 Method Not Allowed", "text/plain", b"only GET\n")
+        } else {
+            ("200 OK", &self.content_type, &self.body)
+        };
+        let header = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(header.as_bytes())?;
+        conn.write_all(body)?;
+        conn.flush()?;
+        let _ = conn.shutdown(Shutdown::Write);
+        Ok(status.starts_with("200"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn serves_its_path_and_nothing_else() {
+        let server = HttpServer::serve("/pods", "application/json", b"{\"items\":[]}".to_vec())
+            .expect("start server");
+        assert!(server.url().starts_with("http://127.0.0.1:"));
+        assert!(server.url().ends_with("/pods"));
+        let ok = get(
+            server.addr(),
+            "GET /pods?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n\r\n",
+        );
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("Content-Type: application/json\r\n"), "{ok}");
+        assert!(ok.contains("Content-Length: 12\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\n{\"items\":[]}"), "{ok}");
+        let missing = get(server.addr(), "GET /other HTTP/1.1\r\n\r\n");
+        assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+        let post = get(server.addr(), "POST /pods HTTP/1.1\r\n\r\n");
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        assert_eq!(server.served(), 1);
+    }
+}
