@@ -144,16 +144,18 @@ mod tests {
         let mut names = CgroupNames::new(dir.path(), Duration::ZERO);
         names.refresh_if_unknown(&[gone]);
         assert_eq!(names.name(gone), Some("/gone"));
+        // Made before "gone" is removed, so no inode number is reused.
         std::fs::create_dir(v2.join("new")).unwrap();
         let new = std::fs::metadata(v2.join("new")).unwrap().ino();
+        std::fs::create_dir(v2.join("newer")).unwrap();
+        let newer = std::fs::metadata(v2.join("newer")).unwrap().ino();
         std::fs::remove_dir(v2.join("gone")).unwrap();
         // Its last figures arrive with a new cgroup's: both are named.
         names.refresh_if_unknown(&[gone, new]);
         assert_eq!(names.name(gone), Some("/gone"));
         assert_eq!(names.name(new), Some("/new"));
-        // Once it no longer has figures, a rescan forgets it.
-        std::fs::create_dir(v2.join("newer")).unwrap();
-        let newer = std::fs::metadata(v2.join("newer")).unwrap().ino();
+        // Once it no longer has figures, a rescan (for a cgroup not yet named) forgets it.
+        names.names.remove(&newer);
         names.refresh_if_unknown(&[newer]);
         assert_eq!(names.name(gone), None);
     }

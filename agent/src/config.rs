@@ -46,6 +46,9 @@ pub struct Config {
     pub kubelet_url: Option<String>,
     /// Most entities (cgroups) reported per interval; the rest are summed into "other".
     pub max_entities: usize,
+    // ── export (crate::export::config) ──
+    /// OTLP metrics export; `None` when no endpoint is configured.
+    pub export: Option<crate::export::ExportConfig>,
 }
 
 /// Where a value came from, for error messages.
@@ -129,6 +132,50 @@ pub struct Flags {
     /// NODESAT_MAX_ENTITIES].
     #[arg(long, value_name = "N")]
     pub max_entities: Option<String>,
+    // ── export (crate::export::config) ──
+    /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
+    /// OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP metrics endpoint, used as is [env OTEL_EXPORTER_OTLP_METRICS_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    pub otlp_metrics_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf [default: http/protobuf; env
+    /// OTEL_EXPORTER_OTLP_PROTOCOL].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Headers on every export request, key=value,... [env OTEL_EXPORTER_OTLP_HEADERS].
+    #[arg(long, value_name = "LIST")]
+    pub otlp_headers: Option<String>,
+    /// Export request timeout, ms or a duration [default: 10000; env
+    /// OTEL_EXPORTER_OTLP_TIMEOUT].
+    #[arg(long, value_name = "MS")]
+    pub otlp_timeout: Option<String>,
+    /// Export compression: gzip or none [default: none; env OTEL_EXPORTER_OTLP_COMPRESSION].
+    #[arg(long, value_name = "ALGO")]
+    pub otlp_compression: Option<String>,
+    /// PEM CA bundle for an https endpoint [env OTEL_EXPORTER_OTLP_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_certificate: Option<String>,
+    /// Temporality: cumulative or delta [default: cumulative; env
+    /// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE].
+    #[arg(long, value_name = "T")]
+    pub otlp_temporality: Option<String>,
+    /// Batches waiting to be sent; beyond it the oldest is dropped [default: 32; env
+    /// NODESAT_OTLP_QUEUE_SIZE].
+    #[arg(long, value_name = "N")]
+    pub otlp_queue_size: Option<String>,
+    /// Resource attributes on every exported resource, key=value,... [env
+    /// OTEL_RESOURCE_ATTRIBUTES].
+    #[arg(long, value_name = "LIST")]
+    pub resource_attributes: Option<String>,
+    /// service.name of the exported resources [default: nodesat; env OTEL_SERVICE_NAME].
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
+    /// Export at most this often, ms or a duration [default: every collection; env
+    /// OTEL_METRIC_EXPORT_INTERVAL].
+    #[arg(long, value_name = "MS")]
+    pub export_interval: Option<String>,
 }
 
 /// One configuration key: its name in the file, its flag and its environment variable.
@@ -138,7 +185,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 10] = [
+const KEYS: [Key; 22] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -149,6 +196,63 @@ const KEYS: [Key; 10] = [
     key("host_root", "--host-root", "NODESAT_HOST_ROOT"),
     key("kubelet_url", "--kubelet-url", "NODESAT_KUBELET_URL"),
     key("max_entities", "--max-entities", "NODESAT_MAX_ENTITIES"),
+    // ── export (crate::export::config) ──
+    key(
+        "otlp_endpoint",
+        "--otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ),
+    key(
+        "otlp_metrics_endpoint",
+        "--otlp-metrics-endpoint",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ),
+    key(
+        "otlp_protocol",
+        "--otlp-protocol",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ),
+    key(
+        "otlp_headers",
+        "--otlp-headers",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ),
+    key(
+        "otlp_timeout",
+        "--otlp-timeout",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ),
+    key(
+        "otlp_compression",
+        "--otlp-compression",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ),
+    key(
+        "otlp_certificate",
+        "--otlp-certificate",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ),
+    key(
+        "otlp_temporality",
+        "--otlp-temporality",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    ),
+    key(
+        "otlp_queue_size",
+        "--otlp-queue-size",
+        "NODESAT_OTLP_QUEUE_SIZE",
+    ),
+    key(
+        "resource_attributes",
+        "--resource-attributes",
+        "OTEL_RESOURCE_ATTRIBUTES",
+    ),
+    key("service_name", "--service-name", "OTEL_SERVICE_NAME"),
+    key(
+        "export_interval",
+        "--export-interval",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+    ),
 ];
 
 const fn key(field: &'static str, flag: &'static str, env: &'static str) -> Key {
@@ -169,6 +273,19 @@ struct FileConfig {
     host_root: Option<toml::Value>,
     kubelet_url: Option<toml::Value>,
     max_entities: Option<toml::Value>,
+    // ── export (crate::export::config) ──
+    otlp_endpoint: Option<toml::Value>,
+    otlp_metrics_endpoint: Option<toml::Value>,
+    otlp_protocol: Option<toml::Value>,
+    otlp_headers: Option<toml::Value>,
+    otlp_timeout: Option<toml::Value>,
+    otlp_compression: Option<toml::Value>,
+    otlp_certificate: Option<toml::Value>,
+    otlp_temporality: Option<toml::Value>,
+    otlp_queue_size: Option<toml::Value>,
+    resource_attributes: Option<toml::Value>,
+    service_name: Option<toml::Value>,
+    export_interval: Option<toml::Value>,
 }
 
 impl FileConfig {
@@ -184,6 +301,19 @@ impl FileConfig {
             "host_root" => self.host_root.as_ref(),
             "kubelet_url" => self.kubelet_url.as_ref(),
             "max_entities" => self.max_entities.as_ref(),
+            // ── export (crate::export::config) ──
+            "otlp_endpoint" => self.otlp_endpoint.as_ref(),
+            "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
+            "otlp_protocol" => self.otlp_protocol.as_ref(),
+            "otlp_headers" => self.otlp_headers.as_ref(),
+            "otlp_timeout" => self.otlp_timeout.as_ref(),
+            "otlp_compression" => self.otlp_compression.as_ref(),
+            "otlp_certificate" => self.otlp_certificate.as_ref(),
+            "otlp_temporality" => self.otlp_temporality.as_ref(),
+            "otlp_queue_size" => self.otlp_queue_size.as_ref(),
+            "resource_attributes" => self.resource_attributes.as_ref(),
+            "service_name" => self.service_name.as_ref(),
+            "export_interval" => self.export_interval.as_ref(),
             _ => None,
         }
     }
@@ -202,13 +332,26 @@ impl Flags {
             "host_root" => self.host_root.as_ref(),
             "kubelet_url" => self.kubelet_url.as_ref(),
             "max_entities" => self.max_entities.as_ref(),
+            // ── export (crate::export::config) ──
+            "otlp_endpoint" => self.otlp_endpoint.as_ref(),
+            "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
+            "otlp_protocol" => self.otlp_protocol.as_ref(),
+            "otlp_headers" => self.otlp_headers.as_ref(),
+            "otlp_timeout" => self.otlp_timeout.as_ref(),
+            "otlp_compression" => self.otlp_compression.as_ref(),
+            "otlp_certificate" => self.otlp_certificate.as_ref(),
+            "otlp_temporality" => self.otlp_temporality.as_ref(),
+            "otlp_queue_size" => self.otlp_queue_size.as_ref(),
+            "resource_attributes" => self.resource_attributes.as_ref(),
+            "service_name" => self.service_name.as_ref(),
+            "export_interval" => self.export_interval.as_ref(),
             _ => None,
         }
     }
 }
 
 /// The raw (unparsed) value of each key that was given, and where it came from.
-type Raw = BTreeMap<&'static str, (String, Origin)>;
+pub(crate) type Raw = BTreeMap<&'static str, (String, Origin)>;
 
 impl Config {
     /// Layers defaults, the file named by `--config`, the environment (`env` looks a variable
@@ -225,6 +368,11 @@ impl Config {
         for k in &KEYS {
             let given = if let Some(v) = flags.get(k.field) {
                 Some((v.clone(), Origin::Flag(k.flag)))
+            } else if let Some((v, var)) = crate::export::config::signal_env(k.field)
+                .and_then(|var| env(var).map(|v| (v, var)))
+            {
+                // export: OTEL_EXPORTER_OTLP_METRICS_* beats OTEL_EXPORTER_OTLP_*
+                Some((v, Origin::Env(var)))
             } else if let Some(v) = env(k.env) {
                 Some((v, Origin::Env(k.env)))
             } else {
@@ -252,6 +400,7 @@ impl Config {
             host_root: parse(raw, "host_root", "/".into(), parse_dir)?,
             kubelet_url: parse(raw, "kubelet_url", auto_kubelet_url(), parse_kubelet_url)?,
             max_entities: parse(raw, "max_entities", 500, |s| parse_int(s, 1, 100_000))?,
+            export: crate::export::config::from_raw(raw)?,
         })
     }
 }
@@ -276,7 +425,7 @@ fn toml_text(v: &toml::Value) -> String {
 }
 
 /// Parses one key with `f` (which returns what it expected on failure), or gives the default.
-fn parse<T>(
+pub(crate) fn parse<T>(
     raw: &Raw,
     field: &'static str,
     default: T,

@@ -5,6 +5,7 @@ mod check;
 mod collector;
 mod config;
 mod core;
+mod export;
 mod identity;
 mod output;
 mod privileges;
@@ -197,6 +198,14 @@ async fn collect_until_signal(
         None => None,
     };
     let describer = OomEvents::new(&config.cgroup_root, &config.host_root);
+    // export: OTLP, when an endpoint is configured (each report is handed over below)
+    let mut exporter = match &config.export {
+        Some(c) => Some(
+            export::Exporter::start(c, export::resource_info(c))
+                .map_err(|e| anyhow::anyhow!("starting the OTLP exporter: {e}"))?,
+        ),
+        None => None,
+    };
     emitter.ready(&probes.hook_stats());
     tracing::info!(
         interval = %humantime::format_duration(config.interval),
@@ -210,7 +219,10 @@ async fn collect_until_signal(
             _ = tick.tick() => {
                 if set == ProgramSet::Agent {
                     match collector.collect(probes, false) {
-                        Ok(report) => emitter.report(&report),
+                        Ok(report) => {
+                            emitter.report(&report);
+                            if let Some(e) = &mut exporter { e.export(&report); }
+                        }
                         Err(e) => tracing::warn!("collection failed, retrying next interval: {e}"),
                     }
                 }
@@ -233,6 +245,10 @@ async fn collect_until_signal(
         .collect(probes, true)
         .context("final collection")?;
     emitter.report(&report);
+    if let Some(mut e) = exporter {
+        e.export(&report);
+        e.shutdown(std::time::Duration::from_secs(5)).await;
+    }
     if let Some(k) = kubelet {
         k.stop();
     }

@@ -215,6 +215,7 @@ mod tests {
                         latency_p50_ns: 1_500,
                         latency_p99_ns: 4_200_000,
                         latency_max_ns: 8_388_608,
+                        histogram: agent_ebpf::hist::Log2Hist::ZERO,
                     },
                     tcp_retransmits: vec![TcpRetransmits {
                         family: "ipv4",

@@ -146,6 +146,7 @@ impl Merge for CgroupReport {
         a.latency_p50_ns = a.latency_p50_ns.max(b.latency_p50_ns);
         a.latency_p99_ns = a.latency_p99_ns.max(b.latency_p99_ns);
         a.latency_max_ns = a.latency_max_ns.max(b.latency_max_ns);
+        crate::core::counters::Counter::merge(&mut a.histogram, &b.histogram);
         for r in o.tcp_retransmits {
             match self
                 .tcp_retransmits
@@ -202,7 +203,7 @@ pub struct NodeTotals {
 }
 
 /// Run-queue figures of one cgroup over one interval.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunqueueFigures {
     /// Number of waits that ended (tasks that got a CPU after waiting).
     pub events: u64,
@@ -214,6 +215,9 @@ pub struct RunqueueFigures {
     pub latency_p99_ns: u64,
     /// Upper bound of the highest log2 bucket reached.
     pub latency_max_ns: u64,
+    /// The latency histogram itself (exported over OTLP; left out of the JSON lines).
+    #[serde(skip)]
+    pub histogram: agent_ebpf::hist::Log2Hist,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -236,6 +240,20 @@ pub struct KernelError {
     pub probe: &'static str,
     pub error: &'static str,
     pub count: u64,
+}
+
+impl Default for RunqueueFigures {
+    fn default() -> Self {
+        RunqueueFigures {
+            events: 0,
+            wait_ns: 0,
+            waiting_tasks: 0.0,
+            latency_p50_ns: 0,
+            latency_p99_ns: 0,
+            latency_max_ns: 0,
+            histogram: agent_ebpf::hist::Log2Hist::ZERO,
+        }
+    }
 }
 
 impl ThrottleDurations {

@@ -93,6 +93,7 @@ pub fn summarize(
                 latency_p50_ns: h.quantile(0.50).unwrap_or(0),
                 latency_p99_ns: h.quantile(0.99).unwrap_or(0),
                 latency_max_ns: h.max().unwrap_or(0),
+                histogram: h,
             };
             (cgroup, figures)
         })

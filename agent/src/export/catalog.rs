@@ -1,0 +1,322 @@
+//! Every OTLP metric nodesat exports, in one place: name, unit, instrument, the resource it
+//! is reported on, its data point attributes and its meaning. The mapping ([`super::otlp`])
+//! only emits metrics listed here, and a test checks that docs/metrics.md carries the table
+//! [`markdown`] generates.
+
+/// The OTLP data type of a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instrument {
+    /// A monotonic Sum (a counter): cumulative totals, or deltas per export.
+    Counter,
+    /// A Gauge: the latest value.
+    Gauge,
+    /// An ExponentialHistogram of scale 0 carrying the kernel's log2 slots.
+    Histogram,
+}
+
+impl Instrument {
+    #[cfg(test)]
+    fn as_str(self) -> &'static str {
+        match self {
+            Instrument::Counter => "counter (monotonic Sum)",
+            Instrument::Gauge => "gauge",
+            Instrument::Histogram => "exponential histogram (scale 0)",
+        }
+    }
+}
+
+/// Which resource a metric's points are reported on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum On {
+    /// One resource per workload entity (a cgroup report, and "other").
+    Workload,
+    /// The node resource (per-CPU and per-disk figures, the agent's own metrics).
+    Node,
+}
+
+/// How the report's integer figure becomes the point's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// An integer as counted.
+    Int,
+    /// Nanoseconds in the report, seconds (double) in OTLP.
+    SecondsFromNs,
+    /// A double as reported (averages, ratios).
+    Double,
+    /// Log2 histogram of nanoseconds.
+    Log2Ns,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub instrument: Instrument,
+    #[cfg_attr(not(test), allow(dead_code))] // the docs table
+    pub on: On,
+    pub value: Value,
+    /// Data point attribute keys (the resource's attributes are in the docs' prose).
+    #[cfg_attr(not(test), allow(dead_code))] // the docs table
+    pub attributes: &'static [&'static str],
+    pub description: &'static str,
+}
+
+const fn m(
+    name: &'static str,
+    unit: &'static str,
+    instrument: Instrument,
+    on: On,
+    value: Value,
+    attributes: &'static [&'static str],
+    description: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        unit,
+        instrument,
+        on,
+        value,
+        attributes,
+        description,
+    }
+}
+
+use Instrument::*;
+use On::*;
+
+pub const RUNQUEUE_LATENCY: MetricDef = m(
+    "nodesat.sched.runqueue.latency",
+    "ns",
+    Histogram,
+    Workload,
+    Value::Log2Ns,
+    &[],
+    "Run-queue latency of the workload's tasks: from becoming runnable (woken or preempted) until running, per wait.",
+);
+pub const RUNQUEUE_WAIT_TIME: MetricDef = m(
+    "nodesat.sched.runqueue.wait_time",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &[],
+    "Time the workload's tasks spent runnable but waiting for a CPU (its rate is the average number of waiting tasks). Also on the node resource per CPU, with `cpu.logical_number`.",
+);
+pub const RUNQUEUE_LENGTH: MetricDef = m(
+    "nodesat.sched.runqueue.length",
+    "{task}",
+    Gauge,
+    Node,
+    Value::Double,
+    &["cpu.logical_number"],
+    "Time-averaged number of tasks waiting on the CPU's run queue over the last collection interval, not counting the running one.",
+);
+pub const TCP_RETRANSMITS: MetricDef = m(
+    "nodesat.tcp.retransmits",
+    "{segment}",
+    Counter,
+    Workload,
+    Value::Int,
+    &["network.type", "nodesat.tcp.retransmit.kind"],
+    "TCP segments retransmitted by sockets the workload owns; `network.type` is `ipv4` or `ipv6`, `nodesat.tcp.retransmit.kind` is `data` or `synack`.",
+);
+pub const OOM_KILLS: MetricDef = m(
+    "nodesat.memory.oom_kills",
+    "{process}",
+    Counter,
+    Workload,
+    Value::Int,
+    &[],
+    "Processes of the workload killed by the OOM killer.",
+);
+pub const IO_WAIT_TIME: MetricDef = m(
+    "nodesat.io.wait_time",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &[],
+    "Time the workload's tasks spent blocked waiting for I/O. Also on the node resource per CPU (the CPU they blocked on), with `cpu.logical_number`.",
+);
+pub const DISK_IO_LATENCY: MetricDef = m(
+    "nodesat.disk.io.latency",
+    "ns",
+    Histogram,
+    Node,
+    Value::Log2Ns,
+    &["system.device", "nodesat.disk.device", "disk.io.direction"],
+    "Block request latency (issue to completion) per disk (`system.device`: the kernel's name, `nodesat.disk.device`: `major:minor`) and direction (`read`, `write`, or `other` for flushes and discards).",
+);
+pub const CPU_PERIODS: MetricDef = m(
+    "nodesat.cpu.periods",
+    "{period}",
+    Counter,
+    Workload,
+    Value::Int,
+    &[],
+    "CFS enforcement periods that elapsed with runnable tasks (`cpu.stat` `nr_periods`); workloads with a CPU limit only.",
+);
+pub const CPU_THROTTLED_PERIODS: MetricDef = m(
+    "nodesat.cpu.throttled.periods",
+    "{period}",
+    Counter,
+    Workload,
+    Value::Int,
+    &[],
+    "CFS periods in which the workload hit its quota (`cpu.stat` `nr_throttled`).",
+);
+pub const CPU_THROTTLED_TIME: MetricDef = m(
+    "nodesat.cpu.throttled.time",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &[],
+    "Time the workload's run queues spent throttled (`cpu.stat`).",
+);
+pub const CPU_THROTTLE_DURATION: MetricDef = m(
+    "nodesat.cpu.throttle.duration",
+    "ns",
+    Histogram,
+    Workload,
+    Value::Log2Ns,
+    &[],
+    "Individual throttles (one per-CPU run queue throttled until unthrottled), from the throttle probe where it attaches.",
+);
+pub const PROBE_ATTACHED: MetricDef = m(
+    "nodesat.agent.probe.attached",
+    "1",
+    Gauge,
+    Node,
+    Value::Int,
+    &[
+        "nodesat.probe",
+        "nodesat.probe.hook",
+        "nodesat.probe.variant",
+    ],
+    "1 when the probe's program is attached to the hook, 0 when no variant attached (`nodesat.probe.variant` is absent then).",
+);
+pub const PROBE_RUN_COUNT: MetricDef = m(
+    "nodesat.agent.probe.run_count",
+    "{run}",
+    Counter,
+    Node,
+    Value::Int,
+    &["nodesat.probe", "nodesat.probe.hook"],
+    "Times the hook's program ran (kernel BPF statistics; counts only while `kernel.bpf_stats_enabled` is 1).",
+);
+pub const PROBE_RUN_TIME: MetricDef = m(
+    "nodesat.agent.probe.run_time",
+    "s",
+    Counter,
+    Node,
+    Value::SecondsFromNs,
+    &["nodesat.probe", "nodesat.probe.hook"],
+    "Time the hook's program ran (same condition).",
+);
+pub const EVENTS_LOST: MetricDef = m(
+    "nodesat.agent.events.lost",
+    "{event}",
+    Counter,
+    Node,
+    Value::Int,
+    &["nodesat.probe"],
+    "Events a probe's ring buffer had no room for (`kernel_errors` `events_lost`).",
+);
+pub const KERNEL_ERRORS: MetricDef = m(
+    "nodesat.agent.kernel.errors",
+    "{error}",
+    Counter,
+    Node,
+    Value::Int,
+    &["nodesat.probe", "error.type"],
+    "The programs' other error counters (`kernel_errors`: `enqueue_update`, `latency_update`, `pending_mismatch`).",
+);
+pub const ENTITIES_OVERFLOW: MetricDef = m(
+    "nodesat.agent.entities.overflow",
+    "{cgroup}",
+    Gauge,
+    Node,
+    Value::Int,
+    &[],
+    "Cgroups beyond `max_entities` in the last interval, summed into the `other` workload.",
+);
+pub const EXPORT_FAILURES: MetricDef = m(
+    "nodesat.agent.export.failures",
+    "{attempt}",
+    Counter,
+    Node,
+    Value::Int,
+    &["error.type"],
+    "Failed export attempts (retried or not); `error.type` is the gRPC code or HTTP status, `timeout`, or `connection`.",
+);
+pub const EXPORT_QUEUE_DROPPED: MetricDef = m(
+    "nodesat.agent.export.queue.dropped",
+    "{batch}",
+    Counter,
+    Node,
+    Value::Int,
+    &["nodesat.export.reason"],
+    "Batches dropped without being delivered: `queue_full` (the oldest queued batch makes room for a new one), `retries_exhausted`, `permanent_error`.",
+);
+
+/// The catalogue, in the order the docs list it.
+#[cfg(test)]
+pub const CATALOG: &[MetricDef] = &[
+    RUNQUEUE_LATENCY,
+    RUNQUEUE_WAIT_TIME,
+    RUNQUEUE_LENGTH,
+    TCP_RETRANSMITS,
+    OOM_KILLS,
+    IO_WAIT_TIME,
+    DISK_IO_LATENCY,
+    CPU_PERIODS,
+    CPU_THROTTLED_PERIODS,
+    CPU_THROTTLED_TIME,
+    CPU_THROTTLE_DURATION,
+    PROBE_ATTACHED,
+    PROBE_RUN_COUNT,
+    PROBE_RUN_TIME,
+    EVENTS_LOST,
+    KERNEL_ERRORS,
+    ENTITIES_OVERFLOW,
+    EXPORT_FAILURES,
+    EXPORT_QUEUE_DROPPED,
+];
+
+/// The markdown table of the catalogue, as docs/metrics.md carries it between the markers.
+#[cfg(test)]
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "| name | unit | type | resource | attributes | meaning |\n|---|---|---|---|---|---|\n",
+    );
+    for d in CATALOG {
+        let attrs = if d.attributes.is_empty() {
+            "—".to_owned()
+        } else {
+            d.attributes
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "| `{}` | `{}` | {} | {} | {} | {} |\n",
+            d.name,
+            d.unit,
+            d.instrument.as_str(),
+            match d.on {
+                Workload => "workload",
+                Node => "node",
+            },
+            attrs,
+            d.description
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+pub const DOC_BEGIN: &str = "<!-- otlp-catalog:begin (generated from agent/src/export/catalog.rs; NODESAT_UPDATE_DOCS=1 cargo test -p nodesat export::tests::docs rewrites it) -->";
+#[cfg(test)]
+pub const DOC_END: &str = "<!-- otlp-catalog:end -->";

@@ -1,0 +1,300 @@
+//! OTLP metrics export. Each report is folded into running totals ([`otlp::Builder`]); when
+//! an export is due the request is built and pushed onto a bounded queue ([`Queue`], oldest
+//! dropped when full) and the collection goes on. A separate tokio task sends the queued
+//! batches in order ([`transport`]), retrying retryable failures with exponential backoff and
+//! jitter, honouring Retry-After and RetryInfo.
+//!
+//! - [`catalog`]: every metric (name, unit, type, attributes, meaning);
+//! - [`otlp`]: resources, metrics, temporality;
+//! - [`transport`]: HTTP/protobuf and gRPC, failure classification;
+//! - [`config`]: the settings.
+
+pub mod catalog;
+pub mod config;
+pub mod otlp;
+pub mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::VecDeque,
+    hash::{BuildHasher, Hasher},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use tokio::sync::Notify;
+
+pub use self::config::ExportConfig;
+use self::{
+    config::RetryPolicy,
+    otlp::{AgentTotals, Builder, ResourceInfo},
+    transport::{SendError, Transport},
+};
+use crate::report::Report;
+
+/// Series not seen for this long are forgotten (cumulative totals restart if they return).
+const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// The exporter's own counters, shared by the collection side and the sending task.
+#[derive(Default)]
+pub struct Stats {
+    totals: Mutex<AgentTotals>,
+}
+
+impl Stats {
+    pub fn failure(&self, kind: &str) {
+        let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        *t.export_failures.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn dropped(&self, reason: &'static str) {
+        let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        *t.dropped.entry(reason).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> AgentTotals {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A bounded FIFO of batches: pushing onto a full queue drops the oldest.
+pub struct Queue {
+    items: Mutex<VecDeque<ExportMetricsServiceRequest>>,
+    capacity: usize,
+    ready: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Queue {
+        Queue {
+            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            closed: false.into(),
+        }
+    }
+
+    /// Adds a batch; returns the oldest one if it had to make room.
+    pub fn push(&self, batch: ExportMetricsServiceRequest) -> Option<ExportMetricsServiceRequest> {
+        let dropped = {
+            let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let dropped = if q.len() >= self.capacity {
+                q.pop_front()
+            } else {
+                None
+            };
+            q.push_back(batch);
+            dropped
+        };
+        self.ready.notify_one();
+        dropped
+    }
+
+    pub fn pop(&self) -> Option<ExportMetricsServiceRequest> {
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The next batch, waiting for one; `None` once closed and empty.
+    async fn next(&self) -> Option<ExportMetricsServiceRequest> {
+        loop {
+            if let Some(b) = self.pop() {
+                return Some(b);
+            }
+            if self.is_closed() {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// The collection side of the export: builds batches and hands them to the sending task.
+pub struct Exporter {
+    builder: Builder,
+    queue: Arc<Queue>,
+    stats: Arc<Stats>,
+    export_every_ns: Option<u64>,
+    last_export_ns: Option<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The resource description from the settings and the machine.
+pub fn resource_info(c: &ExportConfig) -> ResourceInfo {
+    ResourceInfo {
+        service_name: c.service_name.clone(),
+        host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty()),
+        node_name: std::env::var("NODE_NAME")
+            .ok()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty()),
+        extra: c.resource_attributes.clone(),
+    }
+}
+
+impl Exporter {
+    /// Sets up the transport and spawns the sending task (on the current tokio runtime).
+    pub fn start(c: &ExportConfig, info: ResourceInfo) -> Result<Exporter, String> {
+        let transport = Transport::new(c)?;
+        let queue = Arc::new(Queue::new(c.queue_size));
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(send_loop(
+            transport,
+            queue.clone(),
+            stats.clone(),
+            c.retry.clone(),
+        ));
+        tracing::info!(url = %c.url, protocol = ?c.protocol, temporality = ?c.temporality, "exporting OTLP metrics");
+        Ok(Exporter {
+            builder: Builder::new(c.temporality, info, STALE_AFTER.as_nanos() as u64),
+            queue,
+            stats,
+            export_every_ns: c.export_interval.map(|d| d.as_nanos() as u64),
+            last_export_ns: None,
+            task,
+        })
+    }
+
+    /// Folds the report in and, when an export is due, queues a batch. Never blocks.
+    pub fn export(&mut self, report: &Report) {
+        self.builder.ingest(report, &self.stats.snapshot());
+        let due = match (self.export_every_ns, self.last_export_ns) {
+            (Some(every), Some(last)) => {
+                // A tenth of slack: collections do not land exactly on the period.
+                report.time_unix_ns.saturating_sub(last) + every / 10 >= every
+            }
+            _ => true,
+        };
+        if !(due || report.is_final) {
+            return;
+        }
+        self.last_export_ns = Some(report.time_unix_ns);
+        if let Some(req) = self.builder.build()
+            && self.queue.push(req).is_some()
+        {
+            self.stats.dropped("queue_full");
+            tracing::warn!(
+                capacity = self.queue.capacity,
+                "OTLP export queue full: dropped the oldest batch"
+            );
+        }
+    }
+
+    /// Lets the sending task deliver what is queued, for at most `deadline`.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.queue.close();
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            task.abort();
+            let left = self.queue.len();
+            tracing::warn!(
+                batches = left,
+                "OTLP export did not finish in {}; giving up",
+                humantime::format_duration(deadline)
+            );
+        }
+    }
+}
+
+async fn send_loop(transport: Transport, queue: Arc<Queue>, stats: Arc<Stats>, retry: RetryPolicy) {
+    while let Some(batch) = queue.next().await {
+        send_with_retry(&transport, &batch, &stats, &retry).await;
+    }
+}
+
+/// Sends one batch, retrying as the failure allows; counts failures and drops.
+pub async fn send_with_retry(
+    transport: &Transport,
+    batch: &ExportMetricsServiceRequest,
+    stats: &Stats,
+    retry: &RetryPolicy,
+) -> bool {
+    let began = Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        let e: SendError = match transport.send(batch).await {
+            Ok(partial) => {
+                if let Some(p) = partial {
+                    tracing::warn!(
+                        rejected_data_points = p.rejected_data_points,
+                        "OTLP receiver accepted the batch in part: {}",
+                        p.error_message
+                    );
+                }
+                if attempt > 0 {
+                    tracing::info!(
+                        attempts = attempt + 1,
+                        "OTLP export delivered after retrying"
+                    );
+                }
+                return true;
+            }
+            Err(e) => e,
+        };
+        stats.failure(&e.kind);
+        if !e.retryable {
+            stats.dropped("permanent_error");
+            tracing::warn!(
+                "OTLP export failed, batch dropped (not retryable): {}",
+                e.message
+            );
+            return false;
+        }
+        let delay = e.retry_after.unwrap_or_else(|| backoff(retry, attempt));
+        if began.elapsed() + delay > retry.max_elapsed {
+            stats.dropped("retries_exhausted");
+            tracing::warn!(
+                attempts = attempt + 1,
+                "OTLP export failed, batch dropped after retrying: {}",
+                e.message
+            );
+            return false;
+        }
+        if attempt == 0 {
+            tracing::warn!(
+                "OTLP export failed, retrying in {}: {}",
+                humantime::format_duration(delay),
+                e.message
+            );
+        } else {
+            tracing::debug!(attempt, "OTLP export retry failed: {}", e.message);
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// Exponential backoff with jitter: 50–100% of `initial × 2^attempt`, capped at `max`.
+pub fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let base = p.initial.saturating_mul(1u32 << attempt.min(20)).min(p.max);
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let frac = 0.5 + (r % 1000) as f64 / 2000.0;
+    base.mul_f64(frac)
+}
