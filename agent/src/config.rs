@@ -46,6 +46,8 @@ pub struct Config {
     pub kubelet_url: Option<String>,
     /// Most entities (cgroups) reported per interval; the rest are summed into "other".
     pub max_entities: usize,
+    /// Where to serve /healthz and /readyz; `None`: not served.
+    pub health_listen: Option<std::net::SocketAddr>,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -132,6 +134,10 @@ pub struct Flags {
     /// NODESAT_MAX_ENTITIES].
     #[arg(long, value_name = "N")]
     pub max_entities: Option<String>,
+    /// Serve /healthz and /readyz on this address, e.g. 0.0.0.0:9464 [default: off; env
+    /// NODESAT_HEALTH_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -185,7 +191,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 22] = [
+const KEYS: [Key; 23] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -196,6 +202,7 @@ const KEYS: [Key; 22] = [
     key("host_root", "--host-root", "NODESAT_HOST_ROOT"),
     key("kubelet_url", "--kubelet-url", "NODESAT_KUBELET_URL"),
     key("max_entities", "--max-entities", "NODESAT_MAX_ENTITIES"),
+    key("health_listen", "--health-listen", "NODESAT_HEALTH_LISTEN"),
     // ── export (crate::export::config) ──
     key(
         "otlp_endpoint",
@@ -273,6 +280,7 @@ struct FileConfig {
     host_root: Option<toml::Value>,
     kubelet_url: Option<toml::Value>,
     max_entities: Option<toml::Value>,
+    health_listen: Option<toml::Value>,
     // ── export (crate::export::config) ──
     otlp_endpoint: Option<toml::Value>,
     otlp_metrics_endpoint: Option<toml::Value>,
@@ -301,6 +309,7 @@ impl FileConfig {
             "host_root" => self.host_root.as_ref(),
             "kubelet_url" => self.kubelet_url.as_ref(),
             "max_entities" => self.max_entities.as_ref(),
+            "health_listen" => self.health_listen.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -332,6 +341,7 @@ impl Flags {
             "host_root" => self.host_root.as_ref(),
             "kubelet_url" => self.kubelet_url.as_ref(),
             "max_entities" => self.max_entities.as_ref(),
+            "health_listen" => self.health_listen.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -400,6 +410,11 @@ impl Config {
             host_root: parse(raw, "host_root", "/".into(), parse_dir)?,
             kubelet_url: parse(raw, "kubelet_url", auto_kubelet_url(), parse_kubelet_url)?,
             max_entities: parse(raw, "max_entities", 500, |s| parse_int(s, 1, 100_000))?,
+            health_listen: parse(raw, "health_listen", None, |s| {
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| "an address such as 0.0.0.0:9464 or 127.0.0.1:9464".to_owned())
+            })?,
             export: crate::export::config::from_raw(raw)?,
         })
     }

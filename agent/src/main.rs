@@ -6,6 +6,7 @@ mod collector;
 mod config;
 mod core;
 mod export;
+mod health;
 mod identity;
 mod output;
 mod privileges;
@@ -206,6 +207,20 @@ async fn collect_until_signal(
         ),
         None => None,
     };
+    let health = health::Health::new(config.interval);
+    let _health_server = match config.health_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} for /healthz and /readyz"))?;
+            tracing::info!(%addr, "serving /healthz and /readyz");
+            Some(AbortOnDrop(tokio::spawn(health::serve(
+                listener,
+                health.clone(),
+            ))))
+        }
+        None => None,
+    };
     emitter.ready(&probes.hook_stats());
     tracing::info!(
         interval = %humantime::format_duration(config.interval),
@@ -220,6 +235,7 @@ async fn collect_until_signal(
                 if set == ProgramSet::Agent {
                     match collector.collect(probes, false) {
                         Ok(report) => {
+                            health.collected();
                             emitter.report(&report);
                             if let Some(e) = &mut exporter { e.export(&report); }
                         }
@@ -272,4 +288,13 @@ fn parse_oom_event(bytes: &[u8]) -> Option<agent_ebpf::oom::OomEvent> {
     // SAFETY: OomEvent is plain old data (aya::Pod) and the length was checked; the ring
     // buffer gives no alignment guarantee, hence read_unaligned.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// Stops a background task when dropped (the health server, at shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
