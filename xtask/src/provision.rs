@@ -20,9 +20,9 @@ pub fn provision() -> Result<()> {
 }
 
 /// What the privileged integration tests use beyond the build toolchain: nftables (packet
-/// loss for TCP retransmits).
+/// loss for TCP retransmits) and systemd-analyze (verifying the unit in deploy/systemd).
 pub fn test_tools() -> Result<()> {
-    apt_install(&["nftables"])
+    apt_install(&["nftables", "systemd"])
 }
 
 fn rust_src() -> Result<()> {
