@@ -211,3 +211,31 @@ fn probe(v: &Value) -> Result<Probe> {
         run_time_ns: number("run_time_ns"),
     })
 }
+
+/// Prints the per-event cost of the hooks of `wanted` probes (run time ÷ run count, from the
+/// kernel's BPF statistics) and returns them as JSON.
+pub fn hook_costs(probes: &[Probe], wanted: &[&str]) -> Vec<Value> {
+    println!(
+        "{:<10} {:<24} {:>10} {:>12} {:>9}",
+        "probe", "hook", "runs", "run time", "ns/event"
+    );
+    probes
+        .iter()
+        .filter(|p| wanted.contains(&p.probe.as_str()))
+        .map(|p| {
+            let per_event = (p.run_count > 0).then(|| p.run_time_ns as f64 / p.run_count as f64);
+            println!(
+                "{:<10} {:<24} {:>10} {:>10}ns {:>9}",
+                p.probe,
+                p.hook,
+                p.run_count,
+                p.run_time_ns,
+                per_event.map_or("-".into(), |v| format!("{v:.1}"))
+            );
+            serde_json::json!({
+                "probe": p.probe, "hook": p.hook, "variant": p.variant,
+                "run_count": p.run_count, "run_time_ns": p.run_time_ns, "ns_per_event": per_event,
+            })
+        })
+        .collect()
+}

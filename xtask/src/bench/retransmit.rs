@@ -191,29 +191,7 @@ pub fn measure(bin: &Path, duration: Duration) -> Result<Value> {
         "kernel TcpRetransSegs: {kernel_retransmits} ({:.0}/s)",
         kernel_retransmits as f64 / duration.as_secs_f64()
     );
-    println!(
-        "{:<8} {:<24} {:>10} {:>12} {:>9}",
-        "probe", "hook", "runs", "run time", "ns/event"
-    );
-    let mut hooks = Vec::new();
-    for p in probes
-        .iter()
-        .filter(|p| p.probe == "tcp" || p.probe == "oom")
-    {
-        let per_event = (p.run_count > 0).then(|| p.run_time_ns as f64 / p.run_count as f64);
-        println!(
-            "{:<8} {:<24} {:>10} {:>10}ns {:>9}",
-            p.probe,
-            p.hook,
-            p.run_count,
-            p.run_time_ns,
-            per_event.map_or("-".into(), |v| format!("{v:.1}"))
-        );
-        hooks.push(json!({
-            "probe": p.probe, "hook": p.hook, "variant": p.variant,
-            "run_count": p.run_count, "run_time_ns": p.run_time_ns, "ns_per_event": per_event,
-        }));
-    }
+    let hooks = nodesat::hook_costs(&probes, &["tcp", "oom"]);
     Ok(json!({
         "duration_s": duration.as_secs_f64(),
         "bytes": bytes,

@@ -30,38 +30,48 @@ begin check
 nodesat check
 end check $?
 
-# The scenario: the agent in the background; once it is attached, a hog capped at 20% of a CPU
-# in /hog and four unlimited busy loops in /busy (more runnable tasks than CPUs), for 6 s.
+# scenario SECTION HOG_CGROUP SECONDS [AGENT ARGS...]: the agent in the background; once it
+# is attached, a hog in HOG_CGROUP (capped by cpu.max) and four unlimited busy loops in /busy
+# (more runnable tasks than CPUs), for SECONDS; then SIGTERM (final report) and its output.
+scenario() {
+    section=$1 hog=$2 seconds=$3
+    shift 3
+    begin "$section"
+    # A fresh output file: the ready wait below must not see a previous run's ready line.
+    rm -f /tmp/run.out /tmp/run.err
+    nodesat run --output json --interval 2s "$@" >/tmp/run.out 2>/tmp/run.err &
+    agent=$!
+    tries=0
+    until grep -q '"type":"ready"' /tmp/run.out 2>/dev/null; do
+        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
+            break
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    sh -c "echo \$\$ >/sys/fs/cgroup/$hog/cgroup.procs && while :; do :; done" &
+    load=$!
+    for i in 1 2 3 4; do
+        sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
+        load="$load $!"
+    done
+    sleep "$seconds"
+    kill $load
+    # SIGTERM makes a final report; a watchdog kills the agent if it does not exit in 60 s.
+    (sleep 60 && kill -KILL $agent) 2>/dev/null &
+    watchdog=$!
+    kill -TERM $agent
+    wait $agent
+    rc=$?
+    kill $watchdog 2>/dev/null
+    cat /tmp/run.out
+    end "$section" $rc
+}
+
+# The scenario: a hog capped at 20% of a CPU in /hog, busy loops in /busy, 6 s.
 mkdir /sys/fs/cgroup/hog /sys/fs/cgroup/busy
 echo "20000 100000" >/sys/fs/cgroup/hog/cpu.max
-begin run
-nodesat run --output json --interval 2s >/tmp/run.out 2>/tmp/run.err &
-agent=$!
-tries=0
-until grep -q '"type":"ready"' /tmp/run.out; do
-    if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
-        break
-    fi
-    sleep 0.1
-    tries=$((tries + 1))
-done
-sh -c 'echo $$ >/sys/fs/cgroup/hog/cgroup.procs && while :; do :; done' &
-load=$!
-for i in 1 2 3 4; do
-    sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
-    load="$load $!"
-done
-sleep 6
-kill $load
-# SIGTERM makes a final report; a watchdog kills the agent if it does not exit within 60 s.
-(sleep 60 && kill -KILL $agent) 2>/dev/null &
-watchdog=$!
-kill -TERM $agent
-wait $agent
-rc=$?
-kill $watchdog 2>/dev/null
-cat /tmp/run.out
-end run $rc
+scenario run hog 6
 
 begin run-stderr
 cat /tmp/run.err
@@ -76,35 +86,7 @@ end hog-cpu.stat $?
 mkdir /sys/fs/cgroup/hog2
 echo "20000 100000" >/sys/fs/cgroup/hog2/cpu.max
 for forced in raw_tracepoint kprobe; do
-    begin run-$forced
-    # A fresh output file: the ready wait below must not see the previous run's ready line.
-    rm -f /tmp/run.out /tmp/run.err
-    nodesat run --output json --interval 2s --probe-variant $forced >/tmp/run.out 2>/tmp/run.err &
-    agent=$!
-    tries=0
-    until grep -q '"type":"ready"' /tmp/run.out 2>/dev/null; do
-        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
-            break
-        fi
-        sleep 0.1
-        tries=$((tries + 1))
-    done
-    sh -c 'echo $$ >/sys/fs/cgroup/hog2/cgroup.procs && while :; do :; done' &
-    load=$!
-    for i in 1 2 3 4; do
-        sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
-        load="$load $!"
-    done
-    sleep 4
-    kill $load
-    (sleep 60 && kill -KILL $agent) 2>/dev/null &
-    watchdog=$!
-    kill -TERM $agent
-    wait $agent
-    rc=$?
-    kill $watchdog 2>/dev/null
-    cat /tmp/run.out
-    end run-$forced $rc
+    scenario "run-$forced" hog2 4 --probe-variant "$forced"
 done
 
 begin dmesg
