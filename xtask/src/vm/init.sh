@@ -20,6 +20,8 @@ mount -t tmpfs tmpfs /tmp || fails=$((fails + 1))
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fails=$((fails + 1))
 mount -t tracefs tracefs /sys/kernel/tracing || fails=$((fails + 1))
 mount -t bpf bpf /sys/fs/bpf || fails=$((fails + 1))
+# BPF run-time statistics, so the reports carry each program's run count and time.
+echo 1 >/proc/sys/kernel/bpf_stats_enabled || fails=$((fails + 1))
 for c in cpu memory io; do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || fails=$((fails + 1))
 done
