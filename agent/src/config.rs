@@ -5,8 +5,6 @@
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
-
 /// Exit code for invalid configuration (EX_CONFIG would be 78; we use EX_USAGE, 64, as the
 /// command line and its files are the user's input).
 pub const EXIT_CONFIG: i32 = 64;
@@ -266,67 +264,8 @@ const fn key(field: &'static str, flag: &'static str, env: &'static str) -> Key 
     Key { field, flag, env }
 }
 
-/// The config file: every key optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    interval: Option<toml::Value>,
-    output: Option<toml::Value>,
-    log_level: Option<toml::Value>,
-    probe_variant: Option<toml::Value>,
-    max_cgroups: Option<toml::Value>,
-    cgroup_root: Option<toml::Value>,
-    top: Option<toml::Value>,
-    host_root: Option<toml::Value>,
-    kubelet_url: Option<toml::Value>,
-    max_entities: Option<toml::Value>,
-    health_listen: Option<toml::Value>,
-    // ── export (crate::export::config) ──
-    otlp_endpoint: Option<toml::Value>,
-    otlp_metrics_endpoint: Option<toml::Value>,
-    otlp_protocol: Option<toml::Value>,
-    otlp_headers: Option<toml::Value>,
-    otlp_timeout: Option<toml::Value>,
-    otlp_compression: Option<toml::Value>,
-    otlp_certificate: Option<toml::Value>,
-    otlp_temporality: Option<toml::Value>,
-    otlp_queue_size: Option<toml::Value>,
-    resource_attributes: Option<toml::Value>,
-    service_name: Option<toml::Value>,
-    export_interval: Option<toml::Value>,
-}
-
-impl FileConfig {
-    fn get(&self, field: &str) -> Option<&toml::Value> {
-        match field {
-            "interval" => self.interval.as_ref(),
-            "output" => self.output.as_ref(),
-            "log_level" => self.log_level.as_ref(),
-            "probe_variant" => self.probe_variant.as_ref(),
-            "max_cgroups" => self.max_cgroups.as_ref(),
-            "cgroup_root" => self.cgroup_root.as_ref(),
-            "top" => self.top.as_ref(),
-            "host_root" => self.host_root.as_ref(),
-            "kubelet_url" => self.kubelet_url.as_ref(),
-            "max_entities" => self.max_entities.as_ref(),
-            "health_listen" => self.health_listen.as_ref(),
-            // ── export (crate::export::config) ──
-            "otlp_endpoint" => self.otlp_endpoint.as_ref(),
-            "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
-            "otlp_protocol" => self.otlp_protocol.as_ref(),
-            "otlp_headers" => self.otlp_headers.as_ref(),
-            "otlp_timeout" => self.otlp_timeout.as_ref(),
-            "otlp_compression" => self.otlp_compression.as_ref(),
-            "otlp_certificate" => self.otlp_certificate.as_ref(),
-            "otlp_temporality" => self.otlp_temporality.as_ref(),
-            "otlp_queue_size" => self.otlp_queue_size.as_ref(),
-            "resource_attributes" => self.resource_attributes.as_ref(),
-            "service_name" => self.service_name.as_ref(),
-            "export_interval" => self.export_interval.as_ref(),
-            _ => None,
-        }
-    }
-}
+/// The config file: a table of the keys in [`KEYS`], every one optional.
+type FileConfig = toml::Table;
 
 impl Flags {
     fn get(&self, field: &str) -> Option<&String> {
@@ -425,10 +364,24 @@ fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let table: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.clone(),
         message: e.to_string().trim_end().to_owned(),
-    })
+    })?;
+    if let Some(unknown) = table
+        .keys()
+        .find(|k| !KEYS.iter().any(|key| key.field == *k))
+    {
+        let known: Vec<&str> = KEYS.iter().map(|k| k.field).collect();
+        return Err(ConfigError::Parse {
+            path: path.clone(),
+            message: format!(
+                "unknown key `{unknown}`, expected one of: {}",
+                known.join(", ")
+            ),
+        });
+    }
+    Ok(table)
 }
 
 /// A TOML value as the text a flag would carry: strings unquoted, numbers as written.
