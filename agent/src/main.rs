@@ -12,6 +12,7 @@ mod output;
 mod privileges;
 mod probes;
 mod report;
+mod top;
 
 use std::process::ExitCode;
 
@@ -27,7 +28,6 @@ use crate::{
     cgroups::CgroupNames,
     collector::{Collector, oom::OomEvents},
     config::{Config, EXIT_CONFIG, Flags, VariantChoice},
-    output::Emitter,
     privileges::Privileges,
     probes::{LoadOptions, Probes, ProgramSet},
 };
@@ -57,11 +57,18 @@ enum Command {
     /// Benchmark floor: attach empty programs on the agent's hooks and wait for SIGTERM.
     #[command(hide = true)]
     AttachEmpty(Flags),
+    /// Live terminal view: cgroups sortable by any column, per-CPU run queues, OOM kills as
+    /// they happen (keys 1-6 or s: sort column, r: reverse, q: quit). Prints the table each
+    /// interval instead when stdout is not a terminal.
+    Top(Flags),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Run(flags) | Command::Check(flags) | Command::AttachEmpty(flags)) = &cli.command;
+    let (Command::Run(flags)
+    | Command::Check(flags)
+    | Command::AttachEmpty(flags)
+    | Command::Top(flags)) = &cli.command;
     let mut config = match Config::load(flags, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -73,11 +80,19 @@ fn main() -> ExitCode {
         // The benchmark reads the ready line and the final statistics as JSON.
         config.output = config::Output::Json;
     }
+    // top: logs on the same terminal would scribble over the live view; errors only.
+    if matches!(cli.command, Command::Top(_))
+        && top::View::Top.live()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    {
+        config.log_level = tracing::Level::ERROR;
+    }
     init_logging(config.log_level);
     let code = match cli.command {
         Command::Check(_) => check::check(&config),
-        Command::Run(_) => exit_code(run(&config, ProgramSet::Agent)),
-        Command::AttachEmpty(_) => exit_code(run(&config, ProgramSet::Floor)),
+        Command::Run(_) => exit_code(run(&config, ProgramSet::Agent, top::View::Stream)),
+        Command::AttachEmpty(_) => exit_code(run(&config, ProgramSet::Floor, top::View::Stream)),
+        Command::Top(_) => exit_code(run(&config, ProgramSet::Agent, top::View::Top)),
     };
     ExitCode::from(code as u8)
 }
@@ -109,7 +124,7 @@ fn exit_code(r: Result<(), Fatal>) -> i32 {
 
 /// Loads and attaches `set`, then collects every interval until SIGINT or SIGTERM. The floor
 /// set (benchmark) only attaches and reports its programs' statistics at the end.
-fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
+fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
     if let Some(why) = Privileges::current().refusal() {
         return Err(Fatal {
             code: EXIT_NO_PERMISSION,
@@ -154,7 +169,7 @@ fn run(config: &Config, set: ProgramSet) -> Result<(), Fatal> {
             .ok(),
         ProgramSet::Floor => None,
     };
-    let result = runtime.block_on(collect_until_signal(config, &probes, set, oom_events));
+    let result = runtime.block_on(collect_until_signal(config, &probes, set, oom_events, view));
     probes.detach();
     result.map_err(|e| Fatal {
         code: 1,
@@ -167,10 +182,10 @@ async fn collect_until_signal(
     probes: &Probes,
     set: ProgramSet,
     oom_events: Option<RingBuf<MapData>>,
+    view: top::View,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let emitter = Emitter::new(config.output, config.top);
     // Rescans are rate-limited to two per interval: collections come one interval apart, so a
     // limit of one interval would often skip the rescan a new cgroup needs.
     let names = CgroupNames::new(&config.cgroup_root, config.interval / 2);
@@ -221,7 +236,10 @@ async fn collect_until_signal(
         }
         None => None,
     };
-    emitter.ready(&probes.hook_stats());
+    // `run` prints the table or JSON lines; `top` draws the live view (after the setup above).
+    let mut display = top::Display::new(config, view).context("starting the terminal view")?;
+    let mut keys = display.take_keys();
+    display.ready(&probes.hook_stats());
     tracing::info!(
         interval = %humantime::format_duration(config.interval),
         "collecting; SIGINT or SIGTERM stops after a final collection"
@@ -236,7 +254,7 @@ async fn collect_until_signal(
                     match collector.collect(probes, false) {
                         Ok(report) => {
                             health.collected();
-                            emitter.report(&report);
+                            display.report(&report);
                             if let Some(e) = &mut exporter { e.export(&report); }
                         }
                         Err(e) => tracing::warn!("collection failed, retrying next interval: {e}"),
@@ -247,12 +265,13 @@ async fn collect_until_signal(
                 let mut guard = ready.context("waiting for OOM events")?;
                 while let Some(item) = guard.get_inner_mut().next() {
                     match parse_oom_event(&item) {
-                        Some(event) => emitter.oom_kill(&describer.describe(&event, &mut collector.names)),
+                        Some(event) => display.oom_kill(&describer.describe(&event, &mut collector.names)),
                         None => tracing::warn!("malformed OOM event of {} bytes", item.len()),
                     }
                 }
                 guard.clear_ready();
             }
+            key = top::next_key(&mut keys) => if display.key(key) { tracing::info!("quit: final collection"); break; },
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final collection"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final collection"); break; }
         }
@@ -260,7 +279,7 @@ async fn collect_until_signal(
     let report = collector
         .collect(probes, true)
         .context("final collection")?;
-    emitter.report(&report);
+    display.report(&report);
     if let Some(mut e) = exporter {
         e.export(&report);
         e.shutdown(std::time::Duration::from_secs(5)).await;

@@ -20,9 +20,10 @@ pub fn provision() -> Result<()> {
 }
 
 /// What the privileged integration tests use beyond the build toolchain: nftables (packet
-/// loss for TCP retransmits) and systemd-analyze (verifying the unit in deploy/systemd).
+/// loss for TCP retransmits), systemd-analyze (verifying the unit in deploy/systemd) and tmux
+/// (driving `nodesat top` as a person would).
 pub fn test_tools() -> Result<()> {
-    apt_install(&["nftables", "systemd"])
+    apt_install(&["nftables", "systemd", "tmux"])
 }
 
 fn rust_src() -> Result<()> {
