@@ -73,8 +73,8 @@ pub use nested::NestedCgroup;
 pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
 pub use nft::{NftRule, NftTable, nft_available};
 pub use process::{
-    TestProcess, output_within, proc_status_kib, spawn_in, try_output_within, vm_hwm_kib,
-    vm_rss_kib,
+    TestProcess, logged_output_within, output_within, proc_status_kib, spawn_in, try_output_within,
+    vm_hwm_kib, vm_rss_kib,
 };
 
 /// Environment variable that turns "skip" into "fail" for privileged tests.

@@ -159,6 +159,21 @@ pub fn output_within(cmd: Command, timeout: Duration) -> Output {
     try_output_within(cmd, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Like [`output_within`], and prints the command and what it wrote, for the
+/// test's log.
+#[track_caller]
+pub fn logged_output_within(cmd: Command, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let out = output_within(cmd, timeout);
+    eprintln!(
+        "$ {what}\n-> {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Like [`output_within`], but returns an error instead of panicking when
 /// `cmd` cannot be started or runs longer than `timeout` (it is then killed
 /// and reaped). For use where panicking is not an option, e.g. in `Drop`.

@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, agent_bin, agent_command, clear_agent_env, output_within, skip, skip_if_unprivileged,
+    Agent, agent_bin, agent_command, clear_agent_env, logged_output_within, skip,
+    skip_if_unprivileged,
 };
 
 /// Longest a short-lived agent command may take.
@@ -19,15 +20,7 @@ const EX_USAGE: i32 = 64;
 
 /// Runs `cmd` (bounded) and prints its output.
 fn run(cmd: Command) -> Output {
-    let what = format!("{cmd:?}");
-    let out = output_within(cmd, COMMAND_TIMEOUT);
-    eprintln!(
-        "$ {what}\n-> {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    logged_output_within(cmd, COMMAND_TIMEOUT)
 }
 
 #[test]

@@ -37,7 +37,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, ResourceQuota, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use nodesat_tests::{Agent, agent_bin, clear_agent_env, output_within, skip, workspace_root};
+use nodesat_tests::{
+    Agent, agent_bin, clear_agent_env, logged_output_within, output_within, skip, workspace_root,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -768,6 +770,18 @@ fn check_without_privileges(args: &[String], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Skips `test` (printing why) when a tool the emulated sandboxes need is missing.
+fn sandbox_tools_missing(test: &str) -> bool {
+    let tools = ["/usr/bin/setpriv", "/usr/bin/unshare", "/bin/sh"];
+    match tools.iter().find(|t| !Path::new(t).exists()) {
+        Some(missing) => skip(
+            test,
+            &format!("{missing} is missing (Debian package util-linux)"),
+        ),
+        None => false,
+    }
+}
+
 #[track_caller]
 fn assert_accepted(out: &Output, what: &str) {
     let code = out.status.code();
@@ -954,12 +968,7 @@ fn agent_runs_with_the_daemonset_privileges() {
     if nodesat_tests::skip_if_unprivileged("agent_runs_with_the_daemonset_privileges") {
         return;
     }
-    let tools = ["/usr/bin/setpriv", "/usr/bin/unshare", "/bin/sh"];
-    if let Some(missing) = tools.iter().find(|t| !Path::new(t).exists()) {
-        skip(
-            "agent_runs_with_the_daemonset_privileges",
-            &format!("{missing} is missing (Debian package util-linux)"),
-        );
+    if sandbox_tools_missing("agent_runs_with_the_daemonset_privileges") {
         return;
     }
     let all = manifests();
@@ -1268,15 +1277,7 @@ fn unit_copy() -> (tempfile::TempDir, PathBuf) {
 fn run_systemd_analyze(bin: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin);
     cmd.args(args).env("SYSTEMD_LOG_COLOR", "0");
-    let what = format!("{cmd:?}");
-    let out = output_within(cmd, COMMAND_TIMEOUT);
-    eprintln!(
-        "$ {what}\n-> {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    logged_output_within(cmd, COMMAND_TIMEOUT)
 }
 
 #[test]
@@ -1380,12 +1381,7 @@ fn agent_runs_with_the_unit_privileges() {
     if nodesat_tests::skip_if_unprivileged("agent_runs_with_the_unit_privileges") {
         return;
     }
-    let tools = ["/usr/bin/setpriv", "/usr/bin/unshare", "/bin/sh"];
-    if let Some(missing) = tools.iter().find(|t| !Path::new(t).exists()) {
-        skip(
-            "agent_runs_with_the_unit_privileges",
-            &format!("{missing} is missing (Debian package util-linux)"),
-        );
+    if sandbox_tools_missing("agent_runs_with_the_unit_privileges") {
         return;
     }
     let unit = Unit::parse(&read(&unit_path()));
