@@ -86,6 +86,15 @@ impl CgroupNames {
     }
 }
 
+/// The value of `key` in a cgroup flat-keyed file's text (`memory.events`, `cpu.stat`: lines
+/// of "key value").
+pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
 /// Walks a cgroup v2 hierarchy: inode number → path relative to `root` ("/" for the root).
 pub fn scan(root: &Path) -> HashMap<u64, String> {
     let mut names = HashMap::new();

@@ -214,11 +214,7 @@ fn number(file: &Path) -> Option<u64> {
 
 /// The value of `key` in a flat keyed file such as `memory.events` ("oom 3").
 fn keyed(file: &Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
-    })
+    crate::cgroups::flat_keyed(&std::fs::read_to_string(file).ok()?, key)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use agent_ebpf::{hist::Log2Hist, throttle::MAP_DURATIONS};
 use aya::Ebpf;
 
 use super::maps;
+use crate::cgroups::flat_keyed;
 use crate::{
     core::counters::{Counter, Snapshot},
     probes::ProbeError,
@@ -159,13 +160,6 @@ fn walk(root: &Path, visit: &mut dyn FnMut(&Path, &Path)) {
     }
 }
 
-fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
-    })
-}
-
 /// v2: `cpu.max` is "max 100000" when unlimited, "20000 100000" with a quota.
 pub fn read_v2(dir: &Path) -> Option<CpuStat> {
     let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
@@ -174,9 +168,9 @@ pub fn read_v2(dir: &Path) -> Option<CpuStat> {
     }
     let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
     Some(CpuStat {
-        periods: keyed(&stat, "nr_periods")?,
-        throttled_periods: keyed(&stat, "nr_throttled")?,
-        throttled_ns: keyed(&stat, "throttled_usec")? * 1000,
+        periods: flat_keyed(&stat, "nr_periods")?,
+        throttled_periods: flat_keyed(&stat, "nr_throttled")?,
+        throttled_ns: flat_keyed(&stat, "throttled_usec")? * 1000,
     })
 }
 
@@ -192,9 +186,9 @@ pub fn read_v1(dir: &Path) -> Option<CpuStat> {
     }
     let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
     Some(CpuStat {
-        periods: keyed(&stat, "nr_periods")?,
-        throttled_periods: keyed(&stat, "nr_throttled")?,
-        throttled_ns: keyed(&stat, "throttled_time")?,
+        periods: flat_keyed(&stat, "nr_periods")?,
+        throttled_periods: flat_keyed(&stat, "nr_throttled")?,
+        throttled_ns: flat_keyed(&stat, "throttled_time")?,
     })
 }
 
