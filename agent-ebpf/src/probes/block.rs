@@ -2,7 +2,7 @@
 
 use agent_ebpf::{
     block::{DiskKey, ISSUED_MAX_ENTRIES, LATENCY_MAX_ENTRIES, OP_OTHER, OP_READ, OP_WRITE},
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-use super::{kernel, tp_field};
+use super::{hist_add, kernel, tp_field};
 
 #[map]
 static BLOCK_ISSUED: HashMap<u64, u64> = HashMap::with_max_entries(ISSUED_MAX_ENTRIES, 0);
@@ -48,22 +48,7 @@ fn completed(key: u64, disk: DiskKey) {
     let _ = BLOCK_ISSUED.remove(&key);
     // SAFETY: helper with no preconditions.
     let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(since);
-    let slot = log2_slot(latency);
-    if let Some(h) = BLOCK_LATENCY.get_ptr_mut(&disk) {
-        // SAFETY: per-CPU value.
-        let h = unsafe { &mut *h };
-        if let Some(c) = h.slots.get_mut(slot) {
-            *c += 1;
-        }
-        h.sum_ns += latency;
-    } else {
-        let mut h = Log2Hist::ZERO;
-        if let Some(c) = h.slots.get_mut(slot) {
-            *c = 1;
-        }
-        h.sum_ns = latency;
-        let _ = BLOCK_LATENCY.insert(&disk, &h, 0);
-    }
+    hist_add(&BLOCK_LATENCY, &disk, latency);
 }
 
 /// The disk and direction of a `struct request`: `rq->q->disk->{major,first_minor}` and

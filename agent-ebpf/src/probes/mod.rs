@@ -8,7 +8,11 @@ mod task_storage;
 mod tcp;
 mod throttle;
 
-use aya_ebpf::{maps::PerCpuArray, programs::TracePointContext};
+use agent_ebpf::hist::{Log2Hist, log2_slot};
+use aya_ebpf::{
+    maps::{LruPerCpuHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
 
 /// Adds one to counter `index` of a per-CPU error array.
 #[inline(always)]
@@ -37,4 +41,39 @@ fn tp_field<T>(ctx: &TracePointContext, global_offset: &u32) -> Option<T> {
     }
     // SAFETY: the offset comes from the tracepoint's own format file.
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Adds `n` to this CPU's counter for `key`, creating it. Only this CPU's slot is ever
+/// written, so an entry created concurrently on another CPU loses nothing.
+#[inline(always)]
+fn count_add<K>(map: &LruPerCpuHashMap<K, u64>, key: &K, n: u64) {
+    match map.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU's program instance touches it.
+        Some(c) => unsafe { *c += n },
+        None => {
+            let _ = map.insert(key, &n, 0);
+        }
+    }
+}
+
+/// Adds one value of `ns` to this CPU's log2 histogram for `key`, creating it (see
+/// [`count_add`] for concurrent creation). False when the entry could not be created.
+#[inline(always)]
+fn hist_add<K>(map: &LruPerCpuHashMap<K, Log2Hist>, key: &K, ns: u64) -> bool {
+    let slot = log2_slot(ns);
+    if let Some(h) = map.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU's program instance touches it.
+        let h = unsafe { &mut *h };
+        if let Some(c) = h.slots.get_mut(slot) {
+            *c += 1;
+        }
+        h.sum_ns += ns;
+        return true;
+    }
+    let mut h = Log2Hist::ZERO;
+    if let Some(c) = h.slots.get_mut(slot) {
+        *c = 1;
+    }
+    h.sum_ns = ns;
+    map.insert(key, &h, 0).is_ok()
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-use super::{kernel, tp_field};
+use super::{count_add, kernel, tp_field};
 
 #[map]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -32,12 +32,7 @@ static TP_VICTIM_SCORE_ADJ: u32 = 0;
 /// Counts the kill on the victim's cgroup and sends the event.
 #[inline(always)]
 fn killed(event: OomEvent) {
-    if let Some(count) = OOM_KILLS.get_ptr_mut(&event.cgroup) {
-        // SAFETY: per-CPU value.
-        unsafe { *count += 1 };
-    } else {
-        let _ = OOM_KILLS.insert(&event.cgroup, &1, 0);
-    }
+    count_add(&OOM_KILLS, &event.cgroup, 1);
     if OOM_EVENTS.output::<OomEvent>(&event, 0).is_err()
         && let Some(lost) = OOM_LOST.get_ptr_mut(0)
     {

@@ -1,7 +1,7 @@
 //! Run-queue latency programs; see `agent_ebpf::runqueue` for the design.
 
 use agent_ebpf::{
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
     iowait::{self, IowaitSince, SINCE_MAX_ENTRIES},
     runqueue::{
         ENQUEUED_AT_MAX_ENTRIES, ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH,
@@ -9,7 +9,6 @@ use agent_ebpf::{
     },
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -25,7 +24,8 @@ use core::{
 };
 
 use super::{
-    count_error, global, kernel::OFF_TASK_IN_IOWAIT_BIT, task_storage::TaskStorage, tp_field,
+    count_add, count_error, global, hist_add, kernel::OFF_TASK_IN_IOWAIT_BIT,
+    task_storage::TaskStorage, tp_field,
 };
 
 /// Per-task state for the tp_btf programs, in task local storage (cheaper than a hash).
@@ -195,12 +195,7 @@ fn current_in_iowait() -> bool {
 #[inline(always)]
 fn record_iowait(io: IowaitSince, now: u64) {
     let d = now.saturating_sub(io.since_ns);
-    if let Some(t) = IOWAIT_TIME.get_ptr_mut(&io.cgroup) {
-        // SAFETY: per-CPU value.
-        unsafe { *t += d };
-    } else {
-        let _ = IOWAIT_TIME.insert(&io.cgroup, &d, 0);
-    }
+    count_add(&IOWAIT_TIME, &io.cgroup, d);
     if let Some(c) = IOWAIT_CPU.get_ptr_mut(io.cpu) {
         // SAFETY: a valid map value; the slot is shared by all CPUs, hence the atomic add.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, d) };
@@ -282,37 +277,8 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
 /// Adds one wait to a cgroup's histogram on this CPU.
 #[inline(always)]
 fn record(cgroup: u64, wait_ns: u64) {
-    let slot = log2_slot(wait_ns);
-    if let Some(hist) = RUNQ_LATENCY.get_ptr_mut(&cgroup) {
-        // SAFETY: per-CPU value, only this CPU's program instance touches it.
-        let hist = unsafe { &mut *hist };
-        if let Some(c) = hist.slots.get_mut(slot) {
-            *c += 1;
-        }
-        hist.sum_ns += wait_ns;
-        return;
-    }
-    let mut hist = Log2Hist::ZERO;
-    if let Some(c) = hist.slots.get_mut(slot) {
-        *c = 1;
-    }
-    hist.sum_ns = wait_ns;
-    // Another program on this CPU cannot have raced us (per-CPU, non-preemptible), but a
-    // concurrent insert on another CPU can: then add to the entry it created.
-    if RUNQ_LATENCY
-        .insert(&cgroup, &hist, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        match RUNQ_LATENCY.get_ptr_mut(&cgroup) {
-            Some(h) => {
-                let h = unsafe { &mut *h };
-                if let Some(c) = h.slots.get_mut(slot) {
-                    *c += 1;
-                }
-                h.sum_ns += wait_ns;
-            }
-            None => count_error(&RUNQ_ERRORS, ERR_LATENCY_UPDATE),
-        }
+    if !hist_add(&RUNQ_LATENCY, &cgroup, wait_ns) {
+        count_error(&RUNQ_ERRORS, ERR_LATENCY_UPDATE);
     }
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-use super::{kernel, tp_field};
+use super::{count_add, kernel, tp_field};
 
 #[map]
 static TCP_RETRANSMITS: LruPerCpuHashMap<TcpKey, u64> =
@@ -35,13 +35,7 @@ fn retransmitted(sk: u64, family: Option<u16>, kind: u8, segs: u64) {
         kind,
         _pad: [0; 5],
     };
-    if let Some(count) = TCP_RETRANSMITS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, only this CPU's program instance touches it.
-        unsafe { *count += segs };
-    } else {
-        // A concurrent insert on another CPU only creates that CPU's slot: ours starts here.
-        let _ = TCP_RETRANSMITS.insert(&key, &segs, 0);
-    }
+    count_add(&TCP_RETRANSMITS, &key, segs);
 }
 
 /// Segments in a retransmitted data skb (a GSO skb carries several); 1 if unreadable.

@@ -1,7 +1,7 @@
 //! CFS throttle duration programs; see `agent_ebpf::throttle`.
 
 use agent_ebpf::{
-    hist::{Log2Hist, log2_slot},
+    hist::Log2Hist,
     throttle::{DURATIONS_MAX_ENTRIES, SINCE_MAX_ENTRIES},
 };
 use aya_ebpf::{
@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 
-use super::kernel;
+use super::{hist_add, kernel};
 
 #[map]
 static THROTTLE_SINCE: HashMap<u64, u64> = HashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
@@ -39,22 +39,7 @@ fn unthrottled(cfs_rq: u64) {
     // SAFETY: helper with no preconditions.
     let d = unsafe { bpf_ktime_get_ns() }.saturating_sub(since);
     let cgroup = kernel::cfs_rq_cgroup_id(cfs_rq).unwrap_or(0);
-    let slot = log2_slot(d);
-    if let Some(h) = THROTTLE_DURATIONS.get_ptr_mut(&cgroup) {
-        // SAFETY: per-CPU value.
-        let h = unsafe { &mut *h };
-        if let Some(c) = h.slots.get_mut(slot) {
-            *c += 1;
-        }
-        h.sum_ns += d;
-    } else {
-        let mut h = Log2Hist::ZERO;
-        if let Some(c) = h.slots.get_mut(slot) {
-            *c = 1;
-        }
-        h.sum_ns = d;
-        let _ = THROTTLE_DURATIONS.insert(&cgroup, &h, 0);
-    }
+    hist_add(&THROTTLE_DURATIONS, &cgroup, d);
 }
 
 #[fentry(function = "throttle_cfs_rq")]
