@@ -5,13 +5,15 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 20] = [
+pub const OFFSETS: [(&str, &str, &str); 22] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (CGROUP_KN, "cgroup", "kn"),
     (KERNFS_NODE_ID, "kernfs_node", "id"),
     (TASK_CGROUPS, "task_struct", "cgroups"),
     (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
+    (CSS_SET_SUBSYS, "css_set", "subsys"),
+    (CSS_CGROUP, "cgroup_subsys_state", "cgroup"),
     (TASK_PID, "task_struct", "pid"),
     (TASK_TGID, "task_struct", "tgid"),
     (TASK_COMM, "task_struct", "comm"),
@@ -37,6 +39,9 @@ pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
 pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
 pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
+/// `css_set.subsys`: the task's controller states, indexed by `enum cgroup_subsys_id`.
+pub const CSS_SET_SUBSYS: &str = "OFF_CSS_SET_SUBSYS";
+pub const CSS_CGROUP: &str = "OFF_CSS_CGROUP";
 pub const TASK_PID: &str = "OFF_TASK_PID";
 pub const TASK_TGID: &str = "OFF_TASK_TGID";
 pub const TASK_COMM: &str = "OFF_TASK_COMM";
@@ -53,3 +58,9 @@ pub const GENDISK_FIRST_MINOR: &str = "OFF_GENDISK_FIRST_MINOR";
 pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";
 pub const CFS_RQ_TG: &str = "OFF_CFS_RQ_TG";
 pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";
+
+/// Which hierarchy names a task's cgroup. Unset (`u32::MAX`): the unified (v2) hierarchy, as
+/// `bpf_get_current_cgroup_id()` gives it. Set: the v1 hierarchy of the controller with this
+/// `enum cgroup_subsys_id` value (the agent sets `cpu_cgrp_id` on nodes without cgroup v2),
+/// read as `task->cgroups->subsys[i]->cgroup->kn->id`.
+pub const CGROUP_V1_SUBSYS: &str = "CGROUP_V1_SUBSYS";

@@ -1,6 +1,6 @@
-//! Names for cgroup ids: the id the kernel reports (`bpf_get_current_cgroup_id`) is the inode
-//! number of the cgroup's directory in the cgroup v2 hierarchy, so walking that hierarchy maps
-//! ids to paths. (Pod and container identity builds on these paths.)
+//! Names for cgroup ids. The kernel side keys every figure by the inode number of the task's
+//! cgroup directory in one hierarchy (see [`Hierarchy`]), so walking that hierarchy maps ids to
+//! paths. (Pod and container identity builds on these paths.)
 
 use std::{
     collections::HashMap,
@@ -17,41 +17,111 @@ pub fn v2_root(cgroup_root: &Path) -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").exists())
 }
 
-/// Maps cgroup ids to paths relative to the v2 root, rescanning when an unknown id shows up
+/// Finds the v1 cpu controller's hierarchy under the cgroup mount root (`cpu/`, or
+/// `cpu,cpuacct/` where the two are mounted together).
+pub fn v1_cpu_root(cgroup_root: &Path) -> Option<PathBuf> {
+    ["cpu", "cpu,cpuacct"]
+        .iter()
+        .map(|c| cgroup_root.join(c))
+        .find(|p| p.join("cpu.shares").exists())
+}
+
+/// The configured choice of hierarchy (`cgroup_hierarchy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HierarchyChoice {
+    /// The unified hierarchy when one is mounted (pure v2 and hybrid nodes), else v1 cpu.
+    Auto,
+    Unified,
+    V1Cpu,
+}
+
+/// The hierarchy whose directories' inode numbers are the cgroup ids the kernel side reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// The unified (v2) hierarchy, as `bpf_get_current_cgroup_id()` reports it. On hybrid
+    /// nodes systemd and runc (from 1.0) put every task in it too, at the same path as in the
+    /// v1 hierarchies.
+    Unified(PathBuf),
+    /// The v1 cpu controller's hierarchy (pure v1 nodes). The programs then read
+    /// `task->cgroups->subsys[cpu_cgrp_id]->cgroup` instead.
+    V1Cpu(PathBuf),
+}
+
+impl Hierarchy {
+    /// The hierarchy `choice` selects under `cgroup_root`; `None` when it is not mounted.
+    pub fn find(cgroup_root: &Path, choice: HierarchyChoice) -> Option<Hierarchy> {
+        let unified = || v2_root(cgroup_root).map(Hierarchy::Unified);
+        let cpu = || v1_cpu_root(cgroup_root).map(Hierarchy::V1Cpu);
+        match choice {
+            HierarchyChoice::Auto => unified().or_else(cpu),
+            HierarchyChoice::Unified => unified(),
+            HierarchyChoice::V1Cpu => cpu(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        match self {
+            Hierarchy::Unified(p) | Hierarchy::V1Cpu(p) => p,
+        }
+    }
+
+    /// The id of the hierarchy's root cgroup.
+    pub fn root_id(&self) -> Option<u64> {
+        std::fs::metadata(self.root()).ok().map(|m| m.ino())
+    }
+
+    /// The line of `/proc/<pid>/cgroup` that names a task's cgroup in this hierarchy.
+    pub fn proc_line(&self) -> crate::identity::path::ProcCgroupHierarchy {
+        use crate::identity::path::ProcCgroupHierarchy;
+        match self {
+            Hierarchy::Unified(_) => ProcCgroupHierarchy::Unified,
+            Hierarchy::V1Cpu(_) => ProcCgroupHierarchy::Controller("cpu"),
+        }
+    }
+}
+
+impl std::fmt::Display for Hierarchy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hierarchy::Unified(p) => write!(f, "unified (v2) hierarchy at {}", p.display()),
+            Hierarchy::V1Cpu(p) => write!(f, "v1 cpu controller's hierarchy at {}", p.display()),
+        }
+    }
+}
+
+/// Maps cgroup ids to paths relative to the hierarchy's root, rescanning when an unknown id shows up
 /// (at most once per `min_rescan`).
 pub struct CgroupNames {
-    root: Option<PathBuf>,
+    hierarchy: Option<Hierarchy>,
     names: HashMap<u64, String>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
 }
 
 impl CgroupNames {
-    pub fn new(cgroup_root: &Path, min_rescan: Duration) -> CgroupNames {
-        let root = v2_root(cgroup_root);
-        match &root {
-            Some(r) => tracing::debug!("cgroup v2 hierarchy at {}", r.display()),
-            None => tracing::warn!(
-                "no cgroup v2 hierarchy under {}: cgroups are shown by id only",
-                cgroup_root.display()
-            ),
+    pub fn new(hierarchy: Option<Hierarchy>, min_rescan: Duration) -> CgroupNames {
+        match &hierarchy {
+            Some(h) => tracing::info!("cgroups are named from the {h}"),
+            None => tracing::warn!("no cgroup hierarchy found: cgroups are shown by id only"),
         }
         CgroupNames {
-            root,
+            hierarchy,
             names: HashMap::new(),
             last_scan: None,
             min_rescan,
         }
     }
 
-    pub fn v2_root(&self) -> Option<&Path> {
-        self.root.as_deref()
+    pub fn hierarchy(&self) -> Option<&Hierarchy> {
+        self.hierarchy.as_ref()
     }
 
-    /// The cgroup v2 id of a running process, from `/proc/<pid>/cgroup` under `host_root`.
+    /// The cgroup id of a running process in this hierarchy, from `/proc/<pid>/cgroup` under
+    /// `host_root`.
     pub fn id_of_pid(&self, host_root: &Path, pid: u32) -> Option<u64> {
-        let path = crate::identity::pid_cgroup_path(host_root, pid).ok()??;
-        let dir = self.root.as_ref()?.join(path.trim_start_matches('/'));
+        let h = self.hierarchy.as_ref()?;
+        let path = crate::identity::pid_cgroup_path(host_root, pid, h.proc_line()).ok()??;
+        let dir = h.root().join(path.trim_start_matches('/'));
         std::fs::metadata(dir).ok().map(|m| m.ino())
     }
 
@@ -72,8 +142,8 @@ impl CgroupNames {
             .last_scan
             .is_none_or(|t| t.elapsed() >= self.min_rescan);
         if unknown && due {
-            if let Some(root) = &self.root {
-                let mut fresh = scan(root);
+            if let Some(h) = &self.hierarchy {
+                let mut fresh = scan(h.root());
                 for id in ids {
                     if let Some(name) = self.names.remove(id) {
                         fresh.entry(*id).or_insert(name);
@@ -95,7 +165,7 @@ pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// Walks a cgroup v2 hierarchy: inode number → path relative to `root` ("/" for the root).
+/// Walks a cgroup hierarchy: inode number → path relative to `root` ("/" for the root).
 pub fn scan(root: &Path) -> HashMap<u64, String> {
     let mut names = HashMap::new();
     let mut stack = vec![(root.to_path_buf(), String::from("/"))];
@@ -150,7 +220,9 @@ mod tests {
         std::fs::create_dir_all(v2.join("gone")).unwrap();
         std::fs::write(v2.join("cgroup.controllers"), "").unwrap();
         let gone = std::fs::metadata(v2.join("gone")).unwrap().ino();
-        let mut names = CgroupNames::new(dir.path(), Duration::ZERO);
+        let h = Hierarchy::find(dir.path(), HierarchyChoice::Auto);
+        assert_eq!(h, Some(Hierarchy::Unified(v2.clone())));
+        let mut names = CgroupNames::new(h, Duration::ZERO);
         names.refresh_if_unknown(&[gone]);
         assert_eq!(names.name(gone), Some("/gone"));
         // Made before "gone" is removed, so no inode number is reused.
@@ -180,6 +252,23 @@ mod tests {
         std::fs::create_dir_all(&unified).unwrap();
         std::fs::write(unified.join("cgroup.controllers"), "").unwrap();
         std::fs::create_dir_all(hybrid.path().join("cpu")).unwrap();
-        assert_eq!(v2_root(hybrid.path()), Some(unified));
+        std::fs::write(hybrid.path().join("cpu/cpu.shares"), "1024\n").unwrap();
+        assert_eq!(v2_root(hybrid.path()), Some(unified.clone()));
+        let find = |choice| Hierarchy::find(hybrid.path(), choice);
+        assert_eq!(
+            find(HierarchyChoice::Auto),
+            Some(Hierarchy::Unified(unified))
+        );
+        let cpu = Hierarchy::V1Cpu(hybrid.path().join("cpu"));
+        assert_eq!(find(HierarchyChoice::V1Cpu), Some(cpu.clone()));
+
+        // Pure v1 (controllers co-mounted as cpu,cpuacct): auto takes the cpu hierarchy.
+        let v1 = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(v1.path().join("cpu,cpuacct")).unwrap();
+        std::fs::write(v1.path().join("cpu,cpuacct/cpu.shares"), "1024\n").unwrap();
+        let find = |choice| Hierarchy::find(v1.path(), choice);
+        let cpu = Hierarchy::V1Cpu(v1.path().join("cpu,cpuacct"));
+        assert_eq!(find(HierarchyChoice::Auto), Some(cpu));
+        assert_eq!(find(HierarchyChoice::Unified), None);
     }
 }

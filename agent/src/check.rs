@@ -76,6 +76,18 @@ pub fn check(config: &Config) -> i32 {
     );
     let _ = writeln!(
         out,
+        "cgroup ids    {}",
+        match cgroups::Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy) {
+            Some(h) => format!("from the {h}"),
+            None => format!(
+                "no {:?} hierarchy under {}: figures are keyed by id, unnamed",
+                config.cgroup_hierarchy,
+                config.cgroup_root.display()
+            ),
+        }
+    );
+    let _ = writeln!(
+        out,
         "throttling    totals from cpu.stat ({}); durations from the throttle probe where it attaches (below)",
         throttle_sources(&config.cgroup_root)
     );
@@ -89,9 +101,11 @@ pub fn check(config: &Config) -> i32 {
 
     // Load once (mounting tracefs so the classic variant can be tried), then try each variant
     // of each probe on its own.
+    let hierarchy = cgroups::Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy);
     let opts = LoadOptions {
         max_cgroups: config.max_cgroups,
         mount_tracefs: true,
+        cgroup_v1_cpu: matches!(hierarchy, Some(cgroups::Hierarchy::V1Cpu(_))),
     };
     let mut loaded = match Probes::load(&opts) {
         Ok(p) => p,

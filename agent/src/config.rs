@@ -37,6 +37,8 @@ pub struct Config {
     pub probe_variant: VariantChoice,
     pub max_cgroups: u32,
     pub cgroup_root: PathBuf,
+    /// Which cgroup hierarchy names a task's cgroup (see [`crate::cgroups::HierarchyChoice`]).
+    pub cgroup_hierarchy: crate::cgroups::HierarchyChoice,
     pub top: usize,
     /// Where the host's `/` is mounted (`/` outside a container): /proc is read under it.
     pub host_root: PathBuf,
@@ -117,6 +119,12 @@ pub struct Flags {
     /// /sys/fs/cgroup; env NODESAT_CGROUP_ROOT].
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<String>,
+    /// Which cgroup hierarchy names a task's cgroup: auto (the unified v2 hierarchy when one
+    /// is mounted, else the v1 cpu controller's), unified, or cpu (v1; for hybrid nodes whose
+    /// container runtime leaves tasks out of the unified hierarchy) [default: auto; env
+    /// NODESAT_CGROUP_HIERARCHY].
+    #[arg(long, value_name = "HIERARCHY")]
+    pub cgroup_hierarchy: Option<String>,
     /// Rows shown in the table output [default: 20; env NODESAT_TOP].
     #[arg(long, value_name = "N")]
     pub top: Option<String>,
@@ -189,13 +197,18 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 23] = [
+const KEYS: [Key; 24] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
     key("probe_variant", "--probe-variant", "NODESAT_PROBE_VARIANT"),
     key("max_cgroups", "--max-cgroups", "NODESAT_MAX_CGROUPS"),
     key("cgroup_root", "--cgroup-root", "NODESAT_CGROUP_ROOT"),
+    key(
+        "cgroup_hierarchy",
+        "--cgroup-hierarchy",
+        "NODESAT_CGROUP_HIERARCHY",
+    ),
     key("top", "--top", "NODESAT_TOP"),
     key("host_root", "--host-root", "NODESAT_HOST_ROOT"),
     key("kubelet_url", "--kubelet-url", "NODESAT_KUBELET_URL"),
@@ -276,6 +289,7 @@ impl Flags {
             "probe_variant" => self.probe_variant.as_ref(),
             "max_cgroups" => self.max_cgroups.as_ref(),
             "cgroup_root" => self.cgroup_root.as_ref(),
+            "cgroup_hierarchy" => self.cgroup_hierarchy.as_ref(),
             "top" => self.top.as_ref(),
             "host_root" => self.host_root.as_ref(),
             "kubelet_url" => self.kubelet_url.as_ref(),
@@ -345,6 +359,15 @@ impl Config {
             probe_variant: parse(raw, "probe_variant", VariantChoice::Auto, parse_variant)?,
             max_cgroups: parse(raw, "max_cgroups", 4096, |s| parse_int(s, 16, 1 << 20))?,
             cgroup_root: parse(raw, "cgroup_root", "/sys/fs/cgroup".into(), parse_dir)?,
+            cgroup_hierarchy: parse(
+                raw,
+                "cgroup_hierarchy",
+                crate::cgroups::HierarchyChoice::Auto,
+                |s| {
+                    use crate::cgroups::HierarchyChoice::*;
+                    one_of(s, &[("auto", Auto), ("unified", Unified), ("cpu", V1Cpu)])
+                },
+            )?,
             top: parse(raw, "top", 20, |s| parse_int(s, 1, 10_000))?,
             host_root: parse(raw, "host_root", "/".into(), parse_dir)?,
             kubelet_url: parse(raw, "kubelet_url", auto_kubelet_url(), parse_kubelet_url)?,

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use crate::{
-    cgroups::CgroupNames,
+    cgroups::{CgroupNames, Hierarchy, HierarchyChoice},
     collector::{Collector, oom::OomEvents},
     config::{Config, EXIT_CONFIG, Flags, VariantChoice},
     privileges::Privileges,
@@ -135,9 +135,21 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
         VariantChoice::Auto => None,
         VariantChoice::Only(v) => Some(v),
     };
+    let hierarchy = Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy);
+    if hierarchy.is_none() && config.cgroup_hierarchy != HierarchyChoice::Auto {
+        return Err(Fatal {
+            code: EXIT_CONFIG,
+            message: format!(
+                "cgroup_hierarchy = {:?}, but no such hierarchy is mounted under {}",
+                config.cgroup_hierarchy,
+                config.cgroup_root.display()
+            ),
+        });
+    }
     let opts = LoadOptions {
         max_cgroups: config.max_cgroups,
         mount_tracefs: config.probe_variant == VariantChoice::Only(probes::Variant::Tracepoint),
+        cgroup_v1_cpu: matches!(hierarchy, Some(Hierarchy::V1Cpu(_))),
     };
     let mut probes = Probes::load(&opts).map_err(|e| Fatal {
         code: EXIT_UNAVAILABLE,
@@ -169,7 +181,9 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
             .ok(),
         ProgramSet::Floor => None,
     };
-    let result = runtime.block_on(collect_until_signal(config, &probes, set, oom_events, view));
+    let result = runtime.block_on(collect_until_signal(
+        config, hierarchy, &probes, set, oom_events, view,
+    ));
     probes.detach();
     result.map_err(|e| Fatal {
         code: 1,
@@ -179,6 +193,7 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
 
 async fn collect_until_signal(
     config: &Config,
+    hierarchy: Option<Hierarchy>,
     probes: &Probes,
     set: ProgramSet,
     oom_events: Option<RingBuf<MapData>>,
@@ -188,7 +203,7 @@ async fn collect_until_signal(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Rescans are rate-limited to two per interval: collections come one interval apart, so a
     // limit of one interval would often skip the rescan a new cgroup needs.
-    let names = CgroupNames::new(&config.cgroup_root, config.interval / 2);
+    let names = CgroupNames::new(hierarchy, config.interval / 2);
     let kubelet = match &config.kubelet_url {
         Some(url) => {
             tracing::info!(url = %url, "reading pod metadata from the kubelet");

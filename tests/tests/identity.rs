@@ -6,6 +6,10 @@
 //!   naming, containerd) of a made-up pod, and a fake kubelet on 127.0.0.1
 //!   lists that pod: the agent must report the hog's cgroup as that pod's
 //!   container, with its run-queue waits.
+//! * The same with the kubelet's cgroupfs driver on a runtime that leaves
+//!   the unified hierarchy alone (the hog is in the pod's cgroup in the v1
+//!   hierarchies only): with `--cgroup-hierarchy cpu` the programs read the
+//!   task's v1 cpu cgroup, and the agent must name the pod's container.
 //! * 5,000 short-lived cgroups, each with a process that wakes up once, are
 //!   created and removed while the agent runs with `--max-entities 50`, plus
 //!   one "lingering" cgroup per report with a spinner that lives for 3
@@ -363,6 +367,124 @@ fn hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container() {
     drop(load);
     drop(kubelet);
     eprintln!("{TEST} took {:.1?}", started.elapsed());
+}
+
+/// The `cgroup.procs` files of a cgroup's v1 directories only: a process
+/// written there stays in its parent's unified (v2) cgroup, as with a runtime
+/// that does not join the unified hierarchy.
+struct V1Only<'a>(&'a NestedCgroup);
+
+impl CgroupDirs for V1Only<'_> {
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.0.procs_files().into_iter().skip(1).collect()
+    }
+
+    fn relative_path(&self) -> String {
+        self.0.relative_path()
+    }
+}
+
+#[test]
+fn hog_in_a_v1_only_pod_cgroup_is_named_with_the_cpu_hierarchy() {
+    const TEST: &str = "hog_in_a_v1_only_pod_cgroup_is_named_with_the_cpu_hierarchy";
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    const MAX_REPORTS: usize = 5;
+    let interval = Duration::from_secs(2);
+    let uid = fresh_pod_uid();
+    let container_id = fresh_container_id();
+    // The kubelet's cgroupfs driver: /kubepods/<qos>/pod<uid>/<container id>.
+    let path = format!("kubepods/burstable/pod{uid}/{container_id}");
+    let container = NestedCgroup::create(&path).expect("create the container cgroup");
+    let Some(v1_cpu) = container.v1_cpu_path() else {
+        eprintln!("skipping {TEST}: no v1 cpu hierarchy on this machine (pure cgroup v2)");
+        return;
+    };
+    let v1_id = fs::metadata(v1_cpu).expect("stat the v1 cpu cgroup").ino();
+    let mut processes = Vec::new();
+    for _ in 0..3 * online_cpus() + 1 {
+        let mut cmd = Command::new(load_bin!());
+        cmd.arg("spin");
+        processes.push(spawn_in(&V1Only(&container), cmd).expect("spawn a spinner"));
+    }
+    let pid = processes[0].pid();
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/pid/cgroup");
+    eprintln!("/proc/{pid}/cgroup:\n{}", text.trim_end());
+    let cpu_line = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(":cpu:")
+                .or_else(|| l.split_once(":cpu,cpuacct:"))
+        })
+        .map(|(_, p)| p)
+        .expect("a v1 cpu line");
+    assert_eq!(
+        cpu_line,
+        container.relative_path(),
+        "the hog's v1 cpu cgroup"
+    );
+    let v2_line = text.lines().find_map(|l| l.strip_prefix("0::"));
+    assert_ne!(
+        v2_line,
+        Some(container.relative_path().as_str()),
+        "the hog must not be in the container's unified cgroup"
+    );
+
+    let body = serde_json::to_vec(&pod_list(&uid, &container_id)).expect("JSON");
+    let kubelet = HttpServer::serve("/pods", "application/json", body).expect("fake kubelet");
+    let mut agent = Agent::start(
+        "2s",
+        &["--kubelet-url", &kubelet.url(), "--cgroup-hierarchy", "cpu"],
+    );
+    agent.wait_ready(READY_TIMEOUT);
+    agent.next_interval(interval + REPORT_SLACK);
+    let mut found: Option<CgroupReport> = None;
+    for n in 1..=MAX_REPORTS {
+        let report = agent.next_interval(interval + REPORT_SLACK);
+        let entry = report.cgroup(v1_id).cloned();
+        match &entry {
+            Some(e) => eprintln!("report {n}: {}", describe(e)),
+            None => eprintln!("report {n}: no entry for v1 cpu cgroup id {v1_id}"),
+        }
+        let named = entry.as_ref().is_some_and(|e| e.pod.is_some());
+        if entry.is_some() {
+            found = entry;
+        }
+        if named {
+            break;
+        }
+    }
+    let entry = found.unwrap_or_else(|| panic!("no report listed the v1 cpu cgroup {v1_id}"));
+    assert_eq!(
+        entry.name.as_deref(),
+        Some(container.relative_path().as_str())
+    );
+    assert_eq!(entry.kind.as_deref(), Some("pod_container"), "kind");
+    assert_eq!(entry.pod.as_deref(), Some(POD_NAME), "pod");
+    assert_eq!(entry.namespace.as_deref(), Some(POD_NAMESPACE), "namespace");
+    assert_eq!(
+        entry.container.as_deref(),
+        Some(CONTAINER_NAME),
+        "container"
+    );
+    assert_eq!(entry.container_id.as_deref(), Some(container_id.as_str()));
+    assert_eq!(entry.pod_uid.as_deref(), Some(uid.as_str()), "pod_uid");
+    assert_eq!(entry.qos.as_deref(), Some("burstable"), "qos");
+    // 3 x CPUs + 1 spinners on the CPUs: about that many minus one per CPU wait.
+    let expected = (2 * online_cpus() + 1) as f64;
+    assert!(
+        (entry.runqueue.waiting_tasks - expected).abs() < 0.25 * expected,
+        "waiting tasks {:.2}, expected about {expected}",
+        entry.runqueue.waiting_tasks
+    );
+    let (status, _) = agent.stop();
+    assert!(
+        status.success(),
+        "agent exit status after SIGTERM: {status}"
+    );
+    drop(processes);
+    drop(container);
 }
 
 // ---------------------------------------------------------------------------

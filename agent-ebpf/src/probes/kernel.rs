@@ -1,7 +1,7 @@
 //! Reading kernel structs through offsets the agent resolved from BTF (see
 //! `agent_ebpf::kernel`). Every read is a `bpf_probe_read_kernel`, which fails safely.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel};
 
 use super::global;
 
@@ -21,6 +21,12 @@ static OFF_KERNFS_NODE_ID: u32 = UNKNOWN;
 static OFF_TASK_CGROUPS: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_CSS_SET_DFL_CGRP: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_SUBSYS: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_CSS_CGROUP: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static CGROUP_V1_SUBSYS: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_TASK_PID: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
@@ -82,11 +88,30 @@ pub fn sock_family(sk: u64) -> Option<u16> {
     read(sk, &OFF_SOCK_FAMILY)
 }
 
-/// The cgroup v2 id of a task: `task->cgroups->dfl_cgrp->kn->id`.
+/// The id of a task's cgroup in the hierarchy that keys every figure (see
+/// `agent_ebpf::kernel::CGROUP_V1_SUBSYS`): `task->cgroups->dfl_cgrp->kn->id` (v2), or
+/// `task->cgroups->subsys[i]->cgroup->kn->id` (the v1 hierarchy of controller `i`).
 #[inline(always)]
 pub fn task_cgroup_id(task: u64) -> Option<u64> {
     let css_set: u64 = read(task, &OFF_TASK_CGROUPS)?;
-    cgroup_id(read(css_set, &OFF_CSS_SET_DFL_CGRP)?)
+    let subsys = global(&CGROUP_V1_SUBSYS);
+    if subsys == UNKNOWN {
+        return cgroup_id(read(css_set, &OFF_CSS_SET_DFL_CGRP)?);
+    }
+    // `subsys` is an array of pointers: element i is 8 bytes further.
+    let css: u64 = read(css_set + 8 * u64::from(subsys), &OFF_CSS_SET_SUBSYS)?;
+    cgroup_id(read(css, &OFF_CSS_CGROUP)?)
+}
+
+/// The current task's cgroup id (see [`task_cgroup_id`]); 0 when a read fails.
+#[inline(always)]
+pub fn current_cgroup_id() -> u64 {
+    if global(&CGROUP_V1_SUBSYS) == UNKNOWN {
+        // SAFETY: helper with no preconditions.
+        return unsafe { bpf_get_current_cgroup_id() };
+    }
+    // SAFETY: helper with no preconditions.
+    task_cgroup_id(unsafe { bpf_get_current_task() } as u64).unwrap_or(0)
 }
 
 #[inline(always)]

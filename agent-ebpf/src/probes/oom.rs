@@ -3,7 +3,7 @@
 use agent_ebpf::oom::{EVENTS_BYTES, KILLS_MAX_ENTRIES, OomEvent, SCORE_ADJ_UNKNOWN};
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
@@ -46,7 +46,7 @@ fn blank_event() -> OomEvent {
         // SAFETY: helpers with no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         cgroup: 0,
-        invoker_cgroup: unsafe { bpf_get_current_cgroup_id() },
+        invoker_cgroup: kernel::current_cgroup_id(),
         tgid: 0,
         pid: 0,
         oom_score_adj: SCORE_ADJ_UNKNOWN,

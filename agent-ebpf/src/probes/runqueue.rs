@@ -10,8 +10,8 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
@@ -24,7 +24,7 @@ use core::{
 };
 
 use super::{
-    count_add, count_error, global, hist_add, kernel::OFF_TASK_IN_IOWAIT_BIT,
+    count_add, count_error, global, hist_add, kernel, kernel::OFF_TASK_IN_IOWAIT_BIT,
     task_storage::TaskStorage, tp_field,
 };
 
@@ -226,8 +226,7 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     };
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
     let pending = unsafe { &mut *pending };
-    // SAFETY: helper with no preconditions.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup = kernel::current_cgroup_id();
 
     // The task leaving the CPU is the one whose wait was parked when it started: it is the
     // current task, so the current cgroup is its own.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use crate::{
-    cgroups::CgroupNames,
+    cgroups::{CgroupNames, Hierarchy},
     config::Config,
     identity::{Resolver, cap_entities},
     probes::{ProbeError, Probes},
@@ -46,7 +46,12 @@ impl Collector {
         let cgroup_root = config.cgroup_root.as_path();
         let mut runqueue = runqueue::Runqueue::default();
         runqueue.baseline(probes.ebpf())?;
-        let mut tcp = tcp::Tcp::default();
+        let mut tcp = tcp::Tcp::new(
+            names
+                .hierarchy()
+                .filter(|h| matches!(h, Hierarchy::V1Cpu(_)))
+                .and_then(Hierarchy::root_id),
+        );
         tcp.baseline(probes.ebpf())?;
         let mut oom = oom::Oom::default();
         oom.baseline(probes.ebpf())?;
@@ -54,7 +59,7 @@ impl Collector {
         iowait.baseline(probes.ebpf())?;
         let mut block = block::Block::default();
         block.baseline(probes.ebpf())?;
-        let mut throttle = throttle::Throttle::new(cgroup_root, names.v2_root());
+        let mut throttle = throttle::Throttle::new(cgroup_root, names.hierarchy());
         throttle.baseline(probes.ebpf())?;
         Ok(Collector {
             runqueue,

@@ -68,6 +68,8 @@ pub struct OomKill {
     pub time_unix_ns: u64,
     /// The victim's process id.
     pub pid: u32,
+    /// The victim's thread id: the thread the kernel marked (not always the main one).
+    pub tid: u32,
     pub comm: String,
     pub cgroup_id: u64,
     /// The victim cgroup's path relative to the cgroup v2 root.
@@ -81,6 +83,8 @@ pub struct OomKill {
 /// Turns kernel events into reports: names the cgroup and the constraint.
 pub struct OomEvents {
     cgroup_root: PathBuf,
+    /// For the memory controller's files (cgroup paths are the same in every hierarchy).
+    v2_root: Option<PathBuf>,
     host_root: PathBuf,
 }
 
@@ -88,6 +92,7 @@ impl OomEvents {
     pub fn new(cgroup_root: &Path, host_root: &Path) -> OomEvents {
         OomEvents {
             cgroup_root: cgroup_root.to_path_buf(),
+            v2_root: crate::cgroups::v2_root(cgroup_root),
             host_root: host_root.to_path_buf(),
         }
     }
@@ -102,13 +107,14 @@ impl OomEvents {
         names.refresh_if_unknown(&[cgroup_id]);
         let cgroup = names.name(cgroup_id).map(str::to_owned);
         let constraint = match &cgroup {
-            Some(path) => constraint(&self.cgroup_root, names.v2_root(), path),
+            Some(path) => constraint(&self.cgroup_root, self.v2_root.as_deref(), path),
             None => "unknown",
         };
         OomKill {
             kind: "oom_kill",
             time_unix_ns: wall_clock_of_ktime(e.ktime_ns),
             pid: e.tgid,
+            tid: e.pid,
             comm: comm(&e.comm),
             cgroup_id,
             cgroup,

@@ -11,11 +11,29 @@ use crate::{core::counters::Snapshot, probes::ProbeError, report::TcpRetransmits
 #[derive(Debug, Default)]
 pub struct Tcp {
     prev: Snapshot<TcpKey, u64>,
+    /// Where every retransmit goes when sockets' cgroups cannot be named: the kernel keeps
+    /// only a socket's unified-hierarchy cgroup, which means nothing when figures are keyed by
+    /// the v1 cpu hierarchy, so they all land on its root.
+    all_to: Option<u64>,
 }
 
 impl Tcp {
+    /// `all_to`: see the field.
+    pub fn new(all_to: Option<u64>) -> Tcp {
+        if all_to.is_some() {
+            tracing::info!(
+                "TCP retransmits are reported on the root cgroup: the kernel records a socket's \
+                 cgroup only in the unified hierarchy, and cgroups are named from the v1 cpu one"
+            );
+        }
+        Tcp {
+            prev: Snapshot::default(),
+            all_to,
+        }
+    }
+
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
-        self.prev = maps::per_cpu_hash(ebpf, MAP_RETRANSMITS)?;
+        self.prev = self.read(ebpf)?;
         Ok(())
     }
 
@@ -24,10 +42,22 @@ impl Tcp {
         &mut self,
         ebpf: &Ebpf,
     ) -> Result<BTreeMap<u64, Vec<TcpRetransmits>>, ProbeError> {
-        let cur = maps::per_cpu_hash(ebpf, MAP_RETRANSMITS)?;
+        let cur = self.read(ebpf)?;
         let per_cgroup = summarize(&cur, &self.prev);
         self.prev = cur;
         Ok(per_cgroup)
+    }
+
+    fn read(&self, ebpf: &Ebpf) -> Result<Snapshot<TcpKey, u64>, ProbeError> {
+        let raw: Snapshot<TcpKey, u64> = maps::per_cpu_hash(ebpf, MAP_RETRANSMITS)?;
+        let Some(to) = self.all_to else {
+            return Ok(raw);
+        };
+        let mut values = std::collections::HashMap::new();
+        for (key, n) in raw.values {
+            *values.entry(TcpKey { cgroup: to, ..key }).or_insert(0) += n;
+        }
+        Ok(Snapshot { values })
     }
 }
 

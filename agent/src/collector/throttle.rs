@@ -1,11 +1,12 @@
 //! CFS throttling of every cgroup with a CPU limit, from the kernel's own accounting in
 //! `cpu.stat`: cgroup v2 (`cpu.max` set; `nr_periods`, `nr_throttled`, `throttled_usec`) and
-//! v1 (`cpu.cfs_quota_us` set; `nr_periods`, `nr_throttled`, `throttled_time` in ns). v1
-//! cgroups are reported under the id of the v2 cgroup at the same path (the layout systemd
-//! and the kubelet create); those without one are skipped.
+//! v1 (`cpu.cfs_quota_us` set; `nr_periods`, `nr_throttled`, `throttled_time` in ns). On
+//! hybrid nodes v1 cgroups are reported under the id of the v2 cgroup at the same path (the
+//! layout systemd, runc and the kubelet create); those without one are skipped. On pure v1
+//! nodes the ids are the cpu controller's own.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -14,7 +15,7 @@ use agent_ebpf::{hist::Log2Hist, throttle::MAP_DURATIONS};
 use aya::Ebpf;
 
 use super::maps;
-use crate::cgroups::flat_keyed;
+use crate::cgroups::{Hierarchy, flat_keyed};
 use crate::{
     core::counters::{Counter, Snapshot},
     probes::ProbeError,
@@ -58,29 +59,31 @@ impl Counter for CpuStat {
 }
 
 pub struct Throttle {
+    /// The hierarchy whose ids key the figures.
+    hierarchy: Option<Hierarchy>,
+    /// The v1 cpu controller, for limits set there (hybrid nodes; pure v1 is `hierarchy`).
     v1_cpu: Option<PathBuf>,
-    v2_root: Option<PathBuf>,
     prev: Snapshot<u64, CpuStat>,
     prev_durations: Snapshot<u64, Log2Hist>,
+    /// v1 cpu cgroup id → the id of the same path in `hierarchy`. The throttle probe reads
+    /// `cfs_rq->tg`, the cpu controller's cgroup: a v1 id on hybrid nodes.
+    cpu_to_key: HashMap<u64, u64>,
 }
 
 impl Throttle {
-    pub fn new(cgroup_root: &Path, v2_root: Option<&Path>) -> Throttle {
-        let v1_cpu = ["cpu", "cpu,cpuacct"]
-            .iter()
-            .map(|c| cgroup_root.join(c))
-            .find(|p| p.join("cpu.cfs_quota_us").exists());
+    pub fn new(cgroup_root: &Path, hierarchy: Option<&Hierarchy>) -> Throttle {
         Throttle {
-            v1_cpu,
-            v2_root: v2_root.map(Path::to_path_buf),
+            hierarchy: hierarchy.cloned(),
+            v1_cpu: crate::cgroups::v1_cpu_root(cgroup_root),
             prev: Snapshot::default(),
             prev_durations: Snapshot::default(),
+            cpu_to_key: HashMap::new(),
         }
     }
 
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = self.scan();
-        self.prev_durations = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        self.prev_durations = self.durations(ebpf)?;
         Ok(())
     }
 
@@ -94,7 +97,7 @@ impl Throttle {
             .map(|(id, d)| (id, throttling(&d)))
             .collect();
         self.prev = cur;
-        let durations = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        let durations = self.durations(ebpf)?;
         for (id, h) in durations.delta_since(&self.prev_durations) {
             if let Some(t) = out.get_mut(&id) {
                 t.durations = Some(ThrottleDurations::from_hist(h));
@@ -104,26 +107,52 @@ impl Throttle {
         Ok(out)
     }
 
-    /// Reads `cpu.stat` of every cgroup with a CPU limit.
-    fn scan(&self) -> Snapshot<u64, CpuStat> {
-        let mut values = std::collections::HashMap::new();
-        if let Some(v2) = &self.v2_root {
-            walk(v2, &mut |dir, _rel| {
-                if let Some(stat) = read_v2(dir)
+    /// The probe's duration histograms, keyed like the rest of the figures.
+    fn durations(&self, ebpf: &Ebpf) -> Result<Snapshot<u64, Log2Hist>, ProbeError> {
+        let raw: Snapshot<u64, Log2Hist> = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        Ok(Snapshot {
+            values: raw
+                .values
+                .into_iter()
+                .map(|(id, h)| (self.cpu_to_key.get(&id).copied().unwrap_or(id), h))
+                .collect(),
+        })
+    }
+
+    /// Reads `cpu.stat` of every cgroup with a CPU limit, keyed by its id in `hierarchy`.
+    fn scan(&mut self) -> Snapshot<u64, CpuStat> {
+        let mut values = HashMap::new();
+        self.cpu_to_key.clear();
+        match &self.hierarchy {
+            Some(Hierarchy::Unified(v2)) => {
+                walk(v2, &mut |dir, _rel| {
+                    if let Some(stat) = read_v2(dir)
+                        && let Ok(m) = std::fs::metadata(dir)
+                    {
+                        values.insert(m.ino(), stat);
+                    }
+                });
+                if let Some(v1) = &self.v1_cpu {
+                    let cpu_to_key = &mut self.cpu_to_key;
+                    walk(v1, &mut |dir, rel| {
+                        if let Some(stat) = read_v1(dir)
+                            && let Ok(key) = std::fs::metadata(v2.join(rel))
+                            && let Ok(cpu) = std::fs::metadata(dir)
+                        {
+                            values.entry(key.ino()).or_insert(stat);
+                            cpu_to_key.insert(cpu.ino(), key.ino());
+                        }
+                    });
+                }
+            }
+            Some(Hierarchy::V1Cpu(v1)) => walk(v1, &mut |dir, _rel| {
+                if let Some(stat) = read_v1(dir)
                     && let Ok(m) = std::fs::metadata(dir)
                 {
                     values.insert(m.ino(), stat);
                 }
-            });
-        }
-        if let (Some(v1), Some(v2)) = (&self.v1_cpu, &self.v2_root) {
-            walk(v1, &mut |dir, rel| {
-                if let Some(stat) = read_v1(dir)
-                    && let Ok(m) = std::fs::metadata(v2.join(rel))
-                {
-                    values.entry(m.ino()).or_insert(stat);
-                }
-            });
+            }),
+            None => {}
         }
         Snapshot { values }
     }

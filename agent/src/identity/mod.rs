@@ -452,13 +452,16 @@ pub fn proc_cgroup_file(root: &Path, pid: u32) -> PathBuf {
     host_path(root, format!("/proc/{pid}/cgroup"))
 }
 
-/// The cgroup path that best identifies process `pid` (see
-/// [`path::proc_cgroup_identity_path`]), read from `<root>/proc/<pid>/cgroup`. `Ok(None)` when
-/// the file has no usable line. Paths are relative to the reader's cgroup namespace, so a pod
-/// running this must share the host's (`hostPID`, and the host cgroup namespace).
-pub fn pid_cgroup_path(root: &Path, pid: u32) -> std::io::Result<Option<String>> {
+/// Process `pid`'s cgroup path in one hierarchy, read from `<root>/proc/<pid>/cgroup`.
+/// `Ok(None)` when the file has no line for it. Paths are relative to the reader's cgroup
+/// namespace, so a pod running this must share the host's (the host cgroup namespace).
+pub fn pid_cgroup_path(
+    root: &Path,
+    pid: u32,
+    hierarchy: path::ProcCgroupHierarchy,
+) -> std::io::Result<Option<String>> {
     let text = std::fs::read_to_string(proc_cgroup_file(root, pid))?;
-    Ok(path::proc_cgroup_identity_path(&text).map(str::to_owned))
+    Ok(path::proc_cgroup_path_in(&text, hierarchy).map(str::to_owned))
 }
 
 /// The identity of process `pid` from its `/proc/<pid>/cgroup` under `root`.
@@ -466,7 +469,8 @@ pub fn pid_cgroup_path(root: &Path, pid: u32) -> std::io::Result<Option<String>>
 pub fn identify_pid(
     root: &Path,
     pid: u32,
+    hierarchy: path::ProcCgroupHierarchy,
     pods: Option<&PodIndex>,
 ) -> std::io::Result<Option<Identity>> {
-    Ok(pid_cgroup_path(root, pid)?.map(|p| identify(&p, pods).identity))
+    Ok(pid_cgroup_path(root, pid, hierarchy)?.map(|p| identify(&p, pods).identity))
 }

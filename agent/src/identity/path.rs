@@ -251,23 +251,6 @@ fn container_name(part: &str, parent: Option<&str>) -> Option<ContainerRef> {
     })
 }
 
-/// How specific what a path says is: pod container > pod > container > unit > nothing.
-pub fn specificity(info: &PathInfo) -> u8 {
-    match info {
-        PathInfo {
-            pod: Some(_),
-            container: Some(c),
-            ..
-        } if !c.conmon => 4,
-        PathInfo { pod: Some(_), .. } => 3,
-        PathInfo {
-            container: Some(_), ..
-        } => 2,
-        PathInfo { unit: Some(_), .. } => 1,
-        _ => 0,
-    }
-}
-
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controller-list:path`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcCgroupLine<'a> {
@@ -305,52 +288,35 @@ pub fn parse_proc_cgroup(text: &str) -> impl Iterator<Item = ProcCgroupLine<'_>>
     })
 }
 
+/// Which line of `/proc/<pid>/cgroup` to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcCgroupHierarchy {
+    /// The unified (v2) line, `0::<path>`.
+    Unified,
+    /// The v1 hierarchy carrying this controller (`cpu`, `memory`, `name=systemd`, ...).
+    Controller(&'static str),
+}
+
+/// The process's cgroup path in one hierarchy, if it has a line for it.
+pub fn proc_cgroup_path_in(text: &str, hierarchy: ProcCgroupHierarchy) -> Option<&str> {
+    parse_proc_cgroup(text)
+        .find(|l| match hierarchy {
+            ProcCgroupHierarchy::Unified => l.is_v2(),
+            ProcCgroupHierarchy::Controller(c) => !l.is_v2() && l.has_controller(c),
+        })
+        .map(|l| l.path)
+}
+
 /// The cgroup v2 path (the `0::` line), if the process is in a v2 (or hybrid) hierarchy.
 #[cfg(test)]
 pub fn proc_cgroup_v2_path(text: &str) -> Option<&str> {
-    parse_proc_cgroup(text)
-        .find(ProcCgroupLine::is_v2)
-        .map(|l| l.path)
+    proc_cgroup_path_in(text, ProcCgroupHierarchy::Unified)
 }
 
-/// The path in the v1 hierarchy carrying `controller` (`cpu`, `memory`, `name=systemd`, ...).
+/// The path in the v1 hierarchy carrying `controller`.
 #[cfg(test)]
-pub fn proc_cgroup_controller_path<'a>(text: &'a str, controller: &str) -> Option<&'a str> {
-    parse_proc_cgroup(text)
-        .find(|l| !l.is_v2() && l.has_controller(controller))
-        .map(|l| l.path)
-}
-
-/// The path that says the most about who the process is. On a pure v2 system that is the v2
-/// path. On a hybrid one the v2 path can be the runtime's (`0::/system.slice/containerd.service`
-/// when runc did not join the unified hierarchy) while the v1 paths name the pod and container,
-/// so the most specific of v2, `name=systemd`, `cpu`, `memory` and the rest wins (ties: in
-/// that order).
-pub fn proc_cgroup_identity_path(text: &str) -> Option<&str> {
-    let lines: Vec<ProcCgroupLine<'_>> = parse_proc_cgroup(text).collect();
-    let order = |l: &ProcCgroupLine<'_>| {
-        if l.is_v2() {
-            0
-        } else if l.has_controller("name=systemd") {
-            1
-        } else if l.has_controller("cpu") {
-            2
-        } else if l.has_controller("memory") {
-            3
-        } else {
-            4
-        }
-    };
-    let mut best: Option<(u8, u8, &str)> = None;
-    for l in &lines {
-        let rank = specificity(&parse_cgroup_path(l.path));
-        let ord = order(l);
-        // Higher specificity first, then the preferred hierarchy.
-        if best.is_none_or(|(r, o, _)| rank > r || (rank == r && ord < o)) {
-            best = Some((rank, ord, l.path));
-        }
-    }
-    best.map(|(_, _, p)| p)
+pub fn proc_cgroup_controller_path<'a>(text: &'a str, controller: &'static str) -> Option<&'a str> {
+    proc_cgroup_path_in(text, ProcCgroupHierarchy::Controller(controller))
 }
 
 #[cfg(test)]
@@ -486,7 +452,6 @@ mod tests {
         let info = parse_cgroup_path(&path);
         assert_eq!(info.pod, pod(Qos::Burstable));
         assert_eq!(info.container, container(Some(Runtime::CriO), true));
-        assert_eq!(specificity(&info), 3);
         let info = parse_cgroup_path(&format!("/kubepods/pod{UID}/crio-conmon-{ID}"));
         assert_eq!(info.container, container(Some(Runtime::CriO), true));
         let info = parse_cgroup_path(&format!("/machine.slice/libpod-conmon-{ID}.scope"));
@@ -704,7 +669,6 @@ mod tests {
             proc_cgroup_v2_path(&text),
             Some(text.trim_end()[3..].as_ref())
         );
-        assert_eq!(proc_cgroup_identity_path(&text), proc_cgroup_v2_path(&text));
         assert_eq!(proc_cgroup_controller_path(&text, "cpu"), None);
     }
 
@@ -733,26 +697,18 @@ mod tests {
             proc_cgroup_v2_path(&text),
             Some("/system.slice/containerd.service")
         );
-        // The v2 path names only the runtime's unit; the v1 paths name the pod container.
-        assert_eq!(proc_cgroup_identity_path(&text), Some(p.as_str()));
     }
 
     #[test]
-    fn proc_cgroup_prefers_v2_on_ties_and_skips_garbage() {
+    fn proc_cgroup_skips_garbage() {
         let text =
             "garbage\n\n5:cpu:relative\nx:cpu:/a\n3:cpu:/a/b:c\n0::/system.slice/ssh.service\n";
         let lines: Vec<_> = parse_proc_cgroup(text).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].path, "/a/b:c");
-        assert_eq!(
-            proc_cgroup_identity_path(text),
-            Some("/system.slice/ssh.service")
-        );
-        assert_eq!(proc_cgroup_identity_path(""), None);
-        // Pure v1 without name=systemd: cpu.
-        assert_eq!(
-            proc_cgroup_identity_path("4:memory:/m\n3:cpu:/c\n"),
-            Some("/c")
-        );
+        assert_eq!(proc_cgroup_v2_path(text), Some("/system.slice/ssh.service"));
+        assert_eq!(proc_cgroup_controller_path(text, "cpu"), Some("/a/b:c"));
+        assert_eq!(proc_cgroup_v2_path(""), None);
+        assert_eq!(proc_cgroup_controller_path("4:memory:/m\n", "cpu"), None);
     }
 }

@@ -602,6 +602,9 @@ fn fixture_tree_cgroupfs_v1_hybrid_without_kubelet() {
 // ---------------------------------------------------------------------------------------------
 // Fixtures: /proc/<pid>/cgroup, read through a host root.
 
+const UNIFIED: path::ProcCgroupHierarchy = path::ProcCgroupHierarchy::Unified;
+const CPU: path::ProcCgroupHierarchy = path::ProcCgroupHierarchy::Controller("cpu");
+
 fn with_proc(fixture_name: &str, pid: u32) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join(format!("proc/{pid}"));
@@ -614,7 +617,9 @@ fn with_proc(fixture_name: &str, pid: u32) -> tempfile::TempDir {
 fn fixture_proc_systemd_v2() {
     let a = index("kubelet-pods-node-a-containerd.json");
     let root = with_proc("proc/systemd-v2-containerd.cgroup", 4242);
-    let id = identify_pid(root.path(), 4242, Some(&a)).unwrap().unwrap();
+    let id = identify_pid(root.path(), 4242, UNIFIED, Some(&a))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (
             id.kind,
@@ -630,7 +635,9 @@ fn fixture_proc_systemd_v2() {
         )
     );
     let root = with_proc("proc/systemd-v2-containerd-sandbox.cgroup", 4243);
-    let id = identify_pid(root.path(), 4243, Some(&a)).unwrap().unwrap();
+    let id = identify_pid(root.path(), 4243, UNIFIED, Some(&a))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (id.kind, id.pod.as_deref()),
         (Kind::Pod, Some("web-7d9c8b6f5-qx2lm"))
@@ -641,14 +648,16 @@ fn fixture_proc_systemd_v2() {
         ("proc/systemd-v2-session.cgroup", "session-3.scope"),
     ] {
         let root = with_proc(f, 1);
-        let id = identify_pid(root.path(), 1, None).unwrap().unwrap();
+        let id = identify_pid(root.path(), 1, UNIFIED, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (id.kind, id.unit.as_deref()),
             (Kind::SystemdUnit, Some(unit))
         );
     }
     // No such process under that root.
-    assert!(identify_pid(root.path(), 999_999, None).is_err());
+    assert!(identify_pid(root.path(), 999_999, UNIFIED, None).is_err());
 }
 
 #[test]
@@ -662,7 +671,7 @@ fn fixture_proc_crio() {
         (Kind::PodContainer, Some("redis"), Some(Runtime::CriO))
     );
     let text = fixture("proc/systemd-v2-crio-conmon.cgroup");
-    let id = identify(path::proc_cgroup_identity_path(&text).unwrap(), Some(&b)).identity;
+    let id = identify(path::proc_cgroup_v2_path(&text).unwrap(), Some(&b)).identity;
     assert_eq!(
         (id.kind, id.pod.as_deref()),
         (Kind::Pod, Some("cache-6f8d7c5b9-2hj4p"))
@@ -684,10 +693,10 @@ fn fixture_proc_hybrid_cgroupfs_v1() {
     assert_eq!(path::proc_cgroup_controller_path(&text, "rdma"), Some("/"));
     let root = with_proc("proc/hybrid-cgroupfs-v1.cgroup", 77);
     assert_eq!(
-        pid_cgroup_path(root.path(), 77).unwrap().as_deref(),
+        pid_cgroup_path(root.path(), 77, CPU).unwrap().as_deref(),
         Some(cpu)
     );
-    let id = identify_pid(root.path(), 77, None).unwrap().unwrap();
+    let id = identify_pid(root.path(), 77, CPU, None).unwrap().unwrap();
     assert_eq!(
         (id.kind, id.qos),
         (Kind::PodContainer, Some(Qos::Burstable))
@@ -696,12 +705,14 @@ fn fixture_proc_hybrid_cgroupfs_v1() {
 
 #[test]
 fn fixture_proc_docker() {
-    for f in [
-        "proc/docker-systemd-v2.cgroup",
-        "proc/docker-cgroupfs-v1.cgroup",
+    for (f, hierarchy) in [
+        ("proc/docker-systemd-v2.cgroup", UNIFIED),
+        ("proc/docker-cgroupfs-v1.cgroup", CPU),
     ] {
         let root = with_proc(f, 10);
-        let id = identify_pid(root.path(), 10, None).unwrap().unwrap();
+        let id = identify_pid(root.path(), 10, hierarchy, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (id.kind, id.runtime),
             (Kind::Container, Some(Runtime::Docker)),
@@ -724,5 +735,101 @@ fn host_paths() {
     assert_eq!(
         proc_cgroup_file(Path::new("/host"), 42),
         PathBuf::from("/host/proc/42/cgroup")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captured: layouts a real runtime (runc) made on a hybrid node (see captured/CAPTURED and
+// captured/capture.sh).
+
+#[test]
+fn captured_runc_cgroupfs_joins_the_unified_hierarchy_at_the_same_path() {
+    for case in [
+        "cgroupfs-burstable-app",
+        "cgroupfs-guaranteed",
+        "cgroupfs-besteffort",
+        "docker-cgroupfs",
+    ] {
+        let text = fixture(&format!("captured/{case}.proc-cgroup"));
+        let unified = path::proc_cgroup_v2_path(&text).unwrap();
+        // Every v1 line names the same cgroup as the unified one: figures keyed by the
+        // unified hierarchy land on the container on hybrid nodes with the cgroupfs driver.
+        for line in path::parse_proc_cgroup(&text) {
+            assert_eq!(line.path, unified, "{case}: {}", line.controllers);
+        }
+        assert!(path::parse_proc_cgroup(&text).count() > 5, "{case}");
+    }
+    assert_eq!(
+        fixture("captured/tree-unified"),
+        fixture("captured/tree-cpu")
+    );
+}
+
+#[test]
+fn captured_runc_cgroupfs_layouts_identify() {
+    let pods = index("captured/kubelet-pods.json");
+    let tree: Vec<String> = fixture("captured/tree-unified")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let ids: Vec<Identity> = tree
+        .iter()
+        .map(|p| identify(p, Some(&pods)).identity)
+        .collect();
+    let of = |needle: &str| &ids[tree.iter().position(|p| p.ends_with(needle)).unwrap()];
+
+    // The listed pod's app container, named; its sandbox (not in the list) is the pod.
+    let app = of("/2b4d6f8a0c1e3a5c7e9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c");
+    assert_eq!(
+        (
+            app.kind,
+            app.namespace.as_deref(),
+            app.pod.as_deref(),
+            app.container.as_deref(),
+            app.qos
+        ),
+        (
+            Kind::PodContainer,
+            Some("shop"),
+            Some("api-5c8d9f7b6-k2x4p"),
+            Some("api"),
+            Some(Qos::Burstable)
+        )
+    );
+    let sandbox = of("/7e3f1b9c5d2a4e6f8b0c1d3e5f7a9b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a");
+    assert_eq!(
+        (
+            sandbox.kind,
+            sandbox.pod.as_deref(),
+            sandbox.container.as_deref()
+        ),
+        (Kind::Pod, Some("api-5c8d9f7b6-k2x4p"), None)
+    );
+    // Pods the list does not have: uid, QoS and container id from the path alone.
+    let g = of("/4c6e8a0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a6c");
+    assert_eq!(
+        (g.kind, g.pod_uid.as_deref(), g.qos),
+        (
+            Kind::PodContainer,
+            Some("5f0c6a38-2b7e-4c1d-9a55-0d3e7f21c4b6"),
+            Some(Qos::Guaranteed)
+        )
+    );
+    assert_eq!(g.container_id.as_ref().map(String::len), Some(64));
+    let be = of("/9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c");
+    assert_eq!(
+        (be.kind, be.qos),
+        (Kind::PodContainer, Some(Qos::BestEffort))
+    );
+    let docker = of("/0d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f");
+    assert_eq!(
+        (docker.kind, docker.runtime),
+        (Kind::Container, Some(Runtime::Docker))
+    );
+    // QoS and pod-level directories are pods or plain cgroups, never containers.
+    assert_eq!(of("/kubepods/besteffort").kind, Kind::Cgroup);
+    assert_eq!(
+        of("/podc1a7e9d3-5b2f-4e8a-8f6c-3d9b1a7e5c20").kind,
+        Kind::Pod
     );
 }

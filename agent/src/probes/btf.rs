@@ -13,6 +13,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("struct {ty} has no member {path} in kernel BTF")]
     NoMember { ty: String, path: String },
+    #[error("kernel BTF has no enum {ty} with a value {name}")]
+    NoEnumValue { ty: String, name: String },
 }
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -58,6 +60,26 @@ impl KernelBtf {
             }
         }
         Ok(offset_bits)
+    }
+
+    /// The value of `name` in `enum ty` (e.g. `cpu_cgrp_id` in `cgroup_subsys_id`, whose
+    /// values depend on which controllers the kernel was built with).
+    pub fn enum_value(&self, ty: &str, name: &str) -> Result<u32, BtfError> {
+        let types = self.btf.resolve_types_by_name(ty).unwrap_or_default();
+        types
+            .iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name))
+                    .map(|m| m.val()),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoEnumValue {
+                ty: ty.to_owned(),
+                name: name.to_owned(),
+            })
     }
 
     /// Finds a member by name, looking inside anonymous structs and unions; returns its bit
@@ -137,6 +159,15 @@ mod tests {
         assert!(matches!(
             btf.offset("task_struct", "no_such_member"),
             Err(BtfError::NoMember { .. })
+        ));
+        // cpu_cgrp_id follows cpuset_cgrp_id whenever both controllers are built in.
+        let cpu = btf.enum_value("cgroup_subsys_id", "cpu_cgrp_id").unwrap();
+        if let Ok(cpuset) = btf.enum_value("cgroup_subsys_id", "cpuset_cgrp_id") {
+            assert_eq!(cpu, cpuset + 1);
+        }
+        assert!(matches!(
+            btf.enum_value("cgroup_subsys_id", "no_such_cgrp_id"),
+            Err(BtfError::NoEnumValue { .. })
         ));
         assert!(matches!(
             btf.offset("no_such_struct", "x"),

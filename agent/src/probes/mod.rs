@@ -82,6 +82,8 @@ pub enum ProbeError {
     NoBtf(String),
     #[error("reading map {name}: {message}")]
     Map { name: &'static str, message: String },
+    #[error("cgroups are named from the v1 cpu hierarchy, but the programs cannot read it: {0}")]
+    CgroupV1(String),
 }
 
 /// One hook of a probe: what attached (if anything), and the cumulative kernel statistics of
@@ -135,6 +137,9 @@ pub struct LoadOptions {
     pub max_cgroups: u32,
     /// Mount tracefs before loading if it is not mounted, so classic tracepoints can be used.
     pub mount_tracefs: bool,
+    /// Key figures by the task's v1 cpu cgroup instead of its unified one (see
+    /// `agent_ebpf::kernel::CGROUP_V1_SUBSYS`).
+    pub cgroup_v1_cpu: bool,
 }
 
 impl Probes {
@@ -164,6 +169,7 @@ impl Probes {
                 globals.extend(offsets);
                 Ok(())
             }
+            Err(e) if opts.cgroup_v1_cpu => return Err(ProbeError::CgroupV1(e.to_string())),
             Err(e) => {
                 tracing::warn!(
                     "kernel struct offsets unavailable, tcp and oom cannot name cgroups: {e}"
@@ -171,6 +177,9 @@ impl Probes {
                 Err(e.to_string())
             }
         };
+        if opts.cgroup_v1_cpu {
+            globals.push((agent_ebpf::kernel::CGROUP_V1_SUBSYS, cpu_cgrp_id()?));
+        }
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
         // aya has no userspace type for task storage (RUNQ_TASK_ENQUEUED_AT); only the kernel
@@ -437,6 +446,13 @@ fn kernel_offsets() -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
         .iter()
         .map(|&(global, ty, path)| Ok((global, kernel.bit_offset(ty, path)?)));
     bytes.chain(bits).collect()
+}
+
+/// The index of the cpu controller in `css_set.subsys` (`enum cgroup_subsys_id`).
+fn cpu_cgrp_id() -> Result<u32, ProbeError> {
+    btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))
+        .and_then(|k| k.enum_value("cgroup_subsys_id", "cpu_cgrp_id"))
+        .map_err(|e| ProbeError::CgroupV1(e.to_string()))
 }
 
 /// The probes of a program set.
