@@ -298,6 +298,7 @@ mod tests {
             kind: "oom_kill",
             time_unix_ns: 1,
             pid: 42,
+            tid: 42,
             comm: "hog".into(),
             cgroup_id: 7,
             cgroup: Some("/pod".into()),

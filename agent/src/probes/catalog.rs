@@ -98,6 +98,13 @@ pub const TCP: Probe = Probe {
             "tcp_retransmit_skb",
             "family",
         ),
+        // The skb, for its segment count (without it every retransmit counted one segment).
+        field(
+            tcp::GLOBAL_TP_RETRANSMIT_SKBADDR,
+            "tcp",
+            "tcp_retransmit_skb",
+            "skbaddr",
+        ),
         field(
             tcp::GLOBAL_TP_SYNACK_SKADDR,
             "tcp",
