@@ -158,6 +158,7 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
     for probe in probes::probes_of(set) {
         probes.attach_group(probe, &probe.variants(forced));
     }
+    probes.attaching_done();
     if !probes.hooks.iter().any(|h| h.attached) {
         probes.detach();
         return Err(Fatal {

@@ -12,6 +12,7 @@
 //! per configuration runs with the statistics switched on (and restored after), so each nodesat
 //! reports, per hook, how often its program ran and for how long: the ns/event figures.
 
+mod cycle;
 mod io;
 mod nodesat;
 mod report;
@@ -31,7 +32,8 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use crate::{cmd, run, workspace_root};
 
 const USAGE: &str =
-    "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--baseline-only | --retransmit-only]
+    "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--cgroups N] [--cycles N]
+                         [--baseline-only | --retransmit-only | --cycle-only]
 
 Measures the overhead of nodesat's scheduler hooks under a context-switch storm (two processes
 pinned to CPU 0 ping-ponging a byte over pipes), as throughput relative to a baseline storm.
@@ -43,13 +45,20 @@ Needs root (it enables /proc/sys/kernel/bpf_stats_enabled for the run and restor
                     tracepoint) instead of `auto` only
   --baseline-only   measure the storm alone; builds and runs no nodesat
   --retransmit-only only the retransmit and I/O storms
+  --cycle-only      only the agent's own cost per collection-and-export cycle
+  --cgroups N       active cgroups for the cycle measurement (default 500)
+  --cycles N        10 s cycles measured per cycle run (default 6)
 
 Then a retransmit storm (bulk TCP transfers over loopback with 2% of their packets dropped by
 nftables) and an I/O storm (O_DIRECT writes to a loop device), with the agent running, for the
 TCP and block probes' cost per event from BPF statistics.
 
+Last, the agent's own cost per 10 s collection-and-export cycle (process CPU time per cycle,
+share of one core, RSS), exporting OTLP to a local sink, with N extra active cgroups (each with
+a process waking every 100 ms) against a baseline run without them.
+
 Prints tables on stdout and writes the figures to target/bench/runqueue.json,
-target/bench/retransmit.json and target/bench/io.json.";
+target/bench/retransmit.json, target/bench/io.json and target/bench/cycle.json.";
 
 /// The probe variants `--all-variants` measures.
 const VARIANTS: [&str; 3] = ["tp_btf", "raw_tracepoint", "tracepoint"];
@@ -65,6 +74,9 @@ pub struct Options {
     pub all_variants: bool,
     pub baseline_only: bool,
     pub retransmit_only: bool,
+    pub cycle_only: bool,
+    pub cgroups: usize,
+    pub cycles: u32,
 }
 
 impl Options {
@@ -76,6 +88,9 @@ impl Options {
             all_variants: false,
             baseline_only: false,
             retransmit_only: false,
+            cycle_only: false,
+            cgroups: 500,
+            cycles: 6,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -100,6 +115,16 @@ impl Options {
                 "--all-variants" => opts.all_variants = true,
                 "--baseline-only" => opts.baseline_only = true,
                 "--retransmit-only" => opts.retransmit_only = true,
+                "--cycle-only" => opts.cycle_only = true,
+                "--cgroups" => {
+                    opts.cgroups = value()?.parse().context("--cgroups N")?;
+                }
+                "--cycles" => {
+                    opts.cycles = value()?.parse().context("--cycles N")?;
+                    if opts.cycles < 2 {
+                        bail!("--cycles must be at least 2");
+                    }
+                }
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown bench argument {other:?}\n{USAGE}"),
             }
@@ -189,6 +214,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         return Ok(());
     };
     install_interrupt_handler()?;
+    if opts.cycle_only {
+        let bin = build_agent()?;
+        return measure_cycle(&bin, &opts);
+    }
     if opts.retransmit_only {
         let bin = build_agent()?;
         let figures = retransmit::measure(&bin, opts.duration)?;
@@ -262,7 +291,17 @@ pub fn bench(args: &[String]) -> Result<()> {
         let path = workspace_root().join("target/bench/io.json");
         write_json(&path, &figures)?;
         eprintln!("bench: wrote {}", path.display());
+        measure_cycle(bin, &opts)?;
     }
+    Ok(())
+}
+
+/// The agent's own cost per collection-and-export cycle; writes target/bench/cycle.json.
+fn measure_cycle(bin: &Path, opts: &Options) -> Result<()> {
+    let figures = cycle::measure(bin, opts.cgroups, opts.cycles)?;
+    let path = workspace_root().join("target/bench/cycle.json");
+    write_json(&path, &figures)?;
+    eprintln!("bench: wrote {}", path.display());
     Ok(())
 }
 
@@ -401,6 +440,9 @@ while :; do echo '{"type":"interval"}'; sleep 0.2 & wait $!; done
             all_variants: false,
             baseline_only: false,
             retransmit_only: false,
+            cycle_only: false,
+            cgroups: 500,
+            cycles: 6,
         };
 
         let run = measure(&bin, Config::Agent, "auto", &opts, "test").unwrap();

@@ -147,7 +147,6 @@ impl Probes {
     /// field offsets and kernel struct offsets the programs need set as globals.
     pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         raise_memlock_limit();
-        let btf = Btf::from_sys_fs().ok();
         if opts.mount_tracefs
             && let Err(e) = tracefs::find_or_mount()
         {
@@ -164,7 +163,9 @@ impl Probes {
                 (probe.name, found.map(|_| ()).map_err(|e| e.to_string()))
             })
             .collect();
-        let kernel_offsets = match kernel_offsets() {
+        // Resolved (and the parsed BTF dropped) before aya parses its own copy, so the two
+        // are never in memory together.
+        let kernel_offsets = match kernel_offsets(opts.cgroup_v1_cpu) {
             Ok(offsets) => {
                 globals.extend(offsets);
                 Ok(())
@@ -177,9 +178,7 @@ impl Probes {
                 Err(e.to_string())
             }
         };
-        if opts.cgroup_v1_cpu {
-            globals.push((agent_ebpf::kernel::CGROUP_V1_SUBSYS, cpu_cgrp_id()?));
-        }
+        let btf = Btf::from_sys_fs().ok();
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
         // aya has no userspace type for task storage (RUNQ_TASK_ENQUEUED_AT); only the kernel
@@ -403,6 +402,18 @@ impl Probes {
             .collect()
     }
 
+    /// Called once every probe is attached: drops the parsed kernel BTF (tens of MB, needed
+    /// only to load tp_btf and fentry programs) and hands the freed heap back to the kernel,
+    /// so the agent's resident memory is what collection needs.
+    pub fn attaching_done(&mut self) {
+        self.btf = None;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
+
     /// Detaches and unloads everything, and unmounts tracefs if we mounted it.
     pub fn detach(self) {
         drop(self.ebpf);
@@ -436,8 +447,9 @@ fn tracepoint_offsets(probe: &Probe) -> Result<Vec<(&'static str, u32)>, ProbeEr
 }
 
 /// The kernel struct offsets of `agent_ebpf::kernel::OFFSETS` (bytes) and `BIT_OFFSETS`
-/// (bits), from the kernel's BTF.
-fn kernel_offsets() -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
+/// (bits), from the kernel's BTF; with `cgroup_v1_cpu`, also the index of the cpu controller
+/// in `css_set.subsys` (`cpu_cgrp_id` in `enum cgroup_subsys_id`) for `CGROUP_V1_SUBSYS`.
+fn kernel_offsets(cgroup_v1_cpu: bool) -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
     let kernel = btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))?;
     let bytes = agent_ebpf::kernel::OFFSETS
         .iter()
@@ -445,14 +457,13 @@ fn kernel_offsets() -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
     let bits = agent_ebpf::kernel::BIT_OFFSETS
         .iter()
         .map(|&(global, ty, path)| Ok((global, kernel.bit_offset(ty, path)?)));
-    bytes.chain(bits).collect()
-}
-
-/// The index of the cpu controller in `css_set.subsys` (`enum cgroup_subsys_id`).
-fn cpu_cgrp_id() -> Result<u32, ProbeError> {
-    btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))
-        .and_then(|k| k.enum_value("cgroup_subsys_id", "cpu_cgrp_id"))
-        .map_err(|e| ProbeError::CgroupV1(e.to_string()))
+    let subsys = cgroup_v1_cpu.then(|| {
+        Ok((
+            agent_ebpf::kernel::CGROUP_V1_SUBSYS,
+            kernel.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?,
+        ))
+    });
+    bytes.chain(bits).chain(subsys).collect()
 }
 
 /// The probes of a program set.

@@ -144,6 +144,11 @@ impl Nodesat {
         }
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     fn pid(&self) -> Result<Pid> {
         Ok(Pid::from_raw(i32::try_from(self.child.id())?))
     }

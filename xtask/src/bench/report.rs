@@ -376,6 +376,9 @@ mod tests {
             all_variants: false,
             baseline_only: false,
             retransmit_only: false,
+            cycle_only: false,
+            cgroups: 500,
+            cycles: 6,
         };
         let results = Results {
             baseline: vec![100_000.0],
