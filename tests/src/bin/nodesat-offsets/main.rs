@@ -1,0 +1,1238 @@
+//! `nodesat-offsets`: checks every kernel struct offset the agent resolves from BTF
+//! (`agent_ebpf::kernel::OFFSETS` and `BIT_OFFSETS`) on the running kernel, by comparing a
+//! figure the agent read through it with the same figure from procfs or sysfs.
+//!
+//! It runs `nodesat run --output json` and, while it runs, provokes at once:
+//! - TCP retransmits over lossy loopback connections (a socket filter drops packets), an
+//!   IPv4 client, an IPv6 client and their server each in a cgroup of its own;
+//! - an OOM kill of a thread that is not its process's main thread, in a memory-limited
+//!   cgroup, after reading its ids, name, `oom_score_adj` and cgroup from procfs;
+//! - `O_DIRECT` writes, then reads, on a block device (a loop device, or `--disk`);
+//! - CFS throttling of a busy loop under a 20% CPU quota;
+//!
+//! then compares (see `SPECS`). Each offset passes when every check that reads through it
+//! passed; a check is "n/a" when the probe attached with a variant that does not read that
+//! offset (or did not attach). An offset no check covers is "uncovered", which fails.
+//!
+//! Used by `tests/tests/offsets.rs` on the host and by `cargo xtask vm` inside each VM. Prints
+//! a table, then one line `nodesat-offsets-json {...}` with the results; exits 0 when nothing
+//! failed, 1 when something did, 2 on bad usage, 77 when it cannot run here.
+//!
+//! Helper modes (the processes it starts): `tcp-server`, `tcp-client`, `oom-victim`, `dio`,
+//! `spin`.
+
+mod agent;
+mod block;
+mod oom;
+mod tcp;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agent_ebpf::kernel as k;
+use nodesat_tests::{LoopDevice, TestCgroup, spawn_in};
+use serde_json::{Value, json};
+
+const USAGE: &str =
+    "usage: nodesat-offsets [--agent PATH] [--probe-variant V] [--disk DEV] [--json FILE]
+
+Checks the kernel struct offsets the agent reads through (resolved from BTF) against procfs and
+sysfs on this kernel. Needs root, cgroup v2 with the cpu and memory controllers (or their v1
+hierarchies), and a block device to write to: a new loop device by default, or DEV (all its
+data is overwritten).
+
+  --agent PATH        the nodesat binary (default: $NODESAT_BIN, else nodesat beside the tests)
+  --probe-variant V   passed to the agent (default auto)
+  --cgroup-hierarchy H  passed to the agent (default auto: unified, which this check needs
+                      mounted; cpu: the v1 cpu hierarchy keys the figures, where one is mounted)
+  --disk DEV          a whole block device to do the I/O on instead of a loop device
+  --json FILE         also write the results there";
+
+/// Report interval of the agent.
+const INTERVAL: &str = "1s";
+/// Longest wait for the agent's ready line (loading the programs under TCG takes a while).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes each TCP client exchanges (both ways).
+const TCP_BYTES: usize = 512 << 10;
+/// How long the I/O process writes, then reads.
+const IO_WRITE: Duration = Duration::from_millis(1500);
+const IO_READ: Duration = Duration::from_millis(1000);
+/// How long the capped busy loop runs, and its quota.
+const HOG_RUN: Duration = Duration::from_millis(2500);
+const HOG_QUOTA_US: u64 = 20_000;
+const HOG_PERIOD_US: u64 = 100_000;
+
+const TRACEPOINTS: &[&str] = &["tp_btf", "raw_tracepoint", "tracepoint"];
+const TASK_POINTERS: &[&str] = &["tp_btf", "raw_tracepoint"];
+const KERNEL_FUNCTIONS: &[&str] = &["fentry", "kprobe"];
+
+/// Which cgroup hierarchy the agent keys figures by (its `--cgroup-hierarchy`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// v2, as `bpf_get_current_cgroup_id()` and sockets know it.
+    Unified,
+    /// The v1 cpu controller's (`task->cgroups->subsys[cpu_cgrp_id]`).
+    V1Cpu,
+}
+
+/// One comparison: which offsets it reads through, in which probe and variants.
+struct Spec {
+    id: &'static str,
+    probe: &'static str,
+    /// The hierarchy mode it needs (`None`: either).
+    mode: Option<Mode>,
+    /// The variants of `probe` whose programs read through `offsets`.
+    variants: &'static [&'static str],
+    offsets: &'static [&'static str],
+    /// What the agent's figure is compared with.
+    against: &'static str,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        id: "tcp-cgroup",
+        probe: "tcp",
+        mode: Some(Mode::Unified),
+        variants: TRACEPOINTS,
+        offsets: &[k::SOCK_CGROUP, k::CGROUP_KN, k::KERNFS_NODE_ID],
+        against: "retransmits keyed by the sockets' cgroup ids vs stat() inodes of the clients' and server's cgroup directories, their sum vs /proc/net/snmp RetransSegs",
+    },
+    Spec {
+        id: "tcp-family",
+        probe: "tcp",
+        mode: Some(Mode::Unified),
+        variants: TASK_POINTERS,
+        offsets: &[k::SOCK_FAMILY],
+        against: "retransmits' family vs the address family each client connected with (127.0.0.1, ::1)",
+    },
+    Spec {
+        id: "tcp-segments",
+        probe: "tcp",
+        mode: None,
+        variants: TRACEPOINTS,
+        offsets: &[k::SKB_CB, k::TCP_SKB_CB_GSO_SEGS],
+        against: "segments counted vs /proc/net/snmp RetransSegs, with more segments than retransmit events (BPF run counts)",
+    },
+    Spec {
+        id: "oom-ids",
+        probe: "oom",
+        mode: None,
+        variants: TASK_POINTERS,
+        offsets: &[k::TASK_PID, k::TASK_TGID],
+        against: "victim's tid and pid vs Pid: and Tgid: of /proc/PID/task/TID/status (a thread other than the main one)",
+    },
+    Spec {
+        id: "oom-comm",
+        probe: "oom",
+        mode: None,
+        variants: TASK_POINTERS,
+        offsets: &[k::TASK_COMM],
+        against: "victim's comm vs /proc/PID/task/TID/comm",
+    },
+    Spec {
+        id: "oom-score-adj",
+        probe: "oom",
+        mode: None,
+        variants: TASK_POINTERS,
+        offsets: &[k::TASK_SIGNAL, k::SIGNAL_OOM_SCORE_ADJ],
+        against: "victim's oom_score_adj vs /proc/PID/oom_score_adj",
+    },
+    Spec {
+        id: "oom-cgroup",
+        probe: "oom",
+        mode: Some(Mode::Unified),
+        variants: TASK_POINTERS,
+        offsets: &[
+            k::TASK_CGROUPS,
+            k::CSS_SET_DFL_CGRP,
+            k::CGROUP_KN,
+            k::KERNFS_NODE_ID,
+        ],
+        against: "victim's cgroup id vs stat() inode of the directory /proc/PID/task/TID/cgroup names",
+    },
+    Spec {
+        id: "block-device",
+        probe: "block",
+        mode: None,
+        variants: TASK_POINTERS,
+        offsets: &[
+            k::REQUEST_Q,
+            k::QUEUE_DISK,
+            k::GENDISK_MAJOR,
+            k::GENDISK_FIRST_MINOR,
+        ],
+        against: "requests on the device /sys/block/NAME/dev names vs the requests /sys/block/NAME/stat counted",
+    },
+    Spec {
+        id: "block-op",
+        probe: "block",
+        mode: None,
+        variants: TASK_POINTERS,
+        offsets: &[k::REQUEST_CMD_FLAGS],
+        against: "read and write requests vs the reads and writes /sys/block/NAME/stat counted",
+    },
+    Spec {
+        id: "iowait",
+        probe: "runqueue",
+        mode: None,
+        variants: TRACEPOINTS,
+        offsets: &[k::TASK_IN_IOWAIT_BIT],
+        against: "the I/O process's cgroup's iowait vs its block I/O delay (delay accounting, /proc/PID/stat field 42)",
+    },
+    Spec {
+        id: "throttle-cgroup",
+        probe: "throttle",
+        mode: None,
+        variants: KERNEL_FUNCTIONS,
+        offsets: &[
+            k::CFS_RQ_TG,
+            k::TASK_GROUP_CGROUP,
+            k::CGROUP_KN,
+            k::KERNFS_NODE_ID,
+        ],
+        against: "throttle durations keyed by cfs_rq->tg's cgroup id vs the capped cgroup's directory inode, their sum vs its cpu.stat throttled time",
+    },
+    Spec {
+        id: "oom-cgroup-v1",
+        probe: "oom",
+        mode: Some(Mode::V1Cpu),
+        variants: TASK_POINTERS,
+        offsets: &[
+            k::TASK_CGROUPS,
+            k::CSS_SET_SUBSYS,
+            k::CSS_CGROUP,
+            k::CGROUP_KN,
+            k::KERNFS_NODE_ID,
+        ],
+        against: "victim's cgroup id (v1 cpu hierarchy) vs stat() inode of the v1 cpu directory /proc/PID/task/TID/cgroup names",
+    },
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Status {
+    Pass,
+    NotApplicable,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::NotApplicable => "n/a",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// A check's outcome: the agent's figure, the kernel's, and the verdict.
+struct Outcome {
+    status: Status,
+    agent: String,
+    kernel: String,
+}
+
+fn pass_if(ok: bool, agent: String, kernel: String) -> Outcome {
+    Outcome {
+        status: if ok { Status::Pass } else { Status::Fail },
+        agent,
+        kernel,
+    }
+}
+
+fn failed(why: impl Into<String>) -> Outcome {
+    Outcome {
+        status: Status::Fail,
+        agent: "-".into(),
+        kernel: why.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let helper = |r: std::io::Result<()>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodesat-offsets: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match arg(0) {
+        "tcp-server" => match arg(1).parse() {
+            Ok(addr) => helper(tcp::server(addr)),
+            Err(_) => usage("tcp-server LISTEN_ADDR"),
+        },
+        "tcp-client" => match (arg(1).parse(), arg(2).parse()) {
+            (Ok(addr), Ok(bytes)) => helper(tcp::client(addr, bytes)),
+            _ => usage("tcp-client ADDR BYTES"),
+        },
+        "oom-victim" if args.len() == 2 => helper(oom::victim(Path::new(arg(1)))),
+        "dio" => match (arg(2).parse(), arg(3).parse()) {
+            (Ok(w), Ok(r)) => helper(block::dio(
+                Path::new(arg(1)),
+                Duration::from_millis(w),
+                Duration::from_millis(r),
+            )),
+            _ => usage("dio PATH WRITE_MS READ_MS"),
+        },
+        "spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "-h" | "--help" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => match Options::parse(&args) {
+            Ok(o) => run(&o),
+            Err(e) => usage(&e),
+        },
+    }
+}
+
+fn usage(what: &str) -> ExitCode {
+    eprintln!("nodesat-offsets: {what}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+struct Options {
+    agent: Option<PathBuf>,
+    variant: String,
+    /// The agent's `--cgroup-hierarchy`.
+    hierarchy: String,
+    disk: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+impl Options {
+    /// The hierarchy the agent keys figures by: unified unless told `cpu` (`auto` means
+    /// unified wherever it is mounted, and this check needs it).
+    fn mode(&self) -> Mode {
+        if self.hierarchy == "cpu" {
+            Mode::V1Cpu
+        } else {
+            Mode::Unified
+        }
+    }
+
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            agent: None,
+            variant: "auto".into(),
+            hierarchy: "auto".into(),
+            disk: None,
+            json: None,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+            match a.as_str() {
+                "--agent" => o.agent = Some(value()?.into()),
+                "--probe-variant" => o.variant = value()?,
+                "--cgroup-hierarchy" => o.hierarchy = value()?,
+                "--disk" => o.disk = Some(value()?.into()),
+                "--json" => o.json = Some(value()?.into()),
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn run(o: &Options) -> ExitCode {
+    if let Err(why) = nodesat_tests::privileged()
+        .and_then(|()| nodesat_tests::memory_controller().map(drop))
+        .and_then(|()| nodesat_tests::cpu_controller().map(drop))
+    {
+        eprintln!("nodesat-offsets: cannot run here: {why}");
+        return ExitCode::from(77);
+    }
+    let started = Instant::now();
+    let mut result = check(o);
+    result["seconds"] = json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    let line = format!("nodesat-offsets-json {result}");
+    println!("{line}");
+    if let Some(path) = &o.json
+        && let Err(e) = fs::write(
+            path,
+            serde_json::to_string_pretty(&result).unwrap_or_default() + "\n",
+        )
+    {
+        eprintln!("nodesat-offsets: writing {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let failed = result["counts"]["fail"].as_u64().unwrap_or(1)
+        + result["counts"]["uncovered"].as_u64().unwrap_or(1)
+        + result["counts"]["checks_failed"].as_u64().unwrap_or(1)
+        + result["errors"].as_array().map_or(1, |e| e.len() as u64);
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The kernel release (`uname -r`).
+fn release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A sysctl set for the duration of the check, restored on drop.
+struct Sysctl {
+    path: &'static str,
+    old: Option<String>,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Result<Sysctl, String> {
+        let old = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        if old.trim() != value {
+            fs::write(path, value).map_err(|e| format!("writing {value} to {path}: {e}"))?;
+            return Ok(Sysctl {
+                path,
+                old: Some(old.trim().to_owned()),
+            });
+        }
+        Ok(Sysctl { path, old: None })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old
+            && let Err(e) = fs::write(self.path, old)
+        {
+            eprintln!("nodesat-offsets: restoring {} to {old}: {e}", self.path);
+        }
+    }
+}
+
+/// BPF run-time statistics on while this lives (`BPF_ENABLE_STATS`: the kernel counts while
+/// any such file descriptor is open, so an enabled sysctl is left as it was).
+struct BpfStats(#[allow(dead_code)] Option<std::os::fd::OwnedFd>);
+
+fn bpf_stats() -> Result<BpfStats, String> {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let attr = [0u32; 2]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
+    // SAFETY: the kernel reads `size` bytes of `attr`.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), 8usize) };
+    if fd < 0 {
+        return Err(format!(
+            "BPF_ENABLE_STATS: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new file descriptor we own.
+    Ok(BpfStats(Some(unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+    })))
+}
+
+/// What the provocations left to compare with.
+#[derive(Default)]
+struct Truth {
+    tcp: Option<Result<TcpTruth, String>>,
+    oom: Option<Result<oom::Victim, String>>,
+    io: Option<Result<IoTruth, String>>,
+    hog: Option<Result<HogTruth, String>>,
+}
+
+struct TcpTruth {
+    /// RetransSegs growth over the agent's run.
+    kernel_segments: u64,
+    /// TCPRetransFail growth: those of them whose transmission failed.
+    failed_segments: u64,
+    exchanges: tcp::Exchanges,
+}
+
+struct IoTruth {
+    io: block::Io,
+    /// /sys/block/NAME/stat growth over the agent's run.
+    stat: nodesat_tests::BlockStat,
+}
+
+struct HogTruth {
+    throttled_ns: u64,
+    throttled_periods: u64,
+}
+
+/// The cgroups the provocations run in.
+struct Cgroups {
+    tcp4: TestCgroup,
+    tcp6: TestCgroup,
+    server: TestCgroup,
+    oom: TestCgroup,
+    io: TestCgroup,
+    hog: TestCgroup,
+}
+
+fn check(o: &Options) -> Value {
+    let mut errors: Vec<String> = Vec::new();
+    let kernel = release();
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fatal(&kernel, o, format!("current_exe: {e}")),
+    };
+    let agent_bin = o.agent.clone().unwrap_or_else(nodesat_tests::agent_bin);
+    let scratch = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return fatal(&kernel, o, format!("tempdir: {e}")),
+    };
+    let _stats = bpf_stats().unwrap_or_else(|e| {
+        errors.push(format!("cannot count BPF program runs: {e}"));
+        BpfStats(None)
+    });
+    let delayacct = Sysctl::set("/proc/sys/kernel/task_delayacct", "1");
+    let cgroups = match make_cgroups() {
+        Ok(c) => c,
+        Err(e) => return fatal(&kernel, o, e),
+    };
+    // The loop devices (if any) live until the end.
+    let mut loops = Vec::new();
+    let disk = match &o.disk {
+        Some(path) => block::Disk::at(path),
+        None => loop_disk(&mut loops),
+    };
+    let disk = match disk {
+        Ok(d) => d,
+        Err(e) => return fatal(&kernel, o, e),
+    };
+    // Let the partition scan of a new device settle before the agent counts requests.
+    thread::sleep(Duration::from_millis(300));
+
+    eprintln!(
+        "nodesat-offsets: kernel {kernel}; agent {} --probe-variant {}; disk {} ({} {})",
+        agent_bin.display(),
+        o.variant,
+        disk.path.display(),
+        disk.name,
+        disk.dev
+    );
+    let mut agent = match agent::AgentRun::start(
+        &agent_bin,
+        INTERVAL,
+        &[
+            "--probe-variant",
+            &o.variant,
+            "--cgroup-hierarchy",
+            &o.hierarchy,
+        ],
+    ) {
+        Ok(a) => a,
+        Err(e) => return fatal(&kernel, o, e),
+    };
+    if let Err(e) = agent.wait_ready(READY_TIMEOUT) {
+        return fatal(&kernel, o, e);
+    }
+    let retrans_before = tcp::retrans_segs();
+    let fail_before = tcp::retrans_fail();
+    let disk_before = disk.stat();
+
+    let mut truth = Truth::default();
+    thread::scope(|s| {
+        let tcp = s.spawn(|| {
+            tcp::exchange(
+                &exe,
+                &cgroups.tcp4,
+                &cgroups.tcp6,
+                &cgroups.server,
+                TCP_BYTES,
+            )
+        });
+        let oom = s.spawn(|| oom::kill_one(&exe, &cgroups.oom, scratch.path()));
+        let io = s.spawn(|| match &delayacct {
+            Ok(_) => block::run(&exe, &cgroups.io, &disk, IO_WRITE, IO_READ),
+            Err(e) => Err(format!("no delay accounting to compare iowait with: {e}")),
+        });
+        let hog = s.spawn(|| hog(&exe, &cgroups.hog));
+        let exchanges = join(tcp);
+        truth.oom = Some(join(oom));
+        let io = join(io);
+        truth.hog = Some(join(hog));
+        // In-flight requests and last retransmits: the kernel's counters are read last.
+        thread::sleep(Duration::from_millis(300));
+        truth.tcp = Some(exchanges.and_then(|exchanges| {
+            Ok(TcpTruth {
+                kernel_segments: tcp::retrans_segs()? - retrans_before.clone()?,
+                failed_segments: tcp::retrans_fail()? - fail_before.clone()?,
+                exchanges,
+            })
+        }));
+        truth.io = Some(io.and_then(|io| {
+            Ok(IoTruth {
+                io,
+                stat: disk.stat()?.since(&disk_before.clone()?),
+            })
+        }));
+    });
+    let collected = agent.stop(Duration::from_secs(60));
+    drop(delayacct);
+
+    if !collected.status.success() {
+        errors.push(format!(
+            "the agent exited with {} after SIGTERM",
+            collected.status
+        ));
+    }
+    if !collected
+        .intervals
+        .last()
+        .is_some_and(|r| r["final"] == true)
+    {
+        errors.push("the agent made no final report after SIGTERM".into());
+    }
+    if !collected.garbled.is_empty() {
+        errors.push(format!(
+            "{} lines of the agent's stdout were not JSON, e.g. {:?}",
+            collected.garbled.len(),
+            collected.garbled[0]
+        ));
+    }
+    if !errors.is_empty() {
+        eprintln!(
+            "nodesat-offsets: agent stderr (last lines):\n{}",
+            tail(&collected.stderr, 20)
+        );
+    }
+    evaluate(&kernel, o, &collected, &cgroups, &disk, &truth, errors)
+}
+
+/// A new loop device whose minor number is not 0 (a misread `first_minor` often reads 0), kept
+/// in `loops` with any it skipped.
+fn loop_disk(loops: &mut Vec<LoopDevice>) -> Result<block::Disk, String> {
+    for _ in 0..2 {
+        let l = LoopDevice::create().map_err(|e| format!("cannot create a loop device: {e}"))?;
+        let disk = block::Disk::at(l.path());
+        loops.push(l);
+        if disk.as_ref().is_ok_and(|d| d.dev.ends_with(":0")) {
+            continue;
+        }
+        return disk;
+    }
+    Err("two loop devices in a row had minor 0".into())
+}
+
+/// A step's result; a panic in it is a failure of the step.
+fn join<T>(h: thread::ScopedJoinHandle<'_, Result<T, String>>) -> Result<T, String> {
+    h.join()
+        .unwrap_or_else(|_| Err("the step panicked".to_owned()))
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn make_cgroups() -> Result<Cgroups, String> {
+    let make =
+        |name: &str| TestCgroup::create(name).map_err(|e| format!("creating cgroup {name}: {e}"));
+    let c = Cgroups {
+        tcp4: make("offsets-tcp4")?,
+        tcp6: make("offsets-tcp6")?,
+        server: make("offsets-server")?,
+        oom: make("offsets-oom")?,
+        io: make("offsets-io")?,
+        hog: make("offsets-hog")?,
+    };
+    c.oom
+        .set_memory_limit(oom::LIMIT)
+        .map_err(|e| format!("memory limit: {e}"))?;
+    c.hog
+        .set_cpu_quota(HOG_QUOTA_US, HOG_PERIOD_US)
+        .map_err(|e| format!("CPU quota: {e}"))?;
+    Ok(c)
+}
+
+/// A busy loop in `cgroup` (capped) for `HOG_RUN`; the growth of its cpu.stat from before it
+/// started until every throttle it got has ended.
+fn hog(exe: &Path, cgroup: &TestCgroup) -> Result<HogTruth, String> {
+    let before = cgroup.cpu_stat().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("spin");
+    let spinner = spawn_in(cgroup, cmd).map_err(|e| format!("spin: {e}"))?;
+    thread::sleep(HOG_RUN);
+    drop(spinner);
+    // A throttled run queue ends its throttle at the next period refresh, even when empty.
+    thread::sleep(Duration::from_micros(3 * HOG_PERIOD_US));
+    let d = cgroup.cpu_stat().map_err(|e| e.to_string())?.since(&before);
+    Ok(HogTruth {
+        throttled_ns: d.throttled_ns,
+        throttled_periods: d.throttled_periods,
+    })
+}
+
+/// The result when the check could not run at all.
+fn fatal(kernel: &str, o: &Options, why: String) -> Value {
+    eprintln!("nodesat-offsets: {why}");
+    json!({
+        "kernel": kernel,
+        "variant": o.variant,
+        "attached": {},
+        "checks": [],
+        "offsets": [],
+        "counts": {"pass": 0, "fail": 0, "na": 0, "uncovered": 0, "checks_failed": 0},
+        "errors": [why],
+    })
+}
+
+/// Segments the agent counted, by (cgroup id, family).
+fn segments(c: &agent::Collected) -> BTreeMap<(u64, String), u64> {
+    let mut m = BTreeMap::new();
+    for r in &c.intervals {
+        for cg in r["cgroups"].as_array().into_iter().flatten() {
+            let id = cg["cgroup_id"].as_u64().unwrap_or(0);
+            for t in cg["tcp_retransmits"].as_array().into_iter().flatten() {
+                let family = t["family"].as_str().unwrap_or("?").to_owned();
+                *m.entry((id, family)).or_default() += t["count"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    m
+}
+
+fn evaluate(
+    kernel: &str,
+    o: &Options,
+    c: &agent::Collected,
+    cg: &Cgroups,
+    disk: &block::Disk,
+    t: &Truth,
+    errors: Vec<String>,
+) -> Value {
+    // Every check runs when its probe attached, whatever the variant: a fallback must give the
+    // same figures. Only where the variant reads through the check's offsets does the check
+    // speak for them.
+    let mut outcomes: Vec<(&Spec, Outcome, bool)> = Vec::new();
+    for spec in SPECS {
+        let mode = o.mode();
+        let (outcome, reads) = match c.attached(spec.probe) {
+            _ if spec.mode.is_some_and(|m| m != mode) => (
+                Outcome {
+                    status: Status::NotApplicable,
+                    agent: "-".into(),
+                    kernel: match spec.mode {
+                        Some(Mode::V1Cpu) => "read only with --cgroup-hierarchy cpu (v1-only nodes, or forced)".into(),
+                        _ => "not with --cgroup-hierarchy cpu: figures are keyed by v1 cpu cgroup ids (TCP retransmits all on the root)".into(),
+                    },
+                },
+                false,
+            ),
+            Err(e) => (
+                Outcome {
+                    status: Status::NotApplicable,
+                    agent: "-".into(),
+                    kernel: format!("the {} probe did not attach: {e}", spec.probe),
+                },
+                false,
+            ),
+            Ok(v) => (
+                compare(spec.id, &v, mode, c, cg, disk, t),
+                spec.variants.contains(&v.as_str()),
+            ),
+        };
+        outcomes.push((spec, outcome, reads));
+    }
+
+    let all: Vec<(&str, &str, &str)> = k::OFFSETS
+        .iter()
+        .chain(k::BIT_OFFSETS.iter())
+        .copied()
+        .collect();
+    let mut offsets = Vec::new();
+    let mut counts: BTreeMap<&str, u64> = ["pass", "fail", "na", "uncovered"]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+    for &(name, ty, member) in &all {
+        let mine: Vec<&(&Spec, Outcome, bool)> = outcomes
+            .iter()
+            .filter(|(s, _, _)| s.offsets.contains(&name))
+            .collect();
+        let (status, why) = if mine.is_empty() {
+            (
+                "uncovered",
+                "no check compares a figure read through it (add one to tests/src/bin/nodesat-offsets)".to_owned(),
+            )
+        } else {
+            let worst = mine
+                .iter()
+                .filter(|(_, o, reads)| *reads && o.status != Status::NotApplicable)
+                .map(|(_, o, _)| o.status)
+                .max();
+            match worst {
+                Some(Status::Fail) => ("fail", String::new()),
+                Some(_) => ("pass", String::new()),
+                None => (
+                    "na",
+                    mine.iter()
+                        .find(|(_, o, _)| o.status == Status::NotApplicable)
+                        .map_or_else(|| not_read(mine[0].0, c), |(_, o, _)| o.kernel.clone()),
+                ),
+            }
+        };
+        *counts.entry(status).or_default() += 1;
+        offsets.push(json!({
+            "name": name,
+            "struct": ty,
+            "member": member,
+            "status": if status == "na" { "n/a" } else { status },
+            "checks": mine.iter().map(|(s, _, _)| s.id).collect::<Vec<_>>(),
+            "why": why,
+        }));
+    }
+
+    let attached: serde_json::Map<String, Value> = ["runqueue", "tcp", "oom", "block", "throttle"]
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                c.attached(p).map_or(Value::Null, Value::String),
+            )
+        })
+        .collect();
+    counts.insert(
+        "checks_failed",
+        outcomes
+            .iter()
+            .filter(|(_, o, _)| o.status == Status::Fail)
+            .count() as u64,
+    );
+    let result = json!({
+        "kernel": kernel,
+        "variant": o.variant,
+        "cgroup_hierarchy": o.hierarchy,
+        "attached": attached,
+        "disk": format!("{} ({})", disk.name, disk.dev),
+        "checks": outcomes.iter().map(|(s, o, reads)| json!({
+            "id": s.id,
+            "probe": s.probe,
+            "reads_offsets": reads,
+            "status": o.status.as_str().to_lowercase(),
+            "agent": o.agent,
+            "kernel": o.kernel,
+            "against": s.against,
+        })).collect::<Vec<_>>(),
+        "offsets": offsets,
+        "counts": counts,
+        "errors": errors,
+    });
+    print!("{}", human(&result));
+    result
+}
+
+/// Why `spec`'s offsets were not read in this run.
+fn not_read(spec: &Spec, c: &agent::Collected) -> String {
+    match c.attached(spec.probe) {
+        Err(e) => format!("the {} probe did not attach: {e}", spec.probe),
+        Ok(v) => format!(
+            "the {} probe attached with {v}, which does not read through it",
+            spec.probe
+        ),
+    }
+}
+
+/// The comparison of check `id`, with its probe attached with `variant`.
+fn compare(
+    id: &str,
+    variant: &str,
+    mode: Mode,
+    c: &agent::Collected,
+    cg: &Cgroups,
+    disk: &block::Disk,
+    t: &Truth,
+) -> Outcome {
+    match id {
+        "tcp-cgroup" | "tcp-family" | "tcp-segments" => {
+            let Some(Ok(tcp)) = &t.tcp else {
+                return failed(step_error(&t.tcp, "the TCP exchanges"));
+            };
+            compare_tcp(id, c, cg, tcp)
+        }
+        "oom-ids" | "oom-comm" | "oom-score-adj" | "oom-cgroup" | "oom-cgroup-v1" => {
+            let Some(Ok(v)) = &t.oom else {
+                return failed(step_error(&t.oom, "the OOM kill"));
+            };
+            compare_oom(id, variant, c, cg, v)
+        }
+        "block-device" | "block-op" | "iowait" => {
+            let Some(Ok(io)) = &t.io else {
+                return failed(step_error(&t.io, "the block I/O"));
+            };
+            compare_io(id, mode, c, cg, disk, io)
+        }
+        "throttle-cgroup" => {
+            let Some(Ok(h)) = &t.hog else {
+                return failed(step_error(&t.hog, "the capped busy loop"));
+            };
+            let hog = id_in(&cg.hog, mode);
+            let durations = |f: &str| -> u64 {
+                c.cgroup_entries(hog)
+                    .filter_map(|e| e["throttling"]["durations"][f].as_u64())
+                    .sum()
+            };
+            let (count, sum) = (durations("count"), durations("sum_ns"));
+            let elsewhere: u64 = c
+                .intervals
+                .iter()
+                .flat_map(|r| r["cgroups"].as_array().into_iter().flatten())
+                .filter(|e| e["cgroup_id"].as_u64() != Some(hog))
+                .filter_map(|e| e["throttling"]["durations"]["count"].as_u64())
+                .sum();
+            pass_if(
+                count > 0 && within(sum, h.throttled_ns, 0.15, 20_000_000),
+                format!(
+                    "{count} throttles summing to {} on id {hog} ({elsewhere} on other ids)",
+                    ms(sum),
+                ),
+                format!(
+                    "{} throttled in {} periods (cpu.stat); directory inode {hog}",
+                    ms(h.throttled_ns),
+                    h.throttled_periods,
+                ),
+            )
+        }
+        other => failed(format!("no comparison named {other}")),
+    }
+}
+
+/// The id of `cg` in the hierarchy the agent keys figures by: the inode of its directory
+/// there.
+fn id_in(cg: &TestCgroup, mode: Mode) -> u64 {
+    match mode {
+        Mode::Unified => cg.id(),
+        Mode::V1Cpu => fs::metadata(cg.cpu_dir()).map_or(0, |m| m.ino()),
+    }
+}
+
+/// The path the agent gave cgroup `id` in any report, if any.
+fn cgroup_name(c: &agent::Collected, id: u64) -> Option<String> {
+    c.cgroup_entries(id)
+        .find_map(|e| e["name"].as_str().map(str::to_owned))
+}
+
+fn step_error<T>(r: &Option<Result<T, String>>, what: &str) -> String {
+    match r {
+        Some(Err(e)) => format!("{what} failed: {e}"),
+        _ => format!("{what} did not run"),
+    }
+}
+
+fn compare_tcp(id: &str, c: &agent::Collected, cg: &Cgroups, tcp: &TcpTruth) -> Outcome {
+    let segs = segments(c);
+    let of = |cgroup: &TestCgroup, family: Option<&str>| -> u64 {
+        segs.iter()
+            .filter(|((i, f), _)| *i == cgroup.id() && family.is_none_or(|want| f == want))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let kernel = tcp.kernel_segments;
+    let failed = if tcp.failed_segments > 0 {
+        format!(" ({} failed, TCPRetransFail)", tcp.failed_segments)
+    } else {
+        String::new()
+    };
+    let quiet = if tcp.exchanges.not_quiet.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; sockets still active at the end: {:?}",
+            tcp.exchanges.not_quiet
+        )
+    };
+    match id {
+        "tcp-cgroup" => {
+            let (a, b, s) = (of(&cg.tcp4, None), of(&cg.tcp6, None), of(&cg.server, None));
+            let ours = a + b + s;
+            // Other sockets of the machine retransmit too (on a shared host): they must land on
+            // cgroups that exist (the agent names them); ones on ids that name no cgroup
+            // would be misattributed.
+            let mine = [cg.tcp4.id(), cg.tcp6.id(), cg.server.id()];
+            let (mut named, mut unnamed) = (BTreeMap::<String, u64>::new(), 0u64);
+            for ((id, _), n) in &segs {
+                if mine.contains(id) {
+                    continue;
+                }
+                match cgroup_name(c, *id) {
+                    Some(name) => *named.entry(name).or_default() += n,
+                    None => unnamed += n,
+                }
+            }
+            let others: u64 = named.values().sum();
+            pass_if(
+                a > 0
+                    && b > 0
+                    && s > 0
+                    && within(ours + others, kernel, 0.05, 2)
+                    && within(unnamed, 0, 0.0, 2.max(kernel / 50)),
+                format!(
+                    "{a} + {b} + {s} = {ours} segments on ids {}, {}, {}; {others} on other cgroups {named:?}; {unnamed} on ids naming no cgroup",
+                    cg.tcp4.id(),
+                    cg.tcp6.id(),
+                    cg.server.id()
+                ),
+                format!(
+                    "RetransSegs +{kernel}{failed}; inodes {}, {}, {} (IPv4 client, IPv6 client, server); exchanges took {:.1?}{quiet}",
+                    cg.tcp4.id(),
+                    cg.tcp6.id(),
+                    cg.server.id(),
+                    tcp.exchanges.elapsed
+                ),
+            )
+        }
+        "tcp-family" => {
+            let v4 = of(&cg.tcp4, Some("ipv4"));
+            let v4_other = of(&cg.tcp4, None) - v4;
+            let v6 = of(&cg.tcp6, Some("ipv6"));
+            let v6_other = of(&cg.tcp6, None) - v6;
+            pass_if(
+                v4 > 0 && v6 > 0 && v4_other == 0 && v6_other == 0,
+                format!(
+                    "IPv4 client: {v4} ipv4, {v4_other} other; IPv6 client: {v6} ipv6, {v6_other} other"
+                ),
+                "AF_INET (127.0.0.1) and AF_INET6 (::1) sockets".into(),
+            )
+        }
+        _ => {
+            let node: u64 = c
+                .intervals
+                .iter()
+                .filter_map(|r| r["node"]["tcp_retransmits"].as_u64())
+                .sum();
+            let events = c.hook_runs("tcp_retransmit_skb") + c.hook_runs("tcp_retransmit_synack");
+            pass_if(
+                events > 0 && node > events && within(node, kernel, 0.05, 2),
+                format!("{node} segments in {events} retransmit events"),
+                format!("RetransSegs +{kernel}{failed}{quiet}"),
+            )
+        }
+    }
+}
+
+fn compare_oom(
+    id: &str,
+    variant: &str,
+    c: &agent::Collected,
+    cg: &Cgroups,
+    v: &oom::Victim,
+) -> Outcome {
+    let Some(e) = c.oom_kills.iter().find(|e| {
+        e["tid"].as_u64() == Some(v.tid.into()) || e["pid"].as_u64() == Some(v.tgid.into())
+    }) else {
+        return failed(format!(
+            "no oom_kill event for pid {} / tid {} (events: {:?})",
+            v.tgid, v.tid, c.oom_kills
+        ));
+    };
+    let shown = |f: &str| match &e[f] {
+        Value::Null => "none".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match id {
+        // The classic record has only the victim thread's id: the agent reports it as both
+        // (docs/metrics.md).
+        "oom-ids" if variant == "tracepoint" => pass_if(
+            e["pid"].as_u64() == Some(v.tid.into()) && e["tid"].as_u64() == Some(v.tid.into()),
+            format!("pid {} tid {}", shown("pid"), shown("tid")),
+            format!("Pid {} (the record's pid; Tgid {})", v.tid, v.tgid),
+        ),
+        "oom-ids" => pass_if(
+            v.tid != v.tgid
+                && e["pid"].as_u64() == Some(v.tgid.into())
+                && e["tid"].as_u64() == Some(v.tid.into()),
+            format!("pid {} tid {}", shown("pid"), shown("tid")),
+            format!("Tgid {} Pid {}", v.tgid, v.tid),
+        ),
+        "oom-comm" => pass_if(
+            e["comm"].as_str() == Some(v.comm.as_str()) && v.comm == oom::THREAD_NAME,
+            format!("comm {:?}", shown("comm")),
+            format!("comm {:?}", v.comm),
+        ),
+        "oom-score-adj" => pass_if(
+            e["oom_score_adj"].as_i64() == Some(v.oom_score_adj.into())
+                && v.oom_score_adj == oom::SCORE_ADJ,
+            format!("oom_score_adj {}", shown("oom_score_adj")),
+            format!("oom_score_adj {}", v.oom_score_adj),
+        ),
+        "oom-cgroup-v1" => match &v.cpu_cgroup {
+            Some((id, path)) => pass_if(
+                e["cgroup_id"].as_u64() == Some(*id) && *id == id_in(&cg.oom, Mode::V1Cpu),
+                format!("cgroup id {} ({})", shown("cgroup_id"), shown("cgroup")),
+                format!("inode {id} of {path} (v1 cpu)"),
+            ),
+            None => failed("the victim is in no v1 cpu cgroup (no v1 cpu hierarchy mounted?)"),
+        },
+        _ => pass_if(
+            e["cgroup_id"].as_u64() == Some(v.cgroup_id) && v.cgroup_id == cg.oom.id(),
+            format!("cgroup id {} ({})", shown("cgroup_id"), shown("cgroup")),
+            format!("inode {} of {}", v.cgroup_id, v.cgroup_path),
+        ),
+    }
+}
+
+fn compare_io(
+    id: &str,
+    mode: Mode,
+    c: &agent::Collected,
+    cg: &Cgroups,
+    disk: &block::Disk,
+    t: &IoTruth,
+) -> Outcome {
+    let requests = |op: Option<&str>| -> u64 {
+        c.disk_entries()
+            .filter(|d| d["device"] == disk.dev.as_str())
+            .filter(|d| op.is_none_or(|op| d["op"] == op))
+            .filter_map(|d| d["requests"].as_u64())
+            .sum()
+    };
+    let s = &t.stat;
+    match id {
+        "block-device" => {
+            let kernel = s.reads + s.writes + s.flushes + s.discards;
+            let mut others: BTreeMap<String, u64> = BTreeMap::new();
+            for d in c.disk_entries() {
+                if let Some(dev) = d["device"].as_str().filter(|d| *d != disk.dev) {
+                    *others.entry(dev.to_owned()).or_default() +=
+                        d["requests"].as_u64().unwrap_or(0);
+                }
+            }
+            pass_if(
+                kernel > 0 && within(requests(None), kernel, 0.02, 2),
+                format!(
+                    "{} requests on {}; other devices {others:?}",
+                    requests(None),
+                    disk.dev
+                ),
+                format!(
+                    "{kernel} requests on {} ({}), /sys/block/{}/stat",
+                    disk.dev, disk.name, disk.name
+                ),
+            )
+        }
+        "block-op" => {
+            let (r, w) = (requests(Some("read")), requests(Some("write")));
+            pass_if(
+                s.reads > 0
+                    && s.writes > 0
+                    && within(r, s.reads, 0.02, 2)
+                    && within(w, s.writes, 0.02, 2),
+                format!("{r} reads, {w} writes"),
+                format!(
+                    "{} reads, {} writes (the process did {} and {})",
+                    s.reads, s.writes, t.io.reads, t.io.writes
+                ),
+            )
+        }
+        _ => {
+            let io = id_in(&cg.io, mode);
+            let iowait: u64 = c
+                .cgroup_entries(io)
+                .filter_map(|e| e["iowait_ns"].as_u64())
+                .sum();
+            let k = t.io.blkio_delay_ns;
+            pass_if(
+                k >= 200_000_000 && within(iowait, k, 0.10, 50_000_000),
+                format!("{} iowait on id {io}", ms(iowait)),
+                format!("{} block I/O delay", ms(k)),
+            )
+        }
+    }
+}
+
+/// Whether `a` is within `rel` of `b`, or within `abs`.
+fn within(a: u64, b: u64, rel: f64, abs: u64) -> bool {
+    let diff = a.abs_diff(b);
+    diff <= abs || (diff as f64) <= rel * b as f64
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.1} ms", ns as f64 / 1e6)
+}
+
+/// The results as two tables.
+fn human(r: &Value) -> String {
+    let mut out = String::new();
+    let attached: Vec<String> = r["attached"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(p, v)| format!("{p}={}", v.as_str().unwrap_or("none")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "kernel {}, --probe-variant {}, attached: {}, disk {}",
+        r["kernel"].as_str().unwrap_or("?"),
+        r["variant"].as_str().unwrap_or("?"),
+        attached.join(" "),
+        r["disk"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:<6} {:<8} {:<60} KERNEL",
+        "CHECK", "RESULT", "OFFSETS", "AGENT"
+    );
+    for ch in r["checks"].as_array().into_iter().flatten() {
+        let s = |f: &str| ch[f].as_str().unwrap_or("").to_owned();
+        let reads = if ch["reads_offsets"] == true {
+            "read"
+        } else {
+            "not read"
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:<8} {:<60} {}",
+            s("id"),
+            s("status"),
+            reads,
+            s("agent"),
+            s("kernel")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<30} {:<40} {:<10} CHECKS / WHY",
+        "OFFSET", "STRUCT.MEMBER", "RESULT"
+    );
+    for off in r["offsets"].as_array().into_iter().flatten() {
+        let s = |f: &str| off[f].as_str().unwrap_or("").to_owned();
+        let checks: Vec<&str> = off["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<30} {:<40} {:<10} {} {}",
+            s("name"),
+            format!("{}.{}", s("struct"), s("member")),
+            s("status"),
+            checks.join(","),
+            s("why")
+        );
+    }
+    let n = |f: &str| r["counts"][f].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "offsets: {} pass, {} fail, {} n/a, {} uncovered; checks failed: {}",
+        n("pass"),
+        n("fail"),
+        n("na"),
+        n("uncovered"),
+        n("checks_failed")
+    );
+    for e in r["errors"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "error: {}", e.as_str().unwrap_or(""));
+    }
+    out
+}
