@@ -169,6 +169,13 @@ pub struct Flags {
     /// PEM CA bundle for an https endpoint [env OTEL_EXPORTER_OTLP_CERTIFICATE].
     #[arg(long, value_name = "FILE")]
     pub otlp_certificate: Option<String>,
+    /// PEM client certificate for an https endpoint that requires one; needs
+    /// --otlp-client-key [env OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_certificate: Option<String>,
+    /// PEM private key of the client certificate [env OTEL_EXPORTER_OTLP_CLIENT_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<String>,
     /// Temporality: cumulative or delta [default: cumulative; env
     /// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE].
     #[arg(long, value_name = "T")]
@@ -197,7 +204,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 24] = [
+const KEYS: [Key; 26] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -249,6 +256,16 @@ const KEYS: [Key; 24] = [
         "otlp_certificate",
         "--otlp-certificate",
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ),
+    key(
+        "otlp_client_certificate",
+        "--otlp-client-certificate",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    ),
+    key(
+        "otlp_client_key",
+        "--otlp-client-key",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
     ),
     key(
         "otlp_temporality",
@@ -303,6 +320,8 @@ impl Flags {
             "otlp_timeout" => self.otlp_timeout.as_ref(),
             "otlp_compression" => self.otlp_compression.as_ref(),
             "otlp_certificate" => self.otlp_certificate.as_ref(),
+            "otlp_client_certificate" => self.otlp_client_certificate.as_ref(),
+            "otlp_client_key" => self.otlp_client_key.as_ref(),
             "otlp_temporality" => self.otlp_temporality.as_ref(),
             "otlp_queue_size" => self.otlp_queue_size.as_ref(),
             "resource_attributes" => self.resource_attributes.as_ref(),

@@ -2,7 +2,12 @@
 //! defaults) and their config-file keys and flags, parsed and validated with the rest of the
 //! configuration (`crate::config`).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ureq::tls::{Certificate, PemItem, PrivateKey};
 
 use super::otlp::Temporality;
 use crate::config::{ConfigError, Raw, parse};
@@ -49,6 +54,8 @@ pub struct ExportConfig {
     pub compression: Compression,
     /// PEM CA bundle to trust instead of the built-in roots (https endpoints).
     pub certificate: Option<PathBuf>,
+    /// Client certificate and key, for receivers that require one (https endpoints).
+    pub client_identity: Option<ClientIdentity>,
     pub temporality: Temporality,
     pub service_name: String,
     /// OTEL_RESOURCE_ATTRIBUTES, less `service.name` (which is `service_name`).
@@ -60,13 +67,26 @@ pub struct ExportConfig {
     pub retry: RetryPolicy,
 }
 
+/// A client certificate (PEM, the leaf first, then any intermediates) and its private key
+/// (PEM: PKCS#8, PKCS#1 or SEC1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Metrics-specific variables that beat the generic `OTEL_EXPORTER_OTLP_*` one of a key.
-pub const ENV_SIGNAL: [(&str, &str); 5] = [
+pub const ENV_SIGNAL: [(&str, &str); 7] = [
     ("otlp_protocol", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
     ("otlp_headers", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"),
     ("otlp_timeout", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
     ("otlp_compression", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"),
     ("otlp_certificate", "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE"),
+    (
+        "otlp_client_certificate",
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    ),
+    ("otlp_client_key", "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY"),
 ];
 
 /// The metrics-specific variable that beats the generic one for `field`, if any.
@@ -93,7 +113,12 @@ pub fn from_raw(raw: &Raw) -> Result<Option<ExportConfig>, ConfigError> {
         Compression::None,
         parse_compression,
     )?;
-    let certificate = parse(raw, "otlp_certificate", None, parse_file)?;
+    let certificate = parse(raw, "otlp_certificate", None, |s| {
+        read_certificates(Path::new(s))
+            .map(|_| Some(PathBuf::from(s)))
+            .map_err(|e| format!("a PEM file holding the CA certificates to trust ({e})"))
+    })?;
+    let client_identity = client_identity(raw)?;
     let temporality = parse(
         raw,
         "otlp_temporality",
@@ -143,6 +168,7 @@ pub fn from_raw(raw: &Raw) -> Result<Option<ExportConfig>, ConfigError> {
         timeout,
         compression,
         certificate,
+        client_identity,
         temporality,
         service_name,
         resource_attributes,
@@ -207,12 +233,109 @@ fn parse_millis(s: &str, min: Duration, max: Duration) -> Result<Duration, Strin
     Ok(d)
 }
 
-fn parse_file(s: &str) -> Result<Option<PathBuf>, String> {
-    let p = PathBuf::from(s);
-    if p.is_file() {
-        Ok(Some(p))
-    } else {
-        Err("an existing PEM file".to_owned())
+/// The client certificate and key: both or neither, each a PEM file holding what it should.
+fn client_identity(raw: &Raw) -> Result<Option<ClientIdentity>, ConfigError> {
+    let certificate = parse(raw, "otlp_client_certificate", None, |s| {
+        read_certificates(Path::new(s))
+            .map(|_| Some(PathBuf::from(s)))
+            .map_err(|e| format!("a PEM file holding the client certificate ({e})"))
+    })?;
+    let key = parse(raw, "otlp_client_key", None, |s| {
+        read_private_key(Path::new(s))
+            .map(|_| Some(PathBuf::from(s)))
+            .map_err(|e| format!("a PEM file holding the client certificate's private key ({e})"))
+    })?;
+    // The one given is named in the error, with where it came from.
+    let alone = |given: &'static str, expected: &str| {
+        let (value, origin) = raw[given].clone();
+        Err(ConfigError::Invalid {
+            field: given,
+            value,
+            origin,
+            expected: expected.to_owned(),
+        })
+    };
+    match (certificate, key) {
+        (Some(certificate), Some(key)) => Ok(Some(ClientIdentity { certificate, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => alone(
+            "otlp_client_certificate",
+            "otlp_client_key as well (--otlp-client-key, OTEL_EXPORTER_OTLP_CLIENT_KEY): a client certificate needs its private key",
+        ),
+        (None, Some(_)) => alone(
+            "otlp_client_key",
+            "otlp_client_certificate as well (--otlp-client-certificate, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE): a private key needs its certificate",
+        ),
+    }
+}
+
+/// A PEM file the TLS settings name that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid PEM: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path} holds no {wanted}")]
+    Missing { path: PathBuf, wanted: &'static str },
+}
+
+/// The PEM text of a file and the items in it.
+fn read_pem(path: &Path) -> Result<(Vec<u8>, Vec<PemItem<'static>>), PemError> {
+    let pem = std::fs::read(path).map_err(|source| PemError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let items = ureq::tls::parse_pem(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemError::Invalid {
+            path: path.to_owned(),
+            // "PEM: MissingSectionEnd { end_marker: [67, ...] }": the name says enough
+            message: e
+                .to_string()
+                .split(" {")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        })?;
+    Ok((pem, items))
+}
+
+/// The certificates of a PEM file (a CA bundle, or a certificate chain), and its text.
+pub fn read_certificates(path: &Path) -> Result<(Vec<u8>, Vec<Certificate<'static>>), PemError> {
+    let (pem, items) = read_pem(path)?;
+    let certs: Vec<_> = items
+        .into_iter()
+        .filter_map(|item| match item {
+            PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(PemError::Missing {
+            path: path.to_owned(),
+            wanted: "certificate",
+        });
+    }
+    Ok((pem, certs))
+}
+
+/// The first private key of a PEM file, and its text.
+pub fn read_private_key(path: &Path) -> Result<(Vec<u8>, PrivateKey<'static>), PemError> {
+    let (pem, items) = read_pem(path)?;
+    let key = items.into_iter().find_map(|item| match item {
+        PemItem::PrivateKey(k) => Some(k),
+        _ => None,
+    });
+    match key {
+        Some(key) => Ok((pem, key)),
+        None => Err(PemError::Missing {
+            path: path.to_owned(),
+            wanted: "private key",
+        }),
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - [`catalog`]: every metric (name, unit, type, attributes, meaning);
 //! - [`otlp`]: resources, metrics, temporality;
-//! - [`transport`]: HTTP/protobuf and gRPC, failure classification;
+//! - [`transport`]: HTTP/protobuf and gRPC (TLS with a custom CA and a client certificate),
+//!   failure classification;
 //! - [`config`]: the settings.
 
 pub mod catalog;
@@ -31,7 +32,7 @@ pub use self::config::ExportConfig;
 use self::{
     config::RetryPolicy,
     otlp::{AgentTotals, Builder, ResourceInfo},
-    transport::{SendError, Transport},
+    transport::{SendError, SetupError, Transport},
 };
 use crate::report::Report;
 
@@ -159,7 +160,7 @@ pub fn resource_info(c: &ExportConfig) -> ResourceInfo {
 
 impl Exporter {
     /// Sets up the transport and spawns the sending task (on the current tokio runtime).
-    pub fn start(c: &ExportConfig, info: ResourceInfo) -> Result<Exporter, String> {
+    pub fn start(c: &ExportConfig, info: ResourceInfo) -> Result<Exporter, SetupError> {
         let transport = Transport::new(c)?;
         let queue = Arc::new(Queue::new(c.queue_size));
         let stats = Arc::new(Stats::default());

@@ -824,6 +824,7 @@ fn export_config(protocol: Protocol, url: String, compression: Compression) -> E
         timeout: Duration::from_secs(2),
         compression,
         certificate: None,
+        client_identity: None,
         temporality: Temporality::Cumulative,
         service_name: "nodesat".into(),
         resource_attributes: Vec::new(),
@@ -845,6 +846,8 @@ struct GrpcSink {
     got: Arc<Mutex<Vec<Received>>>,
     /// Answer UNAVAILABLE to this many calls first.
     fail_first: Arc<Mutex<u32>>,
+    /// The client's certificate (DER) of each request, over TLS with client authentication.
+    client_certificates: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
 }
 
 #[tonic::async_trait]
@@ -860,6 +863,10 @@ impl MetricsService for GrpcSink {
                 return Err(tonic::Status::unavailable("warming up"));
             }
         }
+        let cert = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.to_vec()));
+        self.client_certificates.lock().unwrap().push(cert);
         let tenant = request
             .metadata()
             .get("x-tenant")
@@ -951,78 +958,106 @@ struct HttpReq {
     path: String,
     headers: HashMap<String, String>,
     body: ExportMetricsServiceRequest,
+    /// The client's certificate (DER), over TLS with client authentication.
+    client_certificate: Option<Vec<u8>>,
 }
 
+type Script = Arc<Mutex<std::collections::VecDeque<(u16, Option<&'static str>)>>>;
+
 /// A small HTTP/1.1 receiver: answers each request with the next scripted status (then 200)
-/// and decodes the (gzip'd) protobuf body.
+/// and decodes the (gzip'd) protobuf body; over TLS when given an acceptor.
 async fn http_receiver(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     script: Vec<(u16, Option<&'static str>)>,
     got: Arc<Mutex<Vec<HttpReq>>>,
 ) {
-    let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+    let script: Script = Arc::new(Mutex::new(script.into()));
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((sock, _)) = listener.accept().await else {
             return;
         };
-        let (script, got) = (script.clone(), got.clone());
+        let (script, got, tls) = (script.clone(), got.clone(), tls.clone());
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let head_end = loop {
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break i + 4;
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-            let mut lines = head.split("\r\n");
-            let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_owned();
-            let headers: HashMap<String, String> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
-            let len: usize = headers["content-length"].parse().unwrap();
-            while buf.len() < head_end + len {
-                let n = sock.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "short body");
-                buf.extend_from_slice(&chunk[..n]);
+            match tls {
+                None => answer_http(sock, None, script, got).await,
+                Some(acceptor) => match acceptor.accept(sock).await {
+                    Ok(stream) => {
+                        let cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.to_vec());
+                        answer_http(stream, cert, script, got).await
+                    }
+                    Err(e) => eprintln!("test receiver: TLS handshake failed: {e}"),
+                },
             }
-            let mut body = buf[head_end..head_end + len].to_vec();
-            if headers.get("content-encoding").map(String::as_str) == Some("gzip") {
-                let mut out = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
-                    .unwrap();
-                body = out;
-            }
-            let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
-            let resp_body = if status == 200 {
-                got.lock().unwrap().push(HttpReq {
-                    path,
-                    headers: headers.clone(),
-                    body: ExportMetricsServiceRequest::decode(&body[..]).unwrap(),
-                });
-                ExportMetricsServiceResponse::default().encode_to_vec()
-            } else {
-                b"busy".to_vec()
-            };
-            let mut resp = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n",
-                resp_body.len()
-            );
-            if let Some(r) = retry_after {
-                resp.push_str(&format!("Retry-After: {r}\r\n"));
-            }
-            resp.push_str("\r\n");
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.write_all(&resp_body).await;
-            let _ = sock.shutdown().await;
         });
     }
+}
+
+async fn answer_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut sock: S,
+    client_certificate: Option<Vec<u8>>,
+    script: Script,
+    got: Arc<Mutex<Vec<HttpReq>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = sock.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers["content-length"].parse().unwrap();
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "short body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut body = buf[head_end..head_end + len].to_vec();
+    if headers.get("content-encoding").map(String::as_str) == Some("gzip") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).unwrap();
+        body = out;
+    }
+    let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
+    let resp_body = if status == 200 {
+        got.lock().unwrap().push(HttpReq {
+            path,
+            headers: headers.clone(),
+            body: ExportMetricsServiceRequest::decode(&body[..]).unwrap(),
+            client_certificate,
+        });
+        ExportMetricsServiceResponse::default().encode_to_vec()
+    } else {
+        b"busy".to_vec()
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n",
+        resp_body.len()
+    );
+    if let Some(r) = retry_after {
+        resp.push_str(&format!("Retry-After: {r}\r\n"));
+    }
+    resp.push_str("\r\n");
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.write_all(&resp_body).await;
+    let _ = sock.shutdown().await;
 }
 
 #[tokio::test]
@@ -1032,6 +1067,7 @@ async fn http_receiver_decodes_gzip_protobuf_and_honours_retry_after() {
     let got = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(http_receiver(
         listener,
+        None,
         vec![(503, Some("1")), (200, None), (400, None)],
         got.clone(),
     ));
@@ -1108,7 +1144,7 @@ async fn receiver_down_then_back_gets_the_queued_batches_in_order() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let server = tokio::spawn(http_receiver(listener, vec![], got.clone()));
+    let server = tokio::spawn(http_receiver(listener, None, vec![], got.clone()));
     let g = got.clone();
     wait_for("the five queued batches", || g.lock().unwrap().len() == 5).await;
     e.shutdown(Duration::from_secs(2)).await;
@@ -1140,3 +1176,5 @@ async fn receiver_down_then_back_gets_the_queued_batches_in_order() {
     );
     server.abort();
 }
+
+mod tls;

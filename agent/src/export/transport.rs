@@ -1,5 +1,7 @@
 //! Sending one export request: HTTP/protobuf (ureq on a blocking thread, gzip by flate2) or
-//! gRPC (tonic's MetricsServiceClient), and what a failure means for retrying.
+//! gRPC (tonic's MetricsServiceClient), both over TLS for https endpoints (rustls: the built-in
+//! roots or a custom CA, and a client certificate when configured), and what a failure means
+//! for retrying.
 
 use std::{io::Write as _, sync::Arc, time::Duration};
 
@@ -9,7 +11,22 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message as _;
 
-use super::config::{Compression, ExportConfig, Protocol};
+use super::config::{
+    Compression, ExportConfig, PemError, Protocol, read_certificates, read_private_key,
+};
+
+/// Why the transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Pem(#[from] PemError),
+    #[error("invalid endpoint {url}: {message}")]
+    Endpoint { url: String, message: String },
+    #[error("TLS setup for {url}: {message}")]
+    Tls { url: String, message: String },
+    #[error("header {name:?} is not valid gRPC metadata")]
+    Header { name: String },
+}
 
 /// A failed attempt: whether to retry, the server's requested delay, and a class for the
 /// `error.type` attribute.
@@ -35,6 +52,9 @@ pub enum Transport {
         url: String,
         headers: Arc<Vec<(String, String)>>,
         gzip: bool,
+        /// https without a client certificate: a connection the server closes while the
+        /// request is sent may be its refusal of a client without one (said in the error).
+        tls_without_client_cert: bool,
     },
     Grpc {
         client: MetricsServiceClient<tonic::transport::Channel>,
@@ -48,29 +68,35 @@ pub enum Transport {
 
 impl Transport {
     /// Sets the transport up without connecting (gRPC connects lazily at the first send).
-    pub fn new(c: &ExportConfig) -> Result<Transport, String> {
-        let ca = match &c.certificate {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("reading the CA bundle {}: {e}", path.display()))?,
-            ),
+    pub fn new(c: &ExportConfig) -> Result<Transport, SetupError> {
+        let ca = c
+            .certificate
+            .as_deref()
+            .map(read_certificates)
+            .transpose()?;
+        let client = match &c.client_identity {
+            Some(id) => Some((
+                read_certificates(&id.certificate)?,
+                read_private_key(&id.key)?,
+            )),
             None => None,
         };
+        if !c.url.starts_with("https://") && (ca.is_some() || client.is_some()) {
+            tracing::warn!(
+                url = %c.url,
+                "the OTLP endpoint is not https: its CA and client certificate settings are not used"
+            );
+        }
         match c.protocol {
             Protocol::HttpProtobuf => {
-                use ureq::tls::{PemItem, RootCerts, TlsConfig};
+                use ureq::tls::{ClientCert, RootCerts, TlsConfig};
                 let mut tls = TlsConfig::builder();
-                if let Some(pem) = &ca {
-                    let certs: Vec<_> = ureq::tls::parse_pem(pem)
-                        .filter_map(|item| match item {
-                            Ok(PemItem::Certificate(c)) => Some(c),
-                            _ => None,
-                        })
-                        .collect();
-                    if certs.is_empty() {
-                        return Err("the CA bundle holds no certificate".into());
-                    }
-                    tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+                if let Some((_, certs)) = &ca {
+                    tls = tls.root_certs(RootCerts::new_with_certs(certs));
+                }
+                let tls_without_client_cert = c.url.starts_with("https://") && client.is_none();
+                if let Some(((_, chain), (_, key))) = client {
+                    tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
                 }
                 let agent = ureq::Agent::config_builder()
                     .timeout_global(Some(c.timeout))
@@ -84,24 +110,31 @@ impl Transport {
                     url: c.url.clone(),
                     headers: Arc::new(c.headers.clone()),
                     gzip: c.compression == Compression::Gzip,
+                    tls_without_client_cert,
                 })
             }
             Protocol::Grpc => {
                 let mut endpoint = tonic::transport::Endpoint::from_shared(c.url.clone())
-                    .map_err(|e| format!("invalid endpoint {}: {e}", c.url))?
+                    .map_err(|e| SetupError::Endpoint {
+                        url: c.url.clone(),
+                        message: e.to_string(),
+                    })?
                     .timeout(c.timeout)
                     .connect_timeout(c.timeout);
                 if c.url.starts_with("https://") {
-                    let mut tls = tonic::transport::ClientTlsConfig::new();
+                    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+                    let mut tls = ClientTlsConfig::new();
                     tls = match &ca {
-                        Some(pem) => {
-                            tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
-                        }
+                        Some((pem, _)) => tls.ca_certificate(Certificate::from_pem(pem)),
                         None => tls.with_webpki_roots(),
                     };
-                    endpoint = endpoint
-                        .tls_config(tls)
-                        .map_err(|e| format!("TLS setup for {}: {e}", c.url))?;
+                    if let Some(((cert_pem, _), (key_pem, _))) = &client {
+                        tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+                    }
+                    endpoint = endpoint.tls_config(tls).map_err(|e| SetupError::Tls {
+                        url: c.url.clone(),
+                        message: error_chain(&e.to_string(), std::error::Error::source(&e)),
+                    })?;
                 }
                 let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
                 if c.compression == Compression::Gzip {
@@ -110,13 +143,9 @@ impl Transport {
                 client = client.accept_compressed(tonic::codec::CompressionEncoding::Gzip);
                 let mut headers = Vec::new();
                 for (k, v) in &c.headers {
-                    let key = k
-                        .to_ascii_lowercase()
-                        .parse()
-                        .map_err(|_| format!("header name {k:?} is not valid gRPC metadata"))?;
-                    let value = v.parse().map_err(|_| {
-                        format!("header {k:?} has a value that is not valid gRPC metadata")
-                    })?;
+                    let invalid = || SetupError::Header { name: k.clone() };
+                    let key = k.to_ascii_lowercase().parse().map_err(|_| invalid())?;
+                    let value = v.parse().map_err(|_| invalid())?;
                     headers.push((key, value));
                 }
                 Ok(Transport::Grpc {
@@ -138,6 +167,7 @@ impl Transport {
                 url,
                 headers,
                 gzip,
+                tls_without_client_cert,
             } => {
                 let mut body = req.encode_to_vec();
                 if *gzip {
@@ -146,11 +176,18 @@ impl Transport {
                     enc.write_all(&body).map_err(internal)?;
                     body = enc.finish().map_err(internal)?;
                 }
-                let (agent, url, headers, gzip) =
-                    (agent.clone(), url.clone(), headers.clone(), *gzip);
-                tokio::task::spawn_blocking(move || http_post(&agent, &url, &headers, gzip, body))
-                    .await
-                    .map_err(|e| internal(std::io::Error::other(e.to_string())))?
+                let (agent, url, headers, gzip, hint) = (
+                    agent.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    *gzip,
+                    *tls_without_client_cert,
+                );
+                tokio::task::spawn_blocking(move || {
+                    http_post(&agent, &url, &headers, gzip, hint, body)
+                })
+                .await
+                .map_err(|e| internal(std::io::Error::other(e.to_string())))?
             }
             Transport::Grpc {
                 client,
@@ -194,6 +231,7 @@ fn http_post(
     url: &str,
     headers: &[(String, String)],
     gzip: bool,
+    tls_without_client_cert: bool,
     body: Vec<u8>,
 ) -> Result<Option<PartialSuccess>, SendError> {
     let mut req = agent
@@ -207,7 +245,7 @@ fn http_post(
     }
     let mut resp = match req.send(&body[..]) {
         Ok(r) => r,
-        Err(e) => return Err(classify_ureq(&e)),
+        Err(e) => return Err(classify_ureq(&e, tls_without_client_cert)),
     };
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -255,16 +293,31 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>) -> SendError {
     }
 }
 
-fn classify_ureq(e: &ureq::Error) -> SendError {
+/// A failed request; `tls_without_client_cert`: over https, with no client certificate.
+fn classify_ureq(e: &ureq::Error, tls_without_client_cert: bool) -> SendError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
     let kind = match e {
         ureq::Error::Timeout(_) => "timeout",
         _ => "connection",
     };
+    let mut message = e.to_string();
+    if tls_without_client_cert
+        && matches!(e, ureq::Error::Io(io)
+            if matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof))
+    {
+        // TLS 1.3: a server that requires a client certificate refuses a client without one
+        // after the handshake, often before the request is written: the alert saying so is
+        // then never read.
+        message.push_str(
+            " (the server closed the TLS connection; if it requires a client certificate, \
+             set otlp_client_certificate and otlp_client_key)",
+        );
+    }
     SendError {
         retryable: true,
         retry_after: None,
         kind: kind.into(),
-        message: e.to_string(),
+        message,
     }
 }
 
@@ -286,7 +339,11 @@ pub fn classify_grpc(status: &tonic::Status) -> SendError {
         ),
         retry_after: retry_info(status.details()),
         kind: format!("{code:?}"),
-        message: format!("gRPC {code:?}: {}", status.message()),
+        // A transport error ("transport error") says what went wrong only in its sources.
+        message: format!(
+            "gRPC {code:?}: {}",
+            error_chain(status.message(), std::error::Error::source(status))
+        ),
     }
 }
 
@@ -334,4 +391,19 @@ fn retry_info(details: &[u8]) -> Option<Duration> {
         .filter(|a| a.type_url == rpc::RETRY_INFO)
         .find_map(|a| rpc::RetryInfo::decode(&a.value[..]).ok()?.retry_delay)
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+/// A message and the error sources below it, "message: cause: its cause", leaving out those
+/// an earlier part already says.
+pub fn error_chain(message: &str, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut parts = vec![message.to_owned()];
+    let mut next = source;
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
