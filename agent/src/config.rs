@@ -48,6 +48,8 @@ pub struct Config {
     pub max_entities: usize,
     /// Where to serve /healthz and /readyz; `None`: not served.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Where to serve /metrics (Prometheus text); `None`: not served. May be `health_listen`.
+    pub prometheus_listen: Option<std::net::SocketAddr>,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -144,6 +146,10 @@ pub struct Flags {
     /// NODESAT_HEALTH_LISTEN].
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<String>,
+    /// Serve /metrics (Prometheus text format) on this address, e.g. 0.0.0.0:9464 (may be the
+    /// --health-listen address) [default: off; env NODESAT_PROMETHEUS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_listen: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -204,7 +210,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 26] = [
+const KEYS: [Key; 27] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -221,6 +227,11 @@ const KEYS: [Key; 26] = [
     key("kubelet_url", "--kubelet-url", "NODESAT_KUBELET_URL"),
     key("max_entities", "--max-entities", "NODESAT_MAX_ENTITIES"),
     key("health_listen", "--health-listen", "NODESAT_HEALTH_LISTEN"),
+    key(
+        "prometheus_listen",
+        "--prometheus-listen",
+        "NODESAT_PROMETHEUS_LISTEN",
+    ),
     // ── export (crate::export::config) ──
     key(
         "otlp_endpoint",
@@ -312,6 +323,7 @@ impl Flags {
             "kubelet_url" => self.kubelet_url.as_ref(),
             "max_entities" => self.max_entities.as_ref(),
             "health_listen" => self.health_listen.as_ref(),
+            "prometheus_listen" => self.prometheus_listen.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -391,11 +403,8 @@ impl Config {
             host_root: parse(raw, "host_root", "/".into(), parse_dir)?,
             kubelet_url: parse(raw, "kubelet_url", auto_kubelet_url(), parse_kubelet_url)?,
             max_entities: parse(raw, "max_entities", 500, |s| parse_int(s, 1, 100_000))?,
-            health_listen: parse(raw, "health_listen", None, |s| {
-                s.parse()
-                    .map(Some)
-                    .map_err(|_| "an address such as 0.0.0.0:9464 or 127.0.0.1:9464".to_owned())
-            })?,
+            health_listen: parse(raw, "health_listen", None, parse_listen)?,
+            prometheus_listen: parse(raw, "prometheus_listen", None, parse_listen)?,
             export: crate::export::config::from_raw(raw)?,
         })
     }
@@ -548,6 +557,12 @@ fn parse_kubelet_url(s: &str) -> Result<Option<String>, String> {
         }
         _ => Err("\"auto\", \"off\", or an http:// or https:// URL".to_owned()),
     }
+}
+
+fn parse_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    s.parse()
+        .map(Some)
+        .map_err(|_| "an address such as 0.0.0.0:9464 or 127.0.0.1:9464".to_owned())
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {

@@ -1,10 +1,15 @@
-//! `/healthz` and `/readyz` over plain HTTP, for Kubernetes probes (`--health-listen`).
+//! The agent's plain HTTP endpoints: `/healthz` and `/readyz` for Kubernetes probes
+//! (`--health-listen`), and `/metrics` for Prometheus (`--prometheus-listen`). One server per
+//! address; when both settings name the same address, it serves all three.
 //!
 //! - `/readyz`: 200 once the probes are attached and the first collection has run, 503 before.
 //! - `/healthz`: 200 while collections keep happening (the last one is less than three
 //!   intervals old, or none is due yet), 503 when the collection loop is stuck.
+//! - `/metrics`: the latest collection in the Prometheus text format
+//!   ([`crate::export::prometheus`]).
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,6 +21,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
+
+use crate::export::prometheus::{self, Exposition};
 
 /// What the endpoints report, updated by the collection loop.
 pub struct Health {
@@ -66,34 +73,150 @@ impl Health {
     }
 }
 
-/// Serves the endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+/// What one server answers.
+#[derive(Clone, Default)]
+pub struct Routes {
+    pub health: Option<Arc<Health>>,
+    pub metrics: Option<Exposition>,
+}
+
+/// An answer: status, content type, body.
+pub struct Answer {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+}
+
+pub enum Body {
+    Static(&'static str),
+    Shared(Arc<String>),
+}
+
+impl Body {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Static(s) => s.as_bytes(),
+            Body::Shared(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl Routes {
+    /// The answer for a request path (a query string is ignored).
+    pub fn answer(&self, path: &str, now: Instant) -> Answer {
+        let path = path.split('?').next().unwrap_or(path);
+        let text = |code, body| Answer {
+            code,
+            content_type: "text/plain",
+            body: Body::Static(body),
+        };
+        match (path, &self.health, &self.metrics) {
+            ("/healthz" | "/readyz", Some(h), _) => {
+                let (code, body) = h.answer(path, now);
+                text(code, body)
+            }
+            ("/metrics", _, Some(m)) => Answer {
+                code: 200,
+                content_type: prometheus::CONTENT_TYPE,
+                body: Body::Shared(m.current()),
+            },
+            (_, Some(_), Some(_)) => text(404, "not found: try /healthz, /readyz or /metrics\n"),
+            (_, Some(_), None) => text(404, "not found: try /healthz or /readyz\n"),
+            _ => text(404, "not found: try /metrics\n"),
+        }
+    }
+}
+
+/// The routes of every configured address: one entry per address, serving health, metrics or
+/// both (when `health_listen` and `prometheus_listen` are the same).
+pub fn routes(
+    health_listen: Option<SocketAddr>,
+    health: &Arc<Health>,
+    prometheus_listen: Option<SocketAddr>,
+    metrics: Option<Exposition>,
+) -> Vec<(SocketAddr, Routes)> {
+    let mut servers: Vec<(SocketAddr, Routes)> = Vec::new();
+    if let Some(addr) = health_listen {
+        let health = Some(health.clone());
+        servers.push((
+            addr,
+            Routes {
+                health,
+                ..Default::default()
+            },
+        ));
+    }
+    if let (Some(addr), Some(m)) = (prometheus_listen, metrics) {
+        match servers.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, same)) => same.metrics = Some(m),
+            None => servers.push((
+                addr,
+                Routes {
+                    metrics: Some(m),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+    servers
+}
+
+/// Longest request head read; anything longer is answered from what was read.
+const MAX_HEAD: usize = 8192;
+
+/// Serves the routes until the task is dropped. Each connection gets one answer, then is
+/// closed.
+pub async fn serve(listener: TcpListener, routes: Routes) {
+    let routes = Arc::new(routes);
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
         };
-        let health = health.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let Ok(Some(head)) =
+                tokio::time::timeout(Duration::from_secs(5), read_head(&mut conn)).await
+            else {
+                return;
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let request = String::from_utf8_lossy(&head);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, body) = health.answer(path, Instant::now());
-            let reason = match code {
+            let answer = routes.answer(path, Instant::now());
+            let reason = match answer.code {
                 200 => "OK",
                 404 => "Not Found",
                 _ => "Service Unavailable",
             };
-            let response = format!(
-                "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            let body = answer.body.as_bytes();
+            let head = format!(
+                "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                answer.code,
+                answer.content_type,
                 body.len()
             );
-            let _ = conn.write_all(response.as_bytes()).await;
+            let write = async {
+                conn.write_all(head.as_bytes()).await?;
+                conn.write_all(body).await?;
+                conn.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), write).await;
         });
     }
+}
+
+/// Reads up to the end of the request head (all of it, so closing the connection after the
+/// answer does not reset it); `None` when the client closed first.
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        let n = conn.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return (!head.is_empty()).then_some(head);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(head)
 }
 
 #[cfg(test)]
@@ -123,7 +246,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let h = Health::new(Duration::from_secs(10));
         h.collected();
-        let server = tokio::spawn(serve(listener, h));
+        let server = tokio::spawn(serve(
+            listener,
+            Routes {
+                health: Some(h),
+                metrics: None,
+            },
+        ));
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         conn.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
             .await

@@ -230,28 +230,30 @@ async fn collect_until_signal(
         None => None,
     };
     let describer = OomEvents::new(&config.cgroup_root, &config.host_root);
-    // export: OTLP, when an endpoint is configured (each report is handed over below)
-    let mut exporter = match &config.export {
-        Some(c) => Some(
-            export::Exporter::start(c, export::resource_info(c))
-                .map_err(|e| anyhow::anyhow!("starting the OTLP exporter: {e}"))?,
-        ),
-        None => None,
-    };
+    // export: OTLP when an endpoint is configured, the Prometheus text when /metrics is
+    // served (each report is handed over below)
+    let mut exports =
+        export::Exports::start(config.export.as_ref(), config.prometheus_listen.is_some())
+            .context("starting the OTLP exporter")?;
     let health = health::Health::new(config.interval);
-    let _health_server = match config.health_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr} for /healthz and /readyz"))?;
-            tracing::info!(%addr, "serving /healthz and /readyz");
-            Some(AbortOnDrop(tokio::spawn(health::serve(
-                listener,
-                health.clone(),
-            ))))
-        }
-        None => None,
-    };
+    let mut servers = Vec::new(); // served until dropped
+    for (addr, routes) in health::routes(
+        config.health_listen,
+        &health,
+        config.prometheus_listen,
+        exports.exposition(),
+    ) {
+        let paths = match (&routes.health, &routes.metrics) {
+            (Some(_), Some(_)) => "/healthz, /readyz and /metrics",
+            (Some(_), None) => "/healthz and /readyz",
+            _ => "/metrics",
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for {paths}"))?;
+        tracing::info!(%addr, "serving {paths}");
+        servers.push(AbortOnDrop(tokio::spawn(health::serve(listener, routes))));
+    }
     // `run` prints the table or JSON lines; `top` draws the live view (after the setup above).
     let mut display = top::Display::new(config, view).context("starting the terminal view")?;
     let mut keys = display.take_keys();
@@ -271,7 +273,7 @@ async fn collect_until_signal(
                         Ok(report) => {
                             health.collected();
                             display.report(&report);
-                            if let Some(e) = &mut exporter { e.export(&report); }
+                            exports.report(&report);
                         }
                         Err(e) => tracing::warn!("collection failed, retrying next interval: {e}"),
                     }
@@ -296,10 +298,8 @@ async fn collect_until_signal(
         .collect(probes, true)
         .context("final collection")?;
     display.report(&report);
-    if let Some(mut e) = exporter {
-        e.export(&report);
-        e.shutdown(std::time::Duration::from_secs(5)).await;
-    }
+    exports.report(&report);
+    exports.shutdown(std::time::Duration::from_secs(5)).await;
     if let Some(k) = kubelet {
         k.stop();
     }
@@ -325,7 +325,7 @@ fn parse_oom_event(bytes: &[u8]) -> Option<agent_ebpf::oom::OomEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-/// Stops a background task when dropped (the health server, at shutdown).
+/// Stops a background task when dropped (the HTTP servers, at shutdown).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -1,6 +1,6 @@
-//! Bad values for the OTLP TLS settings, from a flag or the environment: the agent exits 64
-//! before starting anything, naming the setting and where the value came from. Needs no
-//! privileges.
+//! Bad values for the Prometheus endpoint and the OTLP TLS settings, from a flag, the
+//! environment or the config file: the agent exits 64 before starting anything, naming the
+//! setting and where the value came from. Needs no privileges.
 
 use std::fs;
 use std::time::Duration;
@@ -28,6 +28,32 @@ fn assert_usage_error(args: &[&str], env: &[(&str, &str)], mentions: &[&str]) {
             "stderr of {args:?} with env {env:?} mentions {word:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn bad_prometheus_listen_exits_64_naming_it() {
+    assert_usage_error(
+        &["--prometheus-listen", "banana"],
+        &[],
+        &[
+            "prometheus_listen",
+            "flag --prometheus-listen",
+            "0.0.0.0:9464",
+        ],
+    );
+    assert_usage_error(
+        &[],
+        &[("NODESAT_PROMETHEUS_LISTEN", ":9464")],
+        &["environment variable NODESAT_PROMETHEUS_LISTEN"],
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("nodesat.toml");
+    fs::write(&config, "prometheus_listen = 9464\n").expect("write config");
+    assert_usage_error(
+        &["--config", config.to_str().unwrap()],
+        &[],
+        &["prometheus_listen", "config file"],
+    );
 }
 
 #[test]

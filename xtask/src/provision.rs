@@ -20,10 +20,11 @@ pub fn provision() -> Result<()> {
 }
 
 /// What the privileged integration tests use beyond the build toolchain: nftables (packet
-/// loss for TCP retransmits), systemd-analyze (verifying the unit in deploy/systemd) and tmux
-/// (driving `nodesat top` as a person would).
+/// loss for TCP retransmits), systemd-analyze (verifying the unit in deploy/systemd), tmux
+/// (driving `nodesat top` as a person would) and prometheus (a real server scraping
+/// `/metrics`, and promtool linting it).
 pub fn test_tools() -> Result<()> {
-    apt_install(&["nftables", "systemd", "tmux"])
+    apt_install(&["nftables", "systemd", "tmux", "prometheus"])
 }
 
 fn rust_src() -> Result<()> {

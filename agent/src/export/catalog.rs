@@ -1,7 +1,8 @@
-//! Every OTLP metric nodesat exports, in one place: name, unit, instrument, the resource it
-//! is reported on, its data point attributes and its meaning. The mapping ([`super::otlp`])
-//! only emits metrics listed here, and a test checks that docs/metrics.md carries the table
-//! [`markdown`] generates.
+//! Every metric nodesat exports, in one place: name, unit, instrument, the resource it is
+//! reported on, its data point attributes and its meaning, and the names they take in the
+//! Prometheus text format. The mapping ([`super::otlp`]) only emits metrics listed here, the
+//! Prometheus endpoint ([`super::prometheus`]) renders what the mapping built, and a test checks
+//! that docs/metrics.md carries the tables [`markdown`] generates.
 
 /// The OTLP data type of a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,15 @@ impl Instrument {
             Instrument::Counter => "counter (monotonic Sum)",
             Instrument::Gauge => "gauge",
             Instrument::Histogram => "exponential histogram (scale 0)",
+        }
+    }
+
+    /// The `# TYPE` of the metric in the Prometheus text format.
+    pub fn prometheus_type(self) -> &'static str {
+        match self {
+            Instrument::Counter => "counter",
+            Instrument::Gauge => "gauge",
+            Instrument::Histogram => "histogram",
         }
     }
 }
@@ -47,7 +57,7 @@ pub enum Value {
     Log2Ns,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MetricDef {
     pub name: &'static str,
     pub unit: &'static str,
@@ -261,7 +271,6 @@ pub const EXPORT_QUEUE_DROPPED: MetricDef = m(
 );
 
 /// The catalogue, in the order the docs list it.
-#[cfg(test)]
 pub const CATALOG: &[MetricDef] = &[
     RUNQUEUE_LATENCY,
     RUNQUEUE_WAIT_TIME,
@@ -284,11 +293,77 @@ pub const CATALOG: &[MetricDef] = &[
     EXPORT_QUEUE_DROPPED,
 ];
 
-/// The markdown table of the catalogue, as docs/metrics.md carries it between the markers.
+impl MetricDef {
+    /// The metric's name in the Prometheus text format, following Prometheus' conventions:
+    /// dots become underscores, the unit is spelled out as a suffix (`_seconds`: durations are
+    /// exposed in seconds, histograms included; counts such as `{task}` and `1` add nothing),
+    /// and counters end in `_total`.
+    pub fn prometheus_name(&self) -> String {
+        let mut name = self.name.replace('.', "_");
+        if matches!(self.value, Value::SecondsFromNs | Value::Log2Ns) || self.unit == "s" {
+            name.push_str("_seconds");
+        }
+        if self.instrument == Instrument::Counter {
+            name.push_str("_total");
+        }
+        name
+    }
+}
+
+/// The Prometheus label each resource and data point attribute becomes. `service.name` and
+/// `service.version` are left out: Prometheus names the target itself (`job`, `instance`).
+pub const PROMETHEUS_LABELS: &[(&str, &str)] = &[
+    ("nodesat.workload.kind", "kind"),
+    ("k8s.pod.uid", "pod_uid"),
+    ("k8s.pod.name", "pod"),
+    ("k8s.namespace.name", "namespace"),
+    ("k8s.container.name", "container"),
+    ("container.id", "container_id"),
+    ("container.runtime.name", "container_runtime"),
+    ("nodesat.k8s.pod.qos_class", "qos_class"),
+    ("nodesat.systemd.unit", "unit"),
+    ("nodesat.cgroup.path", "cgroup"),
+    ("nodesat.cgroup.id", "cgroup_id"),
+    ("k8s.node.name", "node"),
+    ("host.name", "host"),
+    ("cpu.logical_number", "cpu"),
+    ("network.type", "family"),
+    ("nodesat.tcp.retransmit.kind", "retransmit_kind"),
+    ("system.device", "device"),
+    ("nodesat.disk.device", "major_minor"),
+    ("disk.io.direction", "direction"),
+    ("nodesat.probe", "probe"),
+    ("nodesat.probe.hook", "hook"),
+    ("nodesat.probe.variant", "variant"),
+    ("error.type", "error"),
+    ("nodesat.export.reason", "reason"),
+];
+
+/// The Prometheus label of an attribute: from [`PROMETHEUS_LABELS`], `None` for `service.*`,
+/// else the key with every character outside `[a-zA-Z0-9_]` replaced by `_`.
+pub fn prometheus_label(key: &str) -> Option<std::borrow::Cow<'static, str>> {
+    if let Some((_, label)) = PROMETHEUS_LABELS.iter().find(|(k, _)| *k == key) {
+        return Some((*label).into());
+    }
+    if key.starts_with("service.") {
+        return None;
+    }
+    let mut label: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if label.is_empty() || label.starts_with(|c: char| c.is_ascii_digit()) {
+        label.insert(0, '_');
+    }
+    Some(label.into())
+}
+
+/// The markdown tables of the catalogue and the Prometheus labels, as docs/metrics.md carries
+/// them between the markers.
 #[cfg(test)]
 pub fn markdown() -> String {
     let mut s = String::from(
-        "| name | unit | type | resource | attributes | meaning |\n|---|---|---|---|---|---|\n",
+        "| name | unit | type | resource | attributes | Prometheus name | meaning |\n|---|---|---|---|---|---|---|\n",
     );
     for d in CATALOG {
         let attrs = if d.attributes.is_empty() {
@@ -301,7 +376,7 @@ pub fn markdown() -> String {
                 .join(", ")
         };
         s.push_str(&format!(
-            "| `{}` | `{}` | {} | {} | {} | {} |\n",
+            "| `{}` | `{}` | {} | {} | {} | `{}` | {} |\n",
             d.name,
             d.unit,
             d.instrument.as_str(),
@@ -310,8 +385,13 @@ pub fn markdown() -> String {
                 Node => "node",
             },
             attrs,
+            d.prometheus_name(),
             d.description
         ));
+    }
+    s.push_str("\n| attribute | Prometheus label |\n|---|---|\n");
+    for (key, label) in PROMETHEUS_LABELS {
+        s.push_str(&format!("| `{key}` | `{label}` |\n"));
     }
     s
 }

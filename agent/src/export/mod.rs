@@ -4,15 +4,19 @@
 //! batches in order ([`transport`]), retrying retryable failures with exponential backoff and
 //! jitter, honouring Retry-After and RetryInfo.
 //!
-//! - [`catalog`]: every metric (name, unit, type, attributes, meaning);
+//! The optional Prometheus endpoint ([`prometheus`]) renders the same mapping as text.
+//!
+//! - [`catalog`]: every metric (name, unit, type, attributes, meaning, Prometheus names);
 //! - [`otlp`]: resources, metrics, temporality;
 //! - [`transport`]: HTTP/protobuf and gRPC (TLS with a custom CA and a client certificate),
 //!   failure classification;
+//! - [`prometheus`]: the `/metrics` text;
 //! - [`config`]: the settings.
 
 pub mod catalog;
 pub mod config;
 pub mod otlp;
+pub mod prometheus;
 pub mod transport;
 
 #[cfg(test)]
@@ -32,6 +36,7 @@ pub use self::config::ExportConfig;
 use self::{
     config::RetryPolicy,
     otlp::{AgentTotals, Builder, ResourceInfo},
+    prometheus::{Exposition, Prometheus},
     transport::{SendError, SetupError, Transport},
 };
 use crate::report::Report;
@@ -142,10 +147,64 @@ pub struct Exporter {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Every export that is configured: OTLP, the Prometheus endpoint's text, both or none. Each
+/// report is handed to all of them; none blocks the collection.
+pub struct Exports {
+    otlp: Option<Exporter>,
+    prometheus: Option<Prometheus>,
+}
+
+impl Exports {
+    /// Starts the OTLP exporter when it has settings (on the current tokio runtime) and keeps
+    /// the Prometheus text when `prometheus` is set.
+    pub fn start(otlp: Option<&ExportConfig>, prometheus: bool) -> Result<Exports, SetupError> {
+        Ok(Exports {
+            otlp: otlp
+                .map(|c| Exporter::start(c, resource_info(c)))
+                .transpose()?,
+            // Prometheus names the target itself (job, instance): no service name or
+            // OTEL_RESOURCE_ATTRIBUTES on its series.
+            prometheus: prometheus
+                .then(|| Prometheus::new(machine_info("nodesat".into(), Vec::new()))),
+        })
+    }
+
+    /// The Prometheus text, for the HTTP server; `None` when the endpoint is off.
+    pub fn exposition(&self) -> Option<Exposition> {
+        self.prometheus.as_ref().map(Prometheus::exposition)
+    }
+
+    pub fn report(&mut self, report: &Report) {
+        if let Some(e) = &mut self.otlp {
+            e.export(report);
+        }
+        if let Some(p) = &mut self.prometheus {
+            let agent = self
+                .otlp
+                .as_ref()
+                .map(|e| e.stats.snapshot())
+                .unwrap_or_default();
+            p.update(report, &agent);
+        }
+    }
+
+    /// Lets the OTLP exporter deliver what is queued, for at most `deadline`.
+    pub async fn shutdown(self, deadline: Duration) {
+        if let Some(e) = self.otlp {
+            e.shutdown(deadline).await;
+        }
+    }
+}
+
 /// The resource description from the settings and the machine.
 pub fn resource_info(c: &ExportConfig) -> ResourceInfo {
+    machine_info(c.service_name.clone(), c.resource_attributes.clone())
+}
+
+/// The machine's host and node names, with the given service name and extra attributes.
+fn machine_info(service_name: String, extra: Vec<(String, String)>) -> ResourceInfo {
     ResourceInfo {
-        service_name: c.service_name.clone(),
+        service_name,
         host_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
@@ -154,7 +213,7 @@ pub fn resource_info(c: &ExportConfig) -> ResourceInfo {
             .ok()
             .map(|n| n.trim().to_owned())
             .filter(|n| !n.is_empty()),
-        extra: c.resource_attributes.clone(),
+        extra,
     }
 }
 

@@ -1177,4 +1177,5 @@ async fn receiver_down_then_back_gets_the_queued_batches_in_order() {
     server.abort();
 }
 
+mod prometheus;
 mod tls;
