@@ -88,6 +88,8 @@ pub struct Victim {
     pub cpu_cgroup: Option<(u64, String)>,
     /// How long from the go to its death.
     pub took: Duration,
+    /// OOM kills its cgroup's memory controller counted meanwhile (`oom_kill`).
+    pub kills: u64,
 }
 
 /// Runs the victim in `cgroup` (which has a memory limit) until the OOM killer kills it.
@@ -168,7 +170,11 @@ pub fn kill_one(exe: &Path, cgroup: &TestCgroup, scratch: &Path) -> Result<Victi
         cgroup_path,
         cpu_cgroup,
         took: Duration::ZERO,
+        kills: 0,
     };
+    let kills_before = cgroup
+        .memory_oom_kills()
+        .map_err(|e| format!("the memory controller's oom_kill count: {e}"))?;
     let start = Instant::now();
     fs::write(&go, "").map_err(|e| format!("creating {}: {e}", go.display()))?;
     let status = p
@@ -178,6 +184,10 @@ pub fn kill_one(exe: &Path, cgroup: &TestCgroup, scratch: &Path) -> Result<Victi
             format!("oom-victim (pid {pid}) still alive {DEATH_TIMEOUT:?} after the go")
         })?;
     victim.took = start.elapsed();
+    victim.kills = cgroup
+        .memory_oom_kills()
+        .map_err(|e| format!("the memory controller's oom_kill count: {e}"))?
+        - kills_before;
     if status.signal() != Some(libc::SIGKILL) {
         return Err(format!(
             "oom-victim (pid {pid}) ended with {status}, not the OOM killer's SIGKILL"
