@@ -1,8 +1,11 @@
 #!/bin/busybox sh
-# /init of the VM that `cargo xtask vm` boots. Mounts what nodesat needs, runs `nodesat check`
-# and a short scenario (a CPU-capped hog, and more busy loops than CPUs for run-queue waits),
-# prints everything to the serial console between markers the harness parses, powers off.
-# Markers: "@@nodesat-vm begin NAME@@", "@@nodesat-vm end NAME rc=N@@", "@@nodesat-vm done@@".
+# /init of the VM that `cargo xtask vm` boots. Mounts what nodesat needs, runs `nodesat check`,
+# a short scenario (a CPU-capped hog, and more busy loops than CPUs for run-queue waits) with
+# the preferred probe variants and with each fallback forced, and the offset check
+# (nodesat-offsets), prints everything to the serial console between markers the harness
+# parses, powers off.
+# Markers: "@@nodesat-vm begin NAME@@", "@@nodesat-vm at SECONDS@@" (uptime, inside sections),
+# "@@nodesat-vm end NAME rc=N@@", "@@nodesat-vm done@@".
 
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s /bin
@@ -10,11 +13,22 @@ export PATH=/bin
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 
-begin() { echo "@@nodesat-vm begin $1@@"; }
-end() { echo "@@nodesat-vm end $1 rc=$2@@"; }
+# Each section also says when it began and ended (seconds since boot), for its duration.
+at() { echo "@@nodesat-vm at $(cut -d' ' -f1 /proc/uptime)@@"; }
+begin() {
+    echo "@@nodesat-vm begin $1@@"
+    at
+}
+end() {
+    at
+    echo "@@nodesat-vm end $1 rc=$2@@"
+}
 
 begin setup
 fails=0
+# Only emergencies on the console: a kernel message (an OOM kill's report) must not split a
+# line of the agent's JSON output. `dmesg` still has them all.
+dmesg -n 1
 mount -t sysfs sysfs /sys || fails=$((fails + 1))
 mount -t tmpfs tmpfs /tmp || fails=$((fails + 1))
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fails=$((fails + 1))
@@ -25,7 +39,15 @@ echo 1 >/proc/sys/kernel/bpf_stats_enabled || fails=$((fails + 1))
 for c in cpu memory io; do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control || fails=$((fails + 1))
 done
-echo "kernel $(uname -r), $(nproc) CPUs, cgroup v2 controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+# Loopback, for the offset check's TCP connections.
+ip link set lo up || fails=$((fails + 1))
+# Modules from the kernel's package (a block device for the offset check), in load order
+# with their parameters; devtmpfs makes their /dev nodes.
+while read -r module args; do
+    # shellcheck disable=SC2086 # the parameters are separate words
+    insmod "/lib/modules/$module" $args || fails=$((fails + 1))
+done </lib/modules/order
+echo "kernel $(uname -r), $(nproc) CPUs, cgroup v2 controllers enabled: $(cat /sys/fs/cgroup/cgroup.subtree_control), block devices: $(ls /sys/block | tr '\n' ' ')"
 end setup $fails
 
 begin check
@@ -83,12 +105,26 @@ begin hog-cpu.stat
 cat /sys/fs/cgroup/hog/cpu.stat
 end hog-cpu.stat $?
 
-# The fallbacks: the same capped hog with every probe forced to its fallback variant (raw
-# tracepoints; kprobes for the throttle probe), 4 s.
+# The fallbacks: the same capped hog with every probe forced to a fallback variant (raw
+# tracepoints, classic tracepoints; kprobes for the throttle probe), 4 s each.
 mkdir /sys/fs/cgroup/hog2
 echo "20000 100000" >/sys/fs/cgroup/hog2/cpu.max
-for forced in raw_tracepoint kprobe; do
+for forced in raw_tracepoint tracepoint kprobe; do
     scenario "run-$forced" hog2 4 --probe-variant "$forced"
+done
+
+# The kernel struct offsets the agent resolved from BTF, each compared with procfs/sysfs
+# (nodesat-offsets: TCP retransmits, an OOM kill, block I/O on nullb2, CFS throttling), with
+# the preferred probe variants and with each fallback forced.
+for variant in auto raw_tracepoint tracepoint kprobe; do
+    begin "offsets-$variant"
+    nodesat-offsets --agent /bin/nodesat --probe-variant "$variant" --disk /dev/nullb2 \
+        >/tmp/offsets.out 2>/tmp/offsets.err
+    rc=$?
+    cat /tmp/offsets.out
+    echo "-- stderr (last lines)"
+    tail -n 20 /tmp/offsets.err
+    end "offsets-$variant" $rc
 done
 
 begin dmesg

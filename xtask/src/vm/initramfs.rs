@@ -1,5 +1,7 @@
-//! The VM's initramfs: static busybox, the static nodesat binary and `init.sh` as /init, as a
-//! gzipped cpio (newc) archive.
+//! The VM's initramfs: static busybox, the static nodesat and nodesat-offsets binaries and
+//! `init.sh` as /init, as a gzipped cpio (newc) archive; then, per kernel, that archive with a
+//! second one appended holding the kernel's modules (the kernel unpacks concatenated
+//! archives one after the other).
 
 use std::{
     fs,
@@ -14,8 +16,9 @@ use anyhow::{Context as _, Result, bail};
 const INIT: &str = include_str!("init.sh");
 const BUSYBOX: &str = "/bin/busybox";
 
-/// Builds `work/initrd.img` from a staging tree under `work/root`.
-pub fn build(work: &Path, nodesat: &Path) -> Result<PathBuf> {
+/// Builds `work/initrd.img` from a staging tree under `work/root`, with `binaries` (static
+/// executables) in /bin.
+pub fn build(work: &Path, binaries: &[&Path]) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -23,7 +26,7 @@ pub fn build(work: &Path, nodesat: &Path) -> Result<PathBuf> {
     for dir in ["bin", "dev", "proc", "sys", "tmp"] {
         fs::create_dir_all(root.join(dir))?;
     }
-    for bin in [Path::new(BUSYBOX), nodesat] {
+    for bin in std::iter::once(&Path::new(BUSYBOX)).chain(binaries) {
         if !is_static(bin)? {
             bail!(
                 "{} is dynamically linked; the VM has no libraries (busybox must come from busybox-static)",
@@ -32,15 +35,19 @@ pub fn build(work: &Path, nodesat: &Path) -> Result<PathBuf> {
         }
     }
     fs::copy(BUSYBOX, root.join("bin/busybox")).context("copying busybox")?;
-    // Its debug info is ten times the code; the guest unpacks the archive slowly under TCG.
-    let stripped = Command::new("strip")
-        .arg("-o")
-        .arg(root.join("bin/nodesat"))
-        .arg(nodesat)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped {
-        fs::copy(nodesat, root.join("bin/nodesat")).context("copying nodesat")?;
+    for bin in binaries {
+        let name = bin.file_name().context("a binary without a name")?;
+        let dest = root.join("bin").join(name);
+        // Debug info is ten times the code; the guest unpacks the archive slowly under TCG.
+        let stripped = Command::new("strip")
+            .arg("-o")
+            .arg(&dest)
+            .arg(bin)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            fs::copy(bin, &dest).with_context(|| format!("copying {}", bin.display()))?;
+        }
     }
     let init = root.join("init");
     fs::write(&init, INIT)?;
@@ -54,18 +61,58 @@ pub fn build(work: &Path, nodesat: &Path) -> Result<PathBuf> {
         nix::sys::stat::makedev(5, 1),
     );
 
-    let mut entries = Vec::new();
-    list(&root, Path::new(""), &mut entries)?;
     let initrd = work.join("initrd.img");
+    archive(&root, fs::File::create(&initrd)?)?;
+    Ok(initrd)
+}
+
+/// `base` with an archive of `/lib/modules/` appended: the `modules` (in load order) and
+/// `/lib/modules/order`, one line per module: its file name and its parameters from
+/// `params` (by module name), for init.sh to `insmod` them.
+pub fn with_modules(
+    base: &Path,
+    modules: &[PathBuf],
+    params: &[(&str, &str)],
+    out: &Path,
+) -> Result<()> {
+    let root = out.with_extension("root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let dir = root.join("lib/modules");
+    fs::create_dir_all(&dir)?;
+    let mut order = String::new();
+    for m in modules {
+        let name = m.file_name().context("a module without a name")?;
+        fs::copy(m, dir.join(name)).with_context(|| format!("copying {}", m.display()))?;
+        let stem = m.file_stem().unwrap_or_default().to_string_lossy();
+        let args = params
+            .iter()
+            .find(|(n, _)| *n == stem)
+            .map_or("", |(_, a)| a);
+        order.push_str(&format!("{} {args}\n", name.to_string_lossy()));
+    }
+    fs::write(dir.join("order"), order)?;
+    fs::copy(base, out).with_context(|| format!("copying {}", base.display()))?;
+    let appended = fs::OpenOptions::new().append(true).open(out)?;
+    archive(&root, appended)?;
+    fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// Writes the tree under `root` as a gzipped newc cpio archive to `out`.
+fn archive(root: &Path, out: fs::File) -> Result<()> {
+    let mut entries = Vec::new();
+    list(root, Path::new(""), &mut entries)?;
     let mut gzip = Command::new("gzip")
         .arg("-6n")
         .stdin(Stdio::piped())
-        .stdout(fs::File::create(&initrd)?)
+        .stdout(out)
         .spawn()
         .context("running gzip")?;
     let mut cpio = Command::new("cpio")
         .args(["--create", "--format=newc", "--quiet", "--owner=0:0"])
-        .current_dir(&root)
+        .current_dir(root)
         .stdin(Stdio::piped())
         .stdout(gzip.stdin.take().expect("piped"))
         .spawn()
@@ -80,11 +127,11 @@ pub fn build(work: &Path, nodesat: &Path) -> Result<PathBuf> {
     let gzip = gzip.wait()?;
     if !cpio.success() || !gzip.success() {
         bail!(
-            "building {} failed (cpio {cpio}, gzip {gzip})",
-            initrd.display()
+            "archiving {} failed (cpio {cpio}, gzip {gzip})",
+            root.display()
         );
     }
-    Ok(initrd)
+    Ok(())
 }
 
 /// Relative paths under `root`, parents before children.

@@ -300,6 +300,162 @@ fn unpack(deb: &Path, release: &str, package: &str, cache: &Path) -> Result<()> 
     Ok(())
 }
 
+/// Loadable modules of a kernel (the VM has none built in that it needs, e.g. a block
+/// device): `wanted` and everything they depend on, decompressed, deps first. They are
+/// extracted once from the kernel's package into `cache/RELEASE/modules/`.
+pub fn modules(k: &Kernel, cache: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    let dir = cache.join(&k.release).join("modules");
+    fs::create_dir_all(&dir)?;
+    let mut order = Vec::new();
+    let mut members: Option<Vec<String>> = None;
+    let mut todo: Vec<(String, bool)> = wanted
+        .iter()
+        .rev()
+        .map(|m| (m.to_string(), false))
+        .collect();
+    // Depth first: a module is pushed after its dependencies (`true`: they are done).
+    while let Some((name, deps_done)) = todo.pop() {
+        let file = dir.join(format!("{name}.ko"));
+        if deps_done {
+            if !order.contains(&file) {
+                order.push(file);
+            }
+            continue;
+        }
+        if order.contains(&file) {
+            continue;
+        }
+        if !file.exists() {
+            let deb = match &k.deb {
+                Some(deb) => cache.join(deb),
+                None => match cached_deb(cache, &k.package) {
+                    Some(deb) => cache.join(deb),
+                    None => download(&k.package, cache)?,
+                },
+            };
+            let list = match &members {
+                Some(list) => list,
+                None => members.insert(deb_members(&deb)?),
+            };
+            extract_module(&deb, list, &name, &file)
+                .with_context(|| format!("module {name} of {}", k.release))?;
+        }
+        todo.push((name, true));
+        for dep in module_depends(&file)? {
+            if !order
+                .iter()
+                .any(|f| f.file_stem().is_some_and(|s| s == dep.as_str()))
+            {
+                todo.push((dep, false));
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// The paths in a package's file system tarball.
+fn deb_members(deb: &Path) -> Result<Vec<String>> {
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb")?;
+    let out = Command::new("tar")
+        .arg("-t")
+        .stdin(dpkg.stdout.take().expect("piped"))
+        .output()
+        .context("running tar")?;
+    dpkg.wait()?;
+    if !out.status.success() {
+        bail!("listing {} failed", deb.display());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Module `name` (dashes and underscores alike) out of `deb`, decompressed into `dest`.
+fn extract_module(deb: &Path, members: &[String], name: &str, dest: &Path) -> Result<()> {
+    let norm = |s: &str| s.replace('-', "_");
+    let member = members
+        .iter()
+        .find(|m| {
+            let file = m.rsplit('/').next().unwrap_or(m);
+            [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|ext| {
+                file.strip_suffix(ext)
+                    .is_some_and(|stem| norm(stem) == norm(name))
+            })
+        })
+        .with_context(|| format!("{} has no module {name}", deb.display()))?;
+    let tmp = TempDir::new(dest.with_extension("extract"))?;
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(tmp.path())
+        .arg(member)
+        .stdin(dpkg.stdout.take().expect("piped"))
+        .status()
+        .context("running tar")?;
+    let _ = dpkg.wait();
+    if !tar.success() {
+        bail!("extracting {member} from {} failed", deb.display());
+    }
+    let extracted = tmp.path().join(member);
+    let decompress = match extracted.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Some("xz"),
+        Some("zst") => Some("zstd"),
+        Some("gz") => Some("gzip"),
+        _ => None,
+    };
+    let staged = dest.with_extension("ko.part");
+    match decompress {
+        Some(tool) => {
+            let status = Command::new(tool)
+                .args(["-d", "-c"])
+                .arg(&extracted)
+                .stdout(fs::File::create(&staged)?)
+                .status()
+                .with_context(|| format!("running {tool}"))?;
+            if !status.success() {
+                bail!("{tool} -d {} failed", extracted.display());
+            }
+        }
+        None => {
+            fs::copy(&extracted, &staged)?;
+        }
+    }
+    fs::rename(&staged, dest)?;
+    Ok(())
+}
+
+/// The `depends=` of a module's `.modinfo`.
+fn module_depends(ko: &Path) -> Result<Vec<String>> {
+    let bytes = fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+    Ok(modinfo_depends(&bytes))
+}
+
+fn modinfo_depends(bytes: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = bytes.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
+    let value = &bytes[at + KEY.len()..];
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +468,14 @@ mod tests {
         assert_eq!(series_of("6.12.117+deb12"), "6.12");
         assert!(version_key("6.1.0-56") > version_key("6.1.0-9"));
         assert!(version_key("6.12.117+deb12") > version_key("6.12.99+deb12"));
+    }
+
+    #[test]
+    fn modinfo_dependencies() {
+        let modinfo = b"\x7fELF...\0license=GPL\0depends=configfs,foo_bar\0vermagic=6.1\0";
+        assert_eq!(modinfo_depends(modinfo), ["configfs", "foo_bar"]);
+        assert!(modinfo_depends(b"\0depends=\0name=x\0").is_empty());
+        assert!(modinfo_depends(b"no modinfo").is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod boot;
 mod initramfs;
 mod kernels;
+mod readme;
 mod results;
 
 use std::{
@@ -25,6 +26,12 @@ use crate::{cmd, provision, run, workspace_root};
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
+/// The VM's block device for the offset check: null_blk, three disks (the check uses nullb2,
+/// minor 2: a misread first_minor reads 0 from many fields and 1 from the next one, `minors`),
+/// each request completing 1 ms later from a timer, so that the writer really waits (iowait)
+/// with its CPU idle.
+const NULL_BLK: (&str, &str) = ("null_blk", "nr_devices=3 irqmode=2 completion_nsec=1000000");
+
 const USAGE: &str = "usage: cargo xtask vm [--kernel NAME...] [--keep] [--timeout SECS]
 
 Boots each kernel in qemu (TCG) with a busybox initramfs and the static nodesat, runs
@@ -35,22 +42,33 @@ Boots each kernel in qemu (TCG) with a busybox initramfs and the static nodesat,
                    newest linux-image-6.1.*-amd64-unsigned in the apt sources), a release
                    (6.1.0-50-amd64, 6.12.117+deb12-amd64) or a package name
   --keep           keep target/vm/work (the initramfs tree and image) for inspection
-  --timeout SECS   per-VM limit from start to power-off (default 180)
+  --timeout SECS   per-VM limit from start to power-off (default 300)
+  --check-readme   fail when README.md's supported-kernels table said something else about a
+                   kernel (variants, results, offsets; not times) than this run found
+  --readme-only    boot nothing: rewrite README.md's table from target/vm/matrix.json and
+                   target/vm/host.json
 
-Logs: target/vm/<release>.log; summary: target/vm/matrix.json; kernels are cached in
-target/vm/cache. Exits non-zero when a kernel fails.";
+Each VM also runs nodesat-offsets (every BTF-resolved kernel offset against procfs/sysfs) with
+the preferred variants and each fallback forced. Logs: target/vm/<release>.log; summary:
+target/vm/matrix.json; kernels are cached in target/vm/cache. A run of the default kernels
+rewrites README.md's supported-kernels table from matrix.json and host.json (this machine's
+row, written by tests/tests/offsets.rs). Exits non-zero when a kernel fails.";
 
 struct Args {
     kernels: Vec<String>,
     keep: bool,
     timeout: Duration,
+    check_readme: bool,
+    readme_only: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Args>> {
     let mut out = Args {
         kernels: Vec::new(),
         keep: false,
-        timeout: Duration::from_secs(180),
+        timeout: Duration::from_secs(300),
+        check_readme: false,
+        readme_only: false,
     };
     let mut it = args.iter().peekable();
     while let Some(arg) = it.next() {
@@ -66,6 +84,8 @@ fn parse_args(args: &[String]) -> Result<Option<Args>> {
                 }
             }
             "--keep" => out.keep = true,
+            "--check-readme" => out.check_readme = true,
+            "--readme-only" => out.readme_only = true,
             "--timeout" => {
                 let secs: u64 = it
                     .next()
@@ -120,6 +140,8 @@ struct Row {
     elapsed: Option<Duration>,
     outcome: Option<results::Outcome>,
     failures: Vec<String>,
+    /// Its initramfs (the common one with its modules).
+    initrd: Option<PathBuf>,
     /// A default kernel the apt sources do not offer: reported, not a failure.
     unavailable: bool,
 }
@@ -130,6 +152,14 @@ pub fn vm(args: &[String]) -> Result<()> {
     };
     let total = Instant::now();
     let dir = workspace_root().join("target/vm");
+    if args.readme_only {
+        let matrix = dir.join("matrix.json");
+        let doc: Value = serde_json::from_str(
+            &fs::read_to_string(&matrix)
+                .with_context(|| format!("reading {}", matrix.display()))?,
+        )?;
+        return update_readme(&doc, &dir, args.check_readme);
+    }
     let cache = dir.join("cache");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     remove_leftovers(&cache);
@@ -190,22 +220,45 @@ pub fn vm(args: &[String]) -> Result<()> {
             "--release",
             "--package",
             "nodesat",
+            "--package",
+            "nodesat-tests",
+            "--bin",
+            "nodesat",
+            "--bin",
+            "nodesat-offsets",
             "--target",
             MUSL,
         ],
     ))
-    .context("building the static nodesat")?;
-    let nodesat = workspace_root().join(format!("target/{MUSL}/release/nodesat"));
+    .context("building the static nodesat and nodesat-offsets")?;
+    let bin = |name: &str| workspace_root().join(format!("target/{MUSL}/release/{name}"));
+    let (nodesat, offsets) = (bin("nodesat"), bin("nodesat-offsets"));
     phase("build", t);
 
     let t = Instant::now();
     let mut work = TempDir::new(dir.join("work"))?;
     work.keep = args.keep;
-    let initrd = initramfs::build(work.path(), &nodesat)?;
+    let initrd = initramfs::build(work.path(), &[&nodesat, &offsets])?;
+    // Per kernel: its block device module appended (the offset check writes to it).
+    for row in rows.iter_mut() {
+        let Some(k) = &row.kernel else { continue };
+        let own = work.path().join(format!("initrd-{}.img", k.release));
+        let built = kernels::modules(k, &cache, &[NULL_BLK.0])
+            .and_then(|m| initramfs::with_modules(&initrd, &m, &[NULL_BLK], &own));
+        match built {
+            Ok(()) => row.initrd = Some(own),
+            Err(e) => row
+                .failures
+                .push(format!("no block device module for the VM: {e:#}")),
+        }
+    }
     phase("initramfs", t);
 
     for row in rows.iter_mut() {
         let Some(k) = &row.kernel else { continue };
+        let Some(initrd) = row.initrd.clone() else {
+            continue;
+        };
         let log = dir.join(format!("{}.log", k.release));
         eprintln!(
             "xtask: booting {} (qemu TCG, up to {}s; serial console in {})",
@@ -216,7 +269,7 @@ pub fn vm(args: &[String]) -> Result<()> {
         let b = boot::boot(&k.vmlinuz, &initrd, &log, args.timeout)?;
         let text = fs::read(&log).unwrap_or_default();
         let outcome = results::parse(&String::from_utf8_lossy(&text));
-        row.failures = outcome.failures(b.timed_out);
+        row.failures.extend(outcome.failures(b.timed_out));
         if !b.timed_out && b.exit_code != Some(0) && row.failures.is_empty() {
             row.failures
                 .push(format!("qemu exited with {:?}", b.exit_code));
@@ -245,6 +298,22 @@ pub fn vm(args: &[String]) -> Result<()> {
     println!();
     print!("{}", table(&rows));
     print!("{}", variant_table(&rows));
+    println!("\ntime in each VM (guest uptime, s):");
+    for row in &rows {
+        if let Some(o) = &row.outcome {
+            let boot = o.sections.get("setup").and_then(|s| s.at.first());
+            let parts: Vec<String> = boot
+                .map(|b| format!("boot {b:.1}"))
+                .into_iter()
+                .chain(o.sections.iter().filter_map(|(name, s)| {
+                    s.seconds()
+                        .filter(|&t| t >= 0.5)
+                        .map(|t| format!("{name} {t:.1}"))
+                }))
+                .collect();
+            println!("  {}: {}", row.name, parts.join(", "));
+        }
+    }
     println!("\ntotal {:.1}s", total.as_secs_f64());
     let matrix = dir.join("matrix.json");
     let doc = json!({
@@ -258,6 +327,12 @@ pub fn vm(args: &[String]) -> Result<()> {
     fs::write(&matrix, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", matrix.display()))?;
     println!("wrote {}", matrix.display());
+    let readme = if args.kernels.is_empty() {
+        update_readme(&doc, &dir, args.check_readme)
+    } else {
+        println!("README.md: kernel table left as it is (--kernel given)");
+        Ok(())
+    };
 
     let mut failed = Vec::new();
     for row in &rows {
@@ -287,6 +362,54 @@ pub fn vm(args: &[String]) -> Result<()> {
             failed.join(", ")
         );
     }
+    readme
+}
+
+/// Rewrites README.md's supported-kernels table from the matrix (`doc`) and, if present,
+/// `host.json`; with `check`, an error when it said something else about a kernel.
+fn update_readme(doc: &Value, dir: &Path, check: bool) -> Result<()> {
+    let mut rows: Vec<Vec<String>> = doc["kernels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["result"] != "N/A" && !k["vm"].is_null())
+        .map(readme::vm_row)
+        .collect();
+    let host = dir.join("host.json");
+    match fs::read_to_string(&host).map(|t| serde_json::from_str::<Value>(&t)) {
+        Ok(Ok(h)) => rows.push(readme::host_row(&h)),
+        Ok(Err(e)) => eprintln!("xtask: {} is not JSON ({e}); host row kept", host.display()),
+        Err(_) => eprintln!(
+            "xtask: no {} (tests/tests/offsets.rs writes it); host row kept",
+            host.display()
+        ),
+    }
+    let path = workspace_root().join("README.md");
+    let u = readme::update(&path, &rows)?;
+    for (kernel, old, new) in &u.stale {
+        println!(
+            "README.md: the row of {kernel} changed:\n  was: {}\n  now: {new}",
+            old.as_deref().unwrap_or("(none)")
+        );
+    }
+    println!(
+        "README.md: kernel table {}",
+        if u.rewritten {
+            "rewritten from the results"
+        } else {
+            "already up to date"
+        }
+    );
+    if check && !u.stale.is_empty() {
+        bail!(
+            "README.md's supported-kernels table did not match the results for {} (now rewritten; commit it)",
+            u.stale
+                .iter()
+                .map(|(k, _, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -299,6 +422,7 @@ impl Row {
             elapsed: None,
             outcome: None,
             failures: Vec::new(),
+            initrd: None,
             unavailable: false,
         }
     }
@@ -342,7 +466,17 @@ fn table(rows: &[Row]) -> String {
     }
     let mut header: Vec<String> = ["kernel", "time", "check"].map(String::from).to_vec();
     header.extend(probes.iter().cloned());
-    header.extend(["busy_p99", "throttled", "durations", "fallback", "result"].map(String::from));
+    header.extend(
+        [
+            "busy_p99",
+            "throttled",
+            "durations",
+            "forced",
+            "offsets",
+            "result",
+        ]
+        .map(String::from),
+    );
     let mut lines = vec![header];
     for row in rows {
         let o = row.outcome.as_ref();
@@ -372,13 +506,39 @@ fn table(rows: &[Row]) -> String {
             _ => "-".into(),
         });
         cells.push(o.map_or("-".into(), |o| o.run.durations_cell()));
-        // The forced-fallback runs: throttled and, for the kprobe run, its durations.
+        // The forced-fallback runs: the kprobe run's durations, the others' run-queue figures
+        // against the preferred run's.
         cells.push(o.map_or("-".into(), |o| {
             o.fallback_runs
                 .iter()
                 .map(|(forced, f)| match forced.as_str() {
                     "kprobe" => f.durations_cell(),
-                    _ => format!("raw {}", if f.busy_events > 0 { "ok" } else { "none" }),
+                    v => format!(
+                        "{v} {}",
+                        if f.figures_problem(&o.run).is_none() {
+                            "same"
+                        } else {
+                            "differs"
+                        }
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }));
+        // The offset checks: offsets that passed of those read, per forced variant.
+        cells.push(o.map_or("-".into(), |o| {
+            o.offset_runs
+                .iter()
+                .map(|(variant, r)| match r {
+                    Some(r) => {
+                        let n = |f: &str| r["counts"][f].as_u64().unwrap_or(0);
+                        let limited = match n("checks_limited") {
+                            0 => String::new(),
+                            l => format!(" ({l} limited)"),
+                        };
+                        format!("{variant} {}/{}{limited}", n("pass"), n("pass") + n("fail"))
+                    }
+                    None => format!("{variant} -"),
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

@@ -8,12 +8,25 @@ use serde_json::{Value, json};
 const BEGIN: &str = "@@nodesat-vm begin ";
 const END: &str = "@@nodesat-vm end ";
 const DONE: &str = "@@nodesat-vm done@@";
+const AT: &str = "@@nodesat-vm at ";
 
 /// One section of the log: its lines and the exit code init.sh printed at its end.
 #[derive(Debug, Default)]
 pub struct Section {
     pub lines: Vec<String>,
     pub rc: Option<i32>,
+    /// Uptimes init.sh printed in it: the first at its start, the last at its end.
+    pub at: Vec<f64>,
+}
+
+impl Section {
+    /// How long it took, if it began and ended.
+    pub fn seconds(&self) -> Option<f64> {
+        match self.at[..] {
+            [first, .., last] => Some(last - first),
+            _ => None,
+        }
+    }
 }
 
 /// What one VM's log says.
@@ -29,6 +42,9 @@ pub struct Outcome {
     pub run: RunFigures,
     /// The fallback runs (see [`FALLBACK_RUNS`]): forced variant and figures.
     pub fallback_runs: Vec<(String, RunFigures)>,
+    /// The offset checks (see [`OFFSET_RUNS`]): the variant asked for and what
+    /// `nodesat-offsets` reported (its JSON line), if it got that far.
+    pub offset_runs: Vec<(String, Option<Value>)>,
 }
 
 #[derive(Debug)]
@@ -41,7 +57,7 @@ pub struct ProbeCheck {
     pub chosen: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RunFigures {
     pub ready: bool,
     /// Probe → the variant the running agent attached it with (from the `ready` line).
@@ -63,6 +79,13 @@ pub struct RunFigures {
     pub busy_waiting_tasks: f64,
     /// The highest run-queue length of any CPU in any interval.
     pub max_cpu_runqueue_length: f64,
+    /// Over the full intervals (not the final, partial one), for comparing runs: how many,
+    /// the sums of /busy's average number of waiting tasks and of the node's run-queue
+    /// length (all CPUs), and /busy's p99 in each.
+    pub full_intervals: u64,
+    pub busy_waiting_sum: f64,
+    pub runqueue_length_sum: f64,
+    pub busy_p99s: Vec<u64>,
 }
 
 pub fn parse(log: &str) -> Outcome {
@@ -83,6 +106,12 @@ pub fn parse(log: &str) -> Outcome {
             current = None;
         } else if line.contains(DONE) {
             out.done = true;
+        } else if let Some(i) = line.find(AT)
+            && let Some(name) = &current
+        {
+            if let Ok(t) = line[i + AT.len()..].trim_end_matches("@@").parse() {
+                out.sections.get_mut(name).expect("opened above").at.push(t);
+            }
         } else if let Some(name) = &current {
             let s = out.sections.get_mut(name).expect("opened above");
             s.lines.push(line.to_owned());
@@ -100,11 +129,31 @@ pub fn parse(log: &str) -> Outcome {
                 .push((forced.to_owned(), parse_run(&run.lines)));
         }
     }
+    for variant in OFFSET_RUNS {
+        if let Some(run) = out.sections.get(&format!("offsets-{variant}")) {
+            let json = run
+                .lines
+                .iter()
+                .find_map(|l| serde_json::from_str::<Value>(l.split_once(OFFSETS_LINE)?.1).ok());
+            out.offset_runs.push((variant.to_owned(), json));
+        }
+    }
     out
 }
 
 /// The scenario again with every probe forced to a fallback variant (see init.sh).
-pub const FALLBACK_RUNS: [&str; 2] = ["raw_tracepoint", "kprobe"];
+pub const FALLBACK_RUNS: [&str; 3] = ["raw_tracepoint", "tracepoint", "kprobe"];
+
+/// The offset check with the agent's `--probe-variant` at each of these (see init.sh).
+pub const OFFSET_RUNS: [&str; 4] = ["auto", "raw_tracepoint", "tracepoint", "kprobe"];
+
+/// What starts nodesat-offsets' result line.
+pub const OFFSETS_LINE: &str = "nodesat-offsets-json ";
+
+/// Attach variants, best first: the agent must use the first one `nodesat check` found
+/// working (the tracepoint kinds for the tracepoint probes, fentry before kprobe for the
+/// kernel-function probe).
+pub const PREFERENCE: [&str; 5] = ["tp_btf", "raw_tracepoint", "tracepoint", "fentry", "kprobe"];
 
 impl RunFigures {
     /// The variant the agent attached `probe` with, if it did.
@@ -125,6 +174,57 @@ impl RunFigures {
             ),
             None => "-".into(),
         }
+    }
+
+    /// Mean over the full intervals of /busy's waiting tasks and of the node's run-queue
+    /// length, and the median of /busy's p99s.
+    pub fn busy_waiting(&self) -> f64 {
+        self.busy_waiting_sum / self.full_intervals.max(1) as f64
+    }
+
+    pub fn runqueue_length(&self) -> f64 {
+        self.runqueue_length_sum / self.full_intervals.max(1) as f64
+    }
+
+    pub fn busy_p99(&self) -> u64 {
+        let mut v = self.busy_p99s.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    }
+
+    /// Why a run with forced variants differs from the preferred run: the same load must
+    /// give the same run-queue figures, within 25% (the average numbers of waiting tasks,
+    /// sums of every wait) and a factor of 4 (/busy's p99: two of its log2 buckets; a tail
+    /// under TCG swings: 47–134 ms between intervals of one run was seen).
+    pub fn figures_problem(&self, preferred: &RunFigures) -> Option<String> {
+        if self.full_intervals == 0 || preferred.full_intervals == 0 {
+            return Some("no full interval to compare".into());
+        }
+        let close = |a: f64, b: f64, rel: f64| (a - b).abs() <= rel * b.abs().max(1e-9);
+        let mut why = Vec::new();
+        if !close(self.busy_waiting(), preferred.busy_waiting(), 0.25) {
+            why.push(format!(
+                "/busy waiting tasks {:.2} vs {:.2}",
+                self.busy_waiting(),
+                preferred.busy_waiting()
+            ));
+        }
+        if !close(self.runqueue_length(), preferred.runqueue_length(), 0.25) {
+            why.push(format!(
+                "run-queue length {:.2} vs {:.2}",
+                self.runqueue_length(),
+                preferred.runqueue_length()
+            ));
+        }
+        let (p, q) = (self.busy_p99() as f64, preferred.busy_p99() as f64);
+        if !(q / 4.0..=q * 4.0).contains(&p) {
+            why.push(format!(
+                "/busy p99 {} vs {}",
+                short_ns(self.busy_p99()),
+                short_ns(preferred.busy_p99())
+            ));
+        }
+        (!why.is_empty()).then(|| why.join(", "))
     }
 
     /// Why the throttle durations disagree with cpu.stat's throttled time (when the throttle
@@ -217,7 +317,17 @@ fn parse_run(lines: &[String]) -> RunFigures {
             }
             Some("interval") => {
                 f.intervals += 1;
-                f.final_report |= v["final"].as_bool() == Some(true);
+                let last = v["final"].as_bool() == Some(true);
+                f.final_report |= last;
+                if !last {
+                    f.full_intervals += 1;
+                    f.runqueue_length_sum += v["cpus"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["runqueue_length"].as_f64())
+                        .sum::<f64>();
+                }
                 for c in v["cgroups"].as_array().into_iter().flatten() {
                     let name = c["name"].as_str().unwrap_or("").trim_start_matches('/');
                     let u = |v: &Value| v.as_u64().unwrap_or(0);
@@ -230,6 +340,10 @@ fn parse_run(lines: &[String]) -> RunFigures {
                         f.hog_durations_ns += u(&t["durations"]["sum_ns"]);
                     } else if name == "busy" {
                         let r = &c["runqueue"];
+                        if !last {
+                            f.busy_waiting_sum += r["waiting_tasks"].as_f64().unwrap_or(0.0);
+                            f.busy_p99s.push(u(&r["latency_p99_ns"]));
+                        }
                         f.busy_events += u(&r["events"]);
                         f.busy_p99_ns = f.busy_p99_ns.max(u(&r["latency_p99_ns"]));
                         f.busy_waiting_tasks = f
@@ -273,6 +387,35 @@ impl Outcome {
             None => why.push("`nodesat check` did not finish".to_owned()),
         }
         let r = &self.run;
+        // The preferred variant where offered: the agent's choice is the best one check found
+        // working, and the running agent attached with it.
+        for p in &self.probes {
+            let best = PREFERENCE.iter().find(|v| {
+                p.variants
+                    .iter()
+                    .any(|(name, cell)| name == *v && cell == "ok")
+            });
+            match (best, &p.chosen) {
+                (None, None) => why.push(format!("no variant of the {} probe attaches", p.probe)),
+                (Some(best), Some(chosen)) if chosen != best => why.push(format!(
+                    "check says {} will attach with {chosen}, but {best} works",
+                    p.probe
+                )),
+                (Some(best), None) => why.push(format!(
+                    "check names no variant for {}, but {best} works",
+                    p.probe
+                )),
+                _ => {}
+            }
+            if let (Some(chosen), Some(used)) = (&p.chosen, r.variant(&p.probe))
+                && chosen != used
+            {
+                why.push(format!(
+                    "the agent attached {} with {used}, check said {chosen}",
+                    p.probe
+                ));
+            }
+        }
         if !r.ready {
             why.push("`nodesat run` never reported ready".to_owned());
         }
@@ -304,7 +447,7 @@ impl Outcome {
             for (probe, variant) in &f.attached {
                 let want = match forced.as_str() {
                     "kprobe" if probe == "throttle" => Some("kprobe"),
-                    "raw_tracepoint" if probe != "throttle" => Some("raw_tracepoint"),
+                    v @ ("raw_tracepoint" | "tracepoint") if probe != "throttle" => Some(v),
                     _ => None,
                 };
                 if let Some(want) = want
@@ -325,6 +468,57 @@ impl Outcome {
             }
             if let Some(p) = f.durations_problem() {
                 why.push(format!("{forced} run: {p}"));
+            }
+            if let Some(p) = f.figures_problem(r) {
+                why.push(format!(
+                    "{forced} run: not the preferred variants' figures: {p}"
+                ));
+            }
+        }
+        for (variant, result) in &self.offset_runs {
+            let section = format!("offsets-{variant}");
+            let Some(result) = result else {
+                why.push(format!(
+                    "the offset check ({variant}) gave no result (exit {:?})",
+                    rc(&section)
+                ));
+                continue;
+            };
+            let bad: Vec<String> = result["offsets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| o["status"] != "pass" && o["status"] != "n/a")
+                .map(|o| {
+                    format!(
+                        "{} {}",
+                        o["name"].as_str().unwrap_or("?"),
+                        o["status"].as_str().unwrap_or("?")
+                    )
+                })
+                .chain(
+                    result["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| e.as_str().unwrap_or("?").to_owned()),
+                )
+                .collect();
+            if !bad.is_empty() || rc(&section) != Some(0) {
+                why.push(format!(
+                    "offset check ({variant}, exit {:?}): {}",
+                    rc(&section),
+                    if bad.is_empty() {
+                        "failed".into()
+                    } else {
+                        bad.join("; ")
+                    }
+                ));
+            }
+        }
+        for variant in OFFSET_RUNS {
+            if !self.offset_runs.iter().any(|(v, _)| v == variant) && self.done {
+                why.push(format!("the offset check ({variant}) did not run"));
             }
         }
         if r.garbled_lines > 0 {
@@ -348,6 +542,14 @@ impl Outcome {
         json!({
             "release": self.release,
             "setup_rc": self.sections.get("setup").and_then(|s| s.rc),
+            // Boot (to init's first line) and each section, in seconds of guest uptime.
+            "boot_seconds": self.sections.get("setup").and_then(|s| s.at.first()).map(|t| round2(*t)),
+            "section_seconds": Value::Object(
+                self.sections
+                    .iter()
+                    .filter_map(|(name, s)| Some((name.clone(), json!(round2(s.seconds()?)))))
+                    .collect(),
+            ),
             "check": {
                 "rc": self.sections.get("check").and_then(|s| s.rc),
                 "probes": self.probes.iter().map(|p| json!({
@@ -376,9 +578,37 @@ impl Outcome {
                 "max_cpu_runqueue_length": r.max_cpu_runqueue_length,
                 "garbled_lines": r.garbled_lines,
             },
+            "fallback_runs": self.fallback_runs.iter().map(|(forced, f)| json!({
+                "forced": forced,
+                "rc": self.sections.get(&format!("run-{forced}")).and_then(|s| s.rc),
+                "attached": pairs(&f.attached),
+                "busy_waiting_tasks": round2(f.busy_waiting()),
+                "runqueue_length": round2(f.runqueue_length()),
+                "busy_p99_ns": f.busy_p99(),
+                "throttled_periods": f.hog_throttled_periods,
+                "throttled_ns": f.hog_throttled_ns,
+                "durations": f.hog_durations,
+                "durations_ns": f.hog_durations_ns,
+            })).collect::<Vec<_>>(),
+            "preferred_figures": {
+                "busy_waiting_tasks": round2(r.busy_waiting()),
+                "runqueue_length": round2(r.runqueue_length()),
+                "busy_p99_ns": r.busy_p99(),
+                "durations": r.hog_durations,
+                "durations_ns": r.hog_durations_ns,
+            },
+            "offset_checks": self.offset_runs.iter().map(|(variant, result)| json!({
+                "variant": variant,
+                "rc": self.sections.get(&format!("offsets-{variant}")).and_then(|s| s.rc),
+                "result": result,
+            })).collect::<Vec<_>>(),
             "done": self.done,
         })
     }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 /// "16.8ms", "32.8µs": short durations for the table.
@@ -398,7 +628,9 @@ mod tests {
 
     const LOG: &str = "\x1bc\x1b[?7lSeaBIOS\r
 @@nodesat-vm begin setup@@\r
+@@nodesat-vm at 3.52@@\r
 kernel 6.1.0-56-amd64, 2 CPUs\r
+@@nodesat-vm at 3.60@@\r
 @@nodesat-vm end setup rc=0@@\r
 @@nodesat-vm begin check@@\r
 kernel        6.1.0-56-amd64 (x86_64)\r
@@ -419,6 +651,19 @@ ready: nodesat can run here\r
 {\"type\":\"interval\",\"final\":false,\"cgroups\":[{\"name\":\"/hog\",\"runqueue\":{},\"throttling\":{\"periods\":20,\"throttled_periods\":19,\"throttled_ns\":5}},{\"name\":\"/busy\",\"runqueue\":{\"events\":100,\"latency_p99_ns\":16000000,\"waiting_tasks\":2.5}}],\"cpus\":[{\"runqueue_length\":1.5}]}\r
 {\"type\":\"interval\",\"final\":true,\"cgroups\":[],\"cpus\":[]}\r
 @@nodesat-vm end run rc=0@@\r
+@@nodesat-vm begin offsets-auto@@\r
+OFF_SOCK_CGROUP  sock.sk_cgrp_data.cgroup  pass  tcp-cgroup\r
+nodesat-offsets-json {\"offsets\":[{\"name\":\"OFF_SOCK_CGROUP\",\"status\":\"pass\"},{\"name\":\"OFF_CSS_CGROUP\",\"status\":\"n/a\"}],\"counts\":{\"pass\":1,\"fail\":0},\"errors\":[]}\r
+@@nodesat-vm end offsets-auto rc=0@@\r
+@@nodesat-vm begin offsets-raw_tracepoint@@\r
+nodesat-offsets-json {\"offsets\":[],\"errors\":[]}\r
+@@nodesat-vm end offsets-raw_tracepoint rc=0@@\r
+@@nodesat-vm begin offsets-tracepoint@@\r
+nodesat-offsets-json {\"offsets\":[],\"errors\":[]}\r
+@@nodesat-vm end offsets-tracepoint rc=0@@\r
+@@nodesat-vm begin offsets-kprobe@@\r
+nodesat-offsets-json {\"offsets\":[],\"errors\":[]}\r
+@@nodesat-vm end offsets-kprobe rc=0@@\r
 @@nodesat-vm done@@\r
 ";
 
@@ -436,7 +681,73 @@ ready: nodesat can run here\r
         assert_eq!(o.run.hog_throttled_periods, 19);
         assert_eq!(o.run.busy_p99_ns, 16_000_000);
         assert_eq!(o.run.attached, [("runqueue".into(), "tp_btf".into())]);
+        let setup = &o.sections["setup"];
+        assert_eq!(setup.lines, ["kernel 6.1.0-56-amd64, 2 CPUs"]);
+        assert!((setup.seconds().unwrap() - 0.08).abs() < 1e-9);
+        assert_eq!(o.sections["check"].seconds(), None);
         assert_eq!(o.failures(false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_failing_or_missing_offset_check_fails() {
+        let log = LOG.replace(
+            r#""OFF_SOCK_CGROUP","status":"pass""#,
+            r#""OFF_SOCK_CGROUP","status":"fail""#,
+        );
+        assert_ne!(log, LOG);
+        let why = parse(&log).failures(false);
+        assert!(
+            why.iter().any(|w| w.contains("OFF_SOCK_CGROUP fail")),
+            "{why:?}"
+        );
+        let log = LOG.replace("begin offsets-kprobe", "begin something-else");
+        let why = parse(&log).failures(false);
+        assert!(
+            why.iter()
+                .any(|w| w.contains("offset check (kprobe) did not run")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_worse_variant_than_offered_fails() {
+        // check found raw_tracepoint working for tcp, but names tracepoint.
+        let log = LOG.replace(
+            "tcp will attach with raw_tracepoint",
+            "tcp will attach with tracepoint",
+        );
+        let why = parse(&log).failures(false);
+        assert!(
+            why.iter()
+                .any(|w| w.contains("tcp will attach with tracepoint, but raw_tracepoint works")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn forced_runs_must_give_the_preferred_figures() {
+        let base = RunFigures {
+            full_intervals: 2,
+            busy_waiting_sum: 4.0,
+            runqueue_length_sum: 6.0,
+            busy_p99s: vec![30_000_000, 32_000_000],
+            ..RunFigures::default()
+        };
+        let mut same = base.clone();
+        same.busy_waiting_sum = 4.4;
+        same.busy_p99s = vec![20_000_000, 40_000_000];
+        assert_eq!(same.figures_problem(&base), None);
+        let mut fewer = base.clone();
+        fewer.busy_waiting_sum = 2.0;
+        assert!(
+            fewer
+                .figures_problem(&base)
+                .unwrap()
+                .contains("waiting tasks")
+        );
+        let mut slower = base.clone();
+        slower.busy_p99s = vec![140_000_000];
+        assert!(slower.figures_problem(&base).unwrap().contains("p99"));
     }
 
     #[test]
