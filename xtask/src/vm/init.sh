@@ -76,7 +76,7 @@ scenario() {
     sh -c "echo \$\$ >/sys/fs/cgroup/$hog/cgroup.procs && while :; do :; done" &
     load=$!
     for i in 1 2 3 4; do
-        sh -c 'echo $$ >/sys/fs/cgroup/busy/cgroup.procs && while :; do :; done' &
+        sh -c "echo \$\$ >/sys/fs/cgroup/${busy:-busy}/cgroup.procs && while :; do :; done" &
         load="$load $!"
     done
     sleep "$seconds"
@@ -126,6 +126,46 @@ for variant in auto raw_tracepoint tracepoint kprobe; do
     tail -n 20 /tmp/offsets.err
     end "offsets-$variant" $rc
 done
+
+# Pure cgroup v1, as on a node booted with systemd.unified_cgroup_hierarchy=0: the unified
+# hierarchy unmounted (the kernel keeps it, unused), cpu and memory on v1 hierarchies. The hog
+# is capped at 20% in a kubelet-shaped cgroup (cgroupfs driver); the agent (auto) must key
+# every figure by the v1 cpu hierarchy and name the pod's container.
+begin v1-setup
+fails=0
+rmdir /sys/fs/cgroup/hog /sys/fs/cgroup/hog2 /sys/fs/cgroup/busy || fails=$((fails + 1))
+for c in io memory cpu; do
+    echo "-$c" >/sys/fs/cgroup/cgroup.subtree_control || fails=$((fails + 1))
+done
+umount /sys/fs/cgroup || fails=$((fails + 1))
+mount -t tmpfs cgroup /sys/fs/cgroup || fails=$((fails + 1))
+# v1mount CONTROLLERS TRIES: the controllers are released by the unified hierarchy once its
+# cgroups are gone, which the kernel finishes asynchronously: retry every 0.2 s.
+v1mount() {
+    mkdir "/sys/fs/cgroup/$1"
+    tries=0
+    until mount -t cgroup -o "$1" cgroup "/sys/fs/cgroup/$1" 2>/dev/null; do
+        tries=$((tries + 1))
+        [ $tries -ge "$2" ] && { rmdir "/sys/fs/cgroup/$1"; return 1; }
+        sleep 0.2
+    done
+}
+v1mount cpu,cpuacct 50 || { echo "cannot mount the v1 cpu,cpuacct hierarchy"; fails=$((fails + 1)); }
+# Kernels built without CONFIG_MEMCG_V1 (Debian's 6.12) have no v1 memory controller; the
+# agent does not need it.
+v1mount memory 10 || echo "no v1 memory hierarchy on this kernel (not needed)"
+v1hog=kubepods/burstable/pod5f0c6a38-2b7e-4c1d-9a55-0d3e7f21c4b6/4c6e8a0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a6c
+mkdir -p "/sys/fs/cgroup/cpu,cpuacct/$v1hog" /sys/fs/cgroup/cpu,cpuacct/busy || fails=$((fails + 1))
+echo 100000 >"/sys/fs/cgroup/cpu,cpuacct/$v1hog/cpu.cfs_period_us" || fails=$((fails + 1))
+echo 20000 >"/sys/fs/cgroup/cpu,cpuacct/$v1hog/cpu.cfs_quota_us" || fails=$((fails + 1))
+grep cgroup /proc/mounts
+end v1-setup $fails
+
+busy=cpu,cpuacct/busy scenario run-v1 "cpu,cpuacct/$v1hog" 6
+
+begin v1-hog-cpu.stat
+cat "/sys/fs/cgroup/cpu,cpuacct/$v1hog/cpu.stat"
+end v1-hog-cpu.stat $?
 
 begin dmesg
 dmesg | tail -n 40

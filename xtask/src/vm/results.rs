@@ -42,6 +42,8 @@ pub struct Outcome {
     pub run: RunFigures,
     /// The fallback runs (see [`FALLBACK_RUNS`]): forced variant and figures.
     pub fallback_runs: Vec<(String, RunFigures)>,
+    /// The scenario on pure cgroup v1 (`run-v1`), if it ran.
+    pub v1_run: Option<RunFigures>,
     /// The offset checks (see [`OFFSET_RUNS`]): the variant asked for and what
     /// `nodesat-offsets` reported (its JSON line), if it got that far.
     pub offset_runs: Vec<(String, Option<Value>)>,
@@ -66,6 +68,9 @@ pub struct RunFigures {
     pub final_report: bool,
     /// JSON lines that did not parse (a kernel message in the middle of one, say).
     pub garbled_lines: u64,
+    /// The kind of identity the hog's cgroup was reported with (`pod_container` for the
+    /// kubelet-shaped one of the v1 run).
+    pub hog_kind: Option<String>,
     pub hog_periods: u64,
     pub hog_throttled_periods: u64,
     pub hog_throttled_ns: u64,
@@ -129,6 +134,7 @@ pub fn parse(log: &str) -> Outcome {
                 .push((forced.to_owned(), parse_run(&run.lines)));
         }
     }
+    out.v1_run = out.sections.get("run-v1").map(|run| parse_run(&run.lines));
     for variant in OFFSET_RUNS {
         if let Some(run) = out.sections.get(&format!("offsets-{variant}")) {
             let json = run
@@ -331,7 +337,10 @@ fn parse_run(lines: &[String]) -> RunFigures {
                 for c in v["cgroups"].as_array().into_iter().flatten() {
                     let name = c["name"].as_str().unwrap_or("").trim_start_matches('/');
                     let u = |v: &Value| v.as_u64().unwrap_or(0);
-                    if name == "hog" || name == "hog2" {
+                    if name == "hog" || name == "hog2" || name.starts_with("kubepods/") {
+                        if let Some(kind) = c["kind"].as_str() {
+                            f.hog_kind = Some(kind.to_owned());
+                        }
                         let t = &c["throttling"];
                         f.hog_periods += u(&t["periods"]);
                         f.hog_throttled_periods += u(&t["throttled_periods"]);
@@ -475,6 +484,35 @@ impl Outcome {
                 ));
             }
         }
+        match &self.v1_run {
+            None => why.push("no pure cgroup v1 run".into()),
+            Some(_) if rc("v1-setup") != Some(0) => {
+                why.push("pure cgroup v1: the v1 hierarchies could not be set up".into())
+            }
+            Some(_) if rc("run-v1") != Some(0) => {
+                why.push("pure cgroup v1: the run did not finish cleanly".into())
+            }
+            Some(f) => {
+                if f.hog_kind.as_deref() != Some("pod_container") {
+                    why.push(format!(
+                        "pure cgroup v1: the hog's kubelet-shaped cgroup was reported as {:?}, not a pod container",
+                        f.hog_kind
+                    ));
+                }
+                if f.hog_throttled_periods == 0 {
+                    why.push("pure cgroup v1: the capped hog was never reported throttled".into());
+                }
+                if f.busy_events == 0 {
+                    why.push("pure cgroup v1: no run-queue figures for /busy".into());
+                }
+                if let Some(p) = f.durations_problem() {
+                    why.push(format!("pure cgroup v1: {p}"));
+                }
+                if let Some(p) = f.figures_problem(r) {
+                    why.push(format!("pure cgroup v1: not the v2 run's figures: {p}"));
+                }
+            }
+        }
         for (variant, result) in &self.offset_runs {
             let section = format!("offsets-{variant}");
             let Some(result) = result else {
@@ -590,6 +628,19 @@ impl Outcome {
                 "durations": f.hog_durations,
                 "durations_ns": f.hog_durations_ns,
             })).collect::<Vec<_>>(),
+            "v1_run": self.v1_run.as_ref().map(|f| json!({
+                "rc": self.sections.get("run-v1").and_then(|s| s.rc),
+                "setup_rc": self.sections.get("v1-setup").and_then(|s| s.rc),
+                "attached": pairs(&f.attached),
+                "hog_kind": f.hog_kind,
+                "busy_waiting_tasks": round2(f.busy_waiting()),
+                "runqueue_length": round2(f.runqueue_length()),
+                "busy_p99_ns": f.busy_p99(),
+                "throttled_periods": f.hog_throttled_periods,
+                "throttled_ns": f.hog_throttled_ns,
+                "durations": f.hog_durations,
+                "durations_ns": f.hog_durations_ns,
+            })),
             "preferred_figures": {
                 "busy_waiting_tasks": round2(r.busy_waiting()),
                 "runqueue_length": round2(r.runqueue_length()),
@@ -651,6 +702,13 @@ ready: nodesat can run here\r
 {\"type\":\"interval\",\"final\":false,\"cgroups\":[{\"name\":\"/hog\",\"runqueue\":{},\"throttling\":{\"periods\":20,\"throttled_periods\":19,\"throttled_ns\":5}},{\"name\":\"/busy\",\"runqueue\":{\"events\":100,\"latency_p99_ns\":16000000,\"waiting_tasks\":2.5}}],\"cpus\":[{\"runqueue_length\":1.5}]}\r
 {\"type\":\"interval\",\"final\":true,\"cgroups\":[],\"cpus\":[]}\r
 @@nodesat-vm end run rc=0@@\r
+@@nodesat-vm begin v1-setup@@\r
+@@nodesat-vm end v1-setup rc=0@@\r
+@@nodesat-vm begin run-v1@@\r
+{\"type\":\"ready\",\"probes\":[{\"probe\":\"runqueue\",\"hook\":\"sched_switch\",\"variant\":\"tp_btf\",\"attached\":true}]}\r
+{\"type\":\"interval\",\"final\":false,\"cgroups\":[{\"name\":\"/kubepods/burstable/pod5f/4c\",\"kind\":\"pod_container\",\"runqueue\":{},\"throttling\":{\"periods\":20,\"throttled_periods\":19,\"throttled_ns\":5}},{\"name\":\"/busy\",\"runqueue\":{\"events\":100,\"latency_p99_ns\":16000000,\"waiting_tasks\":2.5}}],\"cpus\":[{\"runqueue_length\":1.5}]}\r
+{\"type\":\"interval\",\"final\":true,\"cgroups\":[],\"cpus\":[]}\r
+@@nodesat-vm end run-v1 rc=0@@\r
 @@nodesat-vm begin offsets-auto@@\r
 OFF_SOCK_CGROUP  sock.sk_cgrp_data.cgroup  pass  tcp-cgroup\r
 nodesat-offsets-json {\"offsets\":[{\"name\":\"OFF_SOCK_CGROUP\",\"status\":\"pass\"},{\"name\":\"OFF_CSS_CGROUP\",\"status\":\"n/a\"}],\"counts\":{\"pass\":1,\"fail\":0},\"errors\":[]}\r
@@ -686,6 +744,27 @@ nodesat-offsets-json {\"offsets\":[],\"errors\":[]}\r
         assert!((setup.seconds().unwrap() - 0.08).abs() < 1e-9);
         assert_eq!(o.sections["check"].seconds(), None);
         assert_eq!(o.failures(false), Vec::<String>::new());
+        let v1 = o.v1_run.as_ref().unwrap();
+        assert_eq!(v1.hog_kind.as_deref(), Some("pod_container"));
+        assert_eq!(v1.hog_throttled_periods, 19);
+    }
+
+    #[test]
+    fn a_v1_run_that_does_not_name_the_pod_fails() {
+        let log = LOG.replace(r#""kind":"pod_container","#, r#""kind":"cgroup","#);
+        let why = parse(&log).failures(false);
+        assert!(
+            why.iter()
+                .any(|w| w.contains("pure cgroup v1") && w.contains("cgroup")),
+            "{why:?}"
+        );
+        let log = LOG.replace("end v1-setup rc=0", "end v1-setup rc=1");
+        assert!(
+            parse(&log)
+                .failures(false)
+                .iter()
+                .any(|w| w.contains("set up"))
+        );
     }
 
     #[test]
