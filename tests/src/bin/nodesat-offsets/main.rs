@@ -204,6 +204,20 @@ const SPECS: &[Spec] = &[
         against: "throttle durations keyed by cfs_rq->tg's cgroup id vs the capped cgroup's directory inode, their sum vs its cpu.stat throttled time",
     },
     Spec {
+        id: "iowait-v1",
+        probe: "runqueue",
+        mode: Some(Mode::V1Cpu),
+        variants: TRACEPOINTS,
+        offsets: &[
+            k::TASK_CGROUPS,
+            k::CSS_SET_SUBSYS,
+            k::CSS_CGROUP,
+            k::CGROUP_KN,
+            k::KERNFS_NODE_ID,
+        ],
+        against: "iowait keyed by the current task's v1 cpu cgroup id vs the I/O process's v1 cpu directory inode, and its block I/O delay",
+    },
+    Spec {
         id: "oom-cgroup-v1",
         probe: "oom",
         mode: Some(Mode::V1Cpu),
@@ -885,7 +899,7 @@ fn compare(
             };
             compare_oom(id, variant, c, cg, v)
         }
-        "block-device" | "block-op" | "iowait" => {
+        "block-device" | "block-op" | "iowait" | "iowait-v1" => {
             let Some(Ok(io)) = &t.io else {
                 return failed(step_error(&t.io, "the block I/O"));
             };
