@@ -152,6 +152,10 @@ pub fn vm(args: &[String]) -> Result<()> {
     };
     let total = Instant::now();
     let dir = workspace_root().join("target/vm");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // One run at a time: runs share work/, the logs and matrix.json (a second run once
+    // truncated a running VM's log, which then read as a kernel that never started).
+    let _lock = lock(&dir.join(".lock"))?;
     if args.readme_only {
         let matrix = dir.join("matrix.json");
         let doc: Value = serde_json::from_str(
@@ -616,6 +620,31 @@ fn columns(lines: &[Vec<String>]) -> String {
 
 fn round(secs: f64) -> f64 {
     (secs * 10.0).round() / 10.0
+}
+
+/// An exclusive lock on `path`, held until the file is dropped; waits for another holder.
+fn lock(path: &Path) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "xtask: another `cargo xtask vm` is running (it holds {}); waiting for it",
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(file)
 }
 
 /// Temporary directories a killed earlier run left in the cache.
