@@ -5,6 +5,7 @@
 //! Cgroup `top-hog` runs 3 spinners per CPU. Needs the `tmux` program (package `tmux`);
 //! without it the test skips (fails with `NODESAT_REQUIRE_PRIVILEGED=1`).
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 struct Tmux {
     socket: String,
     session: String,
+    /// Where the shell around the command writes its exit status.
+    status_file: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
@@ -49,11 +53,23 @@ impl Tmux {
     }
 
     /// Starts `argv` in a detached 80×24 session whose pane stays after the process exits.
+    /// A shell around it records its exit status in a file: tmux here does not always reap a
+    /// pane's process promptly (a pane can read dead, with no status, for seconds).
     fn start(argv: &[&str]) -> Tmux {
+        let dir = tempfile::tempdir().expect("a temporary directory");
         let tmux = Tmux {
             socket: format!("nodesat-test-{}", std::process::id()),
             session: "top".into(),
+            status_file: dir.path().join("status"),
+            _dir: dir,
         };
+        let record = format!(
+            "\"$@\"; echo $? >{}.tmp && mv {0}.tmp {0}",
+            tmux.status_file.display()
+        );
+        let mut wrapped = vec!["sh", "-c", record.as_str(), "sh"];
+        wrapped.extend_from_slice(argv);
+        let argv = wrapped;
         let mut args = vec![
             "new-session",
             "-d",
@@ -65,7 +81,7 @@ impl Tmux {
             &tmux.session,
             "--",
         ];
-        args.extend_from_slice(argv);
+        args.extend_from_slice(&argv);
         args.extend_from_slice(&[";", "set-option", "-w", "remain-on-exit", "on"]);
         tmux.run(&args);
         tmux
@@ -76,19 +92,13 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `Some(exit status)` once the pane's process has exited.
+    /// `Some(exit status)` once the command has exited (128 + N for signal N).
     fn exit_status(&self) -> Option<i32> {
-        let out = self.run(&[
-            "display-message",
-            "-p",
-            "-t",
-            &self.session,
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut fields = text.split_whitespace();
-        (fields.next() == Some("1"))
-            .then(|| fields.next().and_then(|s| s.parse().ok()).unwrap_or(-1))
+        std::fs::read_to_string(&self.status_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
