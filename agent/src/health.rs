@@ -89,21 +89,46 @@ pub struct Answer {
 
 pub enum Body {
     Static(&'static str),
-    Shared(Arc<String>),
+    /// The metrics text, gzip'd when `gzip`.
+    Metrics {
+        rendered: Arc<prometheus::Rendered>,
+        gzip: bool,
+    },
 }
 
 impl Body {
     fn as_bytes(&self) -> &[u8] {
         match self {
             Body::Static(s) => s.as_bytes(),
-            Body::Shared(s) => s.as_bytes(),
+            Body::Metrics {
+                rendered,
+                gzip: true,
+            } => rendered.gzip(),
+            Body::Metrics { rendered, .. } => rendered.text(),
         }
+    }
+
+    fn encoding(&self) -> Option<&'static str> {
+        matches!(self, Body::Metrics { gzip: true, .. }).then_some("gzip")
     }
 }
 
+/// Whether a request head's `Accept-Encoding` lists gzip (as Prometheus sends it).
+pub fn accepts_gzip(head: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept-encoding")
+                && value
+                    .split(',')
+                    .any(|v| v.split(';').next().unwrap_or("").trim() == "gzip")
+        })
+    })
+}
+
 impl Routes {
-    /// The answer for a request path (a query string is ignored).
-    pub fn answer(&self, path: &str, now: Instant) -> Answer {
+    /// The answer for a request path (a query string is ignored); `gzip`: the client accepts
+    /// a gzip'd body.
+    pub fn answer(&self, path: &str, gzip: bool, now: Instant) -> Answer {
         let path = path.split('?').next().unwrap_or(path);
         let text = |code, body| Answer {
             code,
@@ -118,7 +143,10 @@ impl Routes {
             ("/metrics", _, Some(m)) => Answer {
                 code: 200,
                 content_type: prometheus::CONTENT_TYPE,
-                body: Body::Shared(m.current()),
+                body: Body::Metrics {
+                    rendered: m.current(),
+                    gzip,
+                },
             },
             (_, Some(_), Some(_)) => text(404, "not found: try /healthz, /readyz or /metrics\n"),
             (_, Some(_), None) => text(404, "not found: try /healthz or /readyz\n"),
@@ -181,15 +209,20 @@ pub async fn serve(listener: TcpListener, routes: Routes) {
             };
             let request = String::from_utf8_lossy(&head);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let answer = routes.answer(path, Instant::now());
+            let answer = routes.answer(path, accepts_gzip(&request), Instant::now());
             let reason = match answer.code {
                 200 => "OK",
                 404 => "Not Found",
                 _ => "Service Unavailable",
             };
             let body = answer.body.as_bytes();
+            let encoding = answer
+                .body
+                .encoding()
+                .map(|e| format!("content-encoding: {e}\r\n"))
+                .unwrap_or_default();
             let head = format!(
-                "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\n{encoding}content-length: {}\r\nconnection: close\r\n\r\n",
                 answer.code,
                 answer.content_type,
                 body.len()
@@ -262,5 +295,15 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
         assert!(out.ends_with("ready\n"), "{out}");
         server.abort();
+    }
+
+    #[test]
+    fn accept_encoding_gzip_is_recognised() {
+        let head = |h: &str| format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{h}\r\n\r\n");
+        assert!(accepts_gzip(&head("Accept-Encoding: gzip")));
+        assert!(accepts_gzip(&head("accept-encoding: deflate, gzip;q=0.9")));
+        assert!(!accepts_gzip(&head("Accept-Encoding: identity")));
+        assert!(!accepts_gzip(&head("X-Not-Accept-Encoding: br")));
+        assert!(!accepts_gzip("GET /metrics HTTP/1.1\r\n\r\n"));
     }
 }

@@ -190,13 +190,13 @@ fn kernel_slots_come_back_from_the_exponential_point() {
 fn text_carries_the_catalogue_with_identity_labels_and_cumulative_buckets() {
     let mut p = Prometheus::new(info());
     let exposition = p.exposition();
-    assert_eq!(*exposition.current(), "", "empty before the first report");
+    assert_eq!(exposition.current().as_str(), "", "empty before the first report");
     p.update(
         &report(0, vec![pod_container(11), unit(12)]),
         &AgentTotals::default(),
     );
     let text = exposition.current();
-    eprintln!("{text}");
+    eprintln!("{}", text.as_str());
     let (samples, comments) = parse(&text);
 
     // One HELP and one TYPE per family, before its samples, which are contiguous.
@@ -516,7 +516,8 @@ fn promtool_accepts_the_text() {
     eprintln!("promtool check metrics: {} {said}", out.status);
     assert!(
         out.status.success() && said.trim().is_empty(),
-        "{said}\n{text}"
+        "{said}\n{}",
+        text.as_str()
     );
 }
 
@@ -564,6 +565,26 @@ async fn metrics_and_health_share_one_address_or_not() {
         "{head}"
     );
     assert_eq!(body, p.exposition().current().as_str());
+    assert!(!head.contains("content-encoding"), "{head}");
+
+    // A scraper that accepts gzip (Prometheus does) gets the same text gzip'd.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let zipped = &raw[split + 4..];
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains(&format!("content-length: {}", zipped.len())), "{head}");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(zipped), &mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, p.exposition().current().as_str());
+    assert!(zipped.len() * 4 < unzipped.len(), "{} -> {}", unzipped.len(), zipped.len());
+
     assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200 OK"));
     let missing = get(addr, "/nope").await;
     assert!(
@@ -576,7 +597,7 @@ async fn metrics_and_health_share_one_address_or_not() {
         metrics: Some(p.exposition()),
         ..Default::default()
     };
-    let answer = only_metrics.answer("/healthz", std::time::Instant::now());
+    let answer = only_metrics.answer("/healthz", false, std::time::Instant::now());
     assert_eq!(answer.code, 404, "health is not served there");
 }
 
