@@ -104,7 +104,7 @@ impl Body {
                 rendered,
                 gzip: true,
             } => rendered.gzip(),
-            Body::Metrics { rendered, .. } => rendered.text(),
+            Body::Metrics { rendered, .. } => rendered.as_str().as_bytes(),
         }
     }
 

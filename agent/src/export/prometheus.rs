@@ -49,10 +49,6 @@ impl Rendered {
         &self.text
     }
 
-    pub fn text(&self) -> &[u8] {
-        self.text.as_bytes()
-    }
-
     pub fn gzip(&self) -> &[u8] {
         self.gzip.get_or_init(|| {
             use std::io::Write as _;

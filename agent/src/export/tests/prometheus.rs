@@ -190,7 +190,11 @@ fn kernel_slots_come_back_from_the_exponential_point() {
 fn text_carries_the_catalogue_with_identity_labels_and_cumulative_buckets() {
     let mut p = Prometheus::new(info());
     let exposition = p.exposition();
-    assert_eq!(exposition.current().as_str(), "", "empty before the first report");
+    assert_eq!(
+        exposition.current().as_str(),
+        "",
+        "empty before the first report"
+    );
     p.update(
         &report(0, vec![pod_container(11), unit(12)]),
         &AgentTotals::default(),
@@ -578,12 +582,20 @@ async fn metrics_and_health_share_one_address_or_not() {
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let zipped = &raw[split + 4..];
     assert!(head.contains("content-encoding: gzip"), "{head}");
-    assert!(head.contains(&format!("content-length: {}", zipped.len())), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", zipped.len())),
+        "{head}"
+    );
     let mut unzipped = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(zipped), &mut unzipped)
         .unwrap();
     assert_eq!(unzipped, p.exposition().current().as_str());
-    assert!(zipped.len() * 4 < unzipped.len(), "{} -> {}", unzipped.len(), zipped.len());
+    assert!(
+        zipped.len() * 4 < unzipped.len(),
+        "{} -> {}",
+        unzipped.len(),
+        zipped.len()
+    );
 
     assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200 OK"));
     let missing = get(addr, "/nope").await;
