@@ -261,6 +261,42 @@ impl PodWorkload {
     }
 }
 
+/// Reads up to `max_reports` reports (each also given to `each`) until cgroup `id` is named
+/// by a pod; returns its last entry. Panics when no report listed it.
+fn until_named(
+    agent: &mut Agent,
+    id: u64,
+    interval: Duration,
+    max_reports: usize,
+    mut each: impl FnMut(&Report),
+) -> CgroupReport {
+    let mut found: Option<CgroupReport> = None;
+    for n in 1..=max_reports {
+        let report = agent.next_interval(interval + REPORT_SLACK);
+        each(&report);
+        let entry = report.cgroup(id).cloned();
+        match &entry {
+            Some(e) => eprintln!("report {n}: {}", describe(e)),
+            None => eprintln!(
+                "report {n}: no entry for id {id}; reported: {:?}",
+                report
+                    .cgroups
+                    .iter()
+                    .map(|c| (c.cgroup_id, c.name.as_deref()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+        let named = entry.as_ref().is_some_and(|e| e.pod.is_some());
+        if entry.is_some() {
+            found = entry;
+        }
+        if named {
+            break;
+        }
+    }
+    found.unwrap_or_else(|| panic!("no report listed cgroup {id} in {max_reports} reports"))
+}
+
 #[test]
 fn hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container() {
     const TEST: &str = "hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container";
@@ -286,35 +322,11 @@ fn hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container() {
     assert!(!warm_up.is_final);
 
     let id = load.container.id();
-    let mut found: Option<CgroupReport> = None;
     let mut pod_slice: Option<CgroupReport> = None;
-    for n in 1..=MAX_REPORTS {
-        let report = agent.next_interval(interval + REPORT_SLACK);
-        let entry = report.cgroup(id).cloned();
-        match &entry {
-            Some(e) => eprintln!("report {n}: {}", describe(e)),
-            None => eprintln!(
-                "report {n}: no entry for id {id}; reported: {:?}",
-                report
-                    .cgroups
-                    .iter()
-                    .map(|c| (c.cgroup_id, c.name.as_deref()))
-                    .collect::<Vec<_>>()
-            ),
-        }
+    let entry = until_named(&mut agent, id, interval, MAX_REPORTS, |report| {
         if let Some(p) = report.cgroup(load.pod_slice_id()) {
             pod_slice = Some(p.clone());
         }
-        let named = entry.as_ref().is_some_and(|e| e.pod.is_some());
-        if entry.is_some() {
-            found = entry;
-        }
-        if named {
-            break;
-        }
-    }
-    let entry = found.unwrap_or_else(|| {
-        panic!("no report listed the container cgroup {id} in {MAX_REPORTS} reports")
     });
     eprintln!("hog's cgroup: {}", describe(&entry));
     eprintln!("fake kubelet answered {} time(s)", kubelet.served());
@@ -439,23 +451,7 @@ fn hog_in_a_v1_only_pod_cgroup_is_named_with_the_cpu_hierarchy() {
     );
     agent.wait_ready(READY_TIMEOUT);
     agent.next_interval(interval + REPORT_SLACK);
-    let mut found: Option<CgroupReport> = None;
-    for n in 1..=MAX_REPORTS {
-        let report = agent.next_interval(interval + REPORT_SLACK);
-        let entry = report.cgroup(v1_id).cloned();
-        match &entry {
-            Some(e) => eprintln!("report {n}: {}", describe(e)),
-            None => eprintln!("report {n}: no entry for v1 cpu cgroup id {v1_id}"),
-        }
-        let named = entry.as_ref().is_some_and(|e| e.pod.is_some());
-        if entry.is_some() {
-            found = entry;
-        }
-        if named {
-            break;
-        }
-    }
-    let entry = found.unwrap_or_else(|| panic!("no report listed the v1 cpu cgroup {v1_id}"));
+    let entry = until_named(&mut agent, v1_id, interval, MAX_REPORTS, |_| {});
     assert_eq!(
         entry.name.as_deref(),
         Some(container.relative_path().as_str())
