@@ -283,7 +283,11 @@ async fn collect_until_signal(
                 let mut guard = ready.context("waiting for OOM events")?;
                 while let Some(item) = guard.get_inner_mut().next() {
                     match parse_oom_event(&item) {
-                        Some(event) => display.oom_kill(&describer.describe(&event, &mut collector.names)),
+                        Some(event) => {
+                            let kill = describer.describe(&event, &mut collector.names);
+                            collector.oom_found(event.cgroup, kill.cgroup_id);
+                            display.oom_kill(&kill);
+                        }
                         None => tracing::warn!("malformed OOM event of {} bytes", item.len()),
                     }
                 }

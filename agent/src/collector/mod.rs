@@ -75,6 +75,12 @@ impl Collector {
         })
     }
 
+    /// An OOM event was described: its victim, counted on `kernel_cgroup` by the program,
+    /// is in `resolved` (see [`oom::Oom::found`]).
+    pub fn oom_found(&mut self, kernel_cgroup: u64, resolved: u64) {
+        self.oom.found(kernel_cgroup, resolved);
+    }
+
     /// Reads the maps and produces the report for the time since the last call.
     pub fn collect(&mut self, probes: &Probes, is_final: bool) -> Result<Report, ProbeError> {
         let now = Instant::now();

@@ -24,6 +24,10 @@ use crate::{
 pub struct Oom {
     prev: Snapshot<u64, u64>,
     prev_lost: u64,
+    /// Kills the program could only count on cgroup 0 (the classic tracepoint's record has no
+    /// task pointer) whose events named a cgroup (by a /proc lookup): cgroup → (kills, the
+    /// collections they have waited).
+    found: BTreeMap<u64, (u64, u8)>,
 }
 
 impl Oom {
@@ -39,8 +43,9 @@ impl Oom {
         ebpf: &Ebpf,
     ) -> Result<(BTreeMap<u64, u64>, Option<KernelError>), ProbeError> {
         let cur = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
-        let kills = cur.delta_since(&self.prev).into_iter().collect();
+        let mut kills = cur.delta_since(&self.prev).into_iter().collect();
         self.prev = cur;
+        reattribute(&mut kills, &mut self.found);
         let cur_lost = lost(ebpf)?;
         let lost_now = cur_lost.delta(&self.prev_lost);
         self.prev_lost = cur_lost;
@@ -51,6 +56,35 @@ impl Oom {
         });
         Ok((kills, error))
     }
+}
+
+impl Oom {
+    /// An event's victim, counted on `kernel_cgroup` by the program, was found in `resolved`.
+    pub fn found(&mut self, kernel_cgroup: u64, resolved: u64) {
+        if kernel_cgroup == 0 && resolved != 0 {
+            self.found.entry(resolved).or_default().0 += 1;
+        }
+    }
+}
+
+/// Moves kills counted on cgroup 0 to the cgroups their events were found in (pure). An event
+/// can be read just before or just after the collection that counts its kill, so what is not
+/// matched waits one more collection, then is dropped (the kill stays on 0).
+fn reattribute(kills: &mut BTreeMap<u64, u64>, found: &mut BTreeMap<u64, (u64, u8)>) {
+    for (cgroup, (n, age)) in found.iter_mut() {
+        let on_zero = kills.get(&0).copied().unwrap_or(0);
+        let moved = (*n).min(on_zero);
+        if moved > 0 {
+            *kills.entry(*cgroup).or_insert(0) += moved;
+            match on_zero - moved {
+                0 => kills.remove(&0),
+                left => kills.insert(0, left),
+            };
+            *n -= moved;
+        }
+        *age += 1;
+    }
+    found.retain(|_, (n, age)| *n > 0 && *age < 2);
 }
 
 fn lost(ebpf: &Ebpf) -> Result<u64, ProbeError> {
@@ -226,6 +260,33 @@ fn keyed(file: &Path, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kills_on_cgroup_zero_move_to_the_cgroups_their_events_named() {
+        let mut oom = Oom::default();
+        oom.found(0, 7);
+        oom.found(0, 7);
+        oom.found(5, 9); // counted on its own cgroup by the kernel: nothing to move
+        oom.found(0, 0); // the lookup failed too
+        let mut kills = BTreeMap::from([(0, 3), (5, 1)]);
+        reattribute(&mut kills, &mut oom.found);
+        assert_eq!(kills, BTreeMap::from([(0, 1), (5, 1), (7, 2)]));
+        assert!(oom.found.is_empty());
+
+        // The event came before its kill was counted: it waits one collection ...
+        oom.found(0, 8);
+        let mut kills = BTreeMap::new();
+        reattribute(&mut kills, &mut oom.found);
+        assert!(kills.is_empty());
+        let mut kills = BTreeMap::from([(0, 1)]);
+        reattribute(&mut kills, &mut oom.found);
+        assert_eq!(kills, BTreeMap::from([(8, 1)]));
+        // ... but no longer.
+        oom.found(0, 8);
+        reattribute(&mut BTreeMap::new(), &mut oom.found);
+        reattribute(&mut BTreeMap::new(), &mut oom.found);
+        assert!(oom.found.is_empty());
+    }
 
     #[test]
     fn ancestors_walk_up_to_the_root() {
