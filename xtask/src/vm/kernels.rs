@@ -7,6 +7,7 @@
 //! series to [`DEFAULT`].
 
 use std::{
+    ffi::OsStr,
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -254,27 +255,8 @@ fn download(package: &str, cache: &Path) -> Result<PathBuf> {
 /// Extracts `./boot/` of the package (not its modules) into `cache/RELEASE/`.
 fn unpack(deb: &Path, release: &str, package: &str, cache: &Path) -> Result<()> {
     let tmp = TempDir::new(cache.join(format!(".unpack-{}", std::process::id())))?;
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb")?;
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(tmp.path())
-        .args(["--wildcards", "./boot/*"])
-        .stdin(dpkg.stdout.take().expect("piped"))
-        .status()
-        .context("running tar")?;
-    let dpkg = dpkg.wait()?;
-    if !dpkg.success() || !tar.success() {
-        bail!(
-            "unpacking {} failed (dpkg-deb {dpkg}, tar {tar}); delete it to download it again",
-            deb.display()
-        );
-    }
+    extract(deb, tmp.path(), &["--wildcards", "./boot/*"])
+        .context("delete the package to download it again")?;
     let boot = tmp.path().join("boot");
     let find = |prefix: &str| -> Result<PathBuf> {
         fs::read_dir(&boot)
@@ -353,24 +335,45 @@ pub fn modules(k: &Kernel, cache: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>
     Ok(order)
 }
 
-/// The paths in a package's file system tarball.
-fn deb_members(deb: &Path) -> Result<Vec<String>> {
+/// Runs `tar` (its arguments given) on `deb`'s file system tarball, piped from `dpkg-deb`;
+/// fails unless both succeed.
+fn tar_of_deb(deb: &Path, tar_args: &[&OsStr]) -> Result<Vec<u8>> {
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
         .stdout(Stdio::piped())
         .spawn()
         .context("running dpkg-deb")?;
-    let out = Command::new("tar")
-        .arg("-t")
+    let tar = Command::new("tar")
+        .args(tar_args)
         .stdin(dpkg.stdout.take().expect("piped"))
+        .stderr(Stdio::inherit())
         .output()
         .context("running tar")?;
-    dpkg.wait()?;
-    if !out.status.success() {
-        bail!("listing {} failed", deb.display());
+    let dpkg = dpkg.wait()?;
+    if !dpkg.success() || !tar.status.success() {
+        let args: Vec<_> = tar_args.iter().map(|a| a.to_string_lossy()).collect();
+        bail!(
+            "tar {} on {} failed (dpkg-deb {dpkg}, tar {})",
+            args.join(" "),
+            deb.display(),
+            tar.status
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(tar.stdout)
+}
+
+/// Extracts from `deb` into `into`, `tar -x` taking `what` (members or options).
+fn extract(deb: &Path, into: &Path, what: &[&str]) -> Result<()> {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("-x"), OsStr::new("-C"), into.as_os_str()];
+    args.extend(what.iter().map(OsStr::new));
+    tar_of_deb(deb, &args).map(drop)
+}
+
+/// The paths in a package's file system tarball.
+fn deb_members(deb: &Path) -> Result<Vec<String>> {
+    let listing = tar_of_deb(deb, &[OsStr::new("-t")])?;
+    Ok(String::from_utf8_lossy(&listing)
         .lines()
         .map(str::to_owned)
         .collect())
@@ -390,24 +393,7 @@ fn extract_module(deb: &Path, members: &[String], name: &str, dest: &Path) -> Re
         })
         .with_context(|| format!("{} has no module {name}", deb.display()))?;
     let tmp = TempDir::new(dest.with_extension("extract"))?;
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb")?;
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(tmp.path())
-        .arg(member)
-        .stdin(dpkg.stdout.take().expect("piped"))
-        .status()
-        .context("running tar")?;
-    let _ = dpkg.wait();
-    if !tar.success() {
-        bail!("extracting {member} from {} failed", deb.display());
-    }
+    extract(deb, tmp.path(), &[member])?;
     let extracted = tmp.path().join(member);
     let decompress = match extracted.extension().and_then(|e| e.to_str()) {
         Some("xz") => Some("xz"),
