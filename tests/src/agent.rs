@@ -427,6 +427,21 @@ impl Stopped {
     pub fn final_report(&self) -> Option<&Report> {
         self.reports.last().filter(|r| r.is_final)
     }
+
+    /// Asserts the agent stopped as it should on SIGTERM: exit status 0, after a final
+    /// report.
+    #[track_caller]
+    pub fn assert_clean_stop(&self) {
+        assert!(
+            self.status.success(),
+            "agent exit status after SIGTERM: {}",
+            self.status
+        );
+        assert!(
+            self.final_report().is_some(),
+            "a final report after SIGTERM"
+        );
+    }
 }
 
 /// The running agent (`nodesat run --output json ...`).

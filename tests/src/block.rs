@@ -160,6 +160,23 @@ impl LoopDevice {
             .map_err(|e| with_path(e, "cannot read", &path))
     }
 
+    /// A loop device for `test` with its write cache on (`write_back`) or off, or `None`
+    /// after [`skip`](crate::skip)ping the test when none can be made here.
+    #[track_caller]
+    pub fn for_test(test: &str, write_back: bool) -> Option<Self> {
+        let device = match Self::create() {
+            Ok(device) => device,
+            Err(e) => {
+                crate::skip(test, &format!("no loop device: {e}"));
+                return None;
+            }
+        };
+        device
+            .set_write_back_cache(write_back)
+            .expect("set the loop device's write cache");
+        Some(device)
+    }
+
     /// Sets whether the kernel treats it as having a volatile write cache
     /// (`/sys/block/loopN/queue/write_cache`: `"write back"` or
     /// `"write through"`).

@@ -44,6 +44,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// Asserts that every tracepoint probe attached (the throttle probe needs fentry or kprobes,
+/// which this kernel may lack) when the agent had only the capabilities `caps`.
+#[track_caller]
+fn assert_tracepoint_probes_attached(ready: &nodesat_tests::agent::Ready, caps: &[String]) {
+    for probe in ["runqueue", "tcp", "oom", "block"] {
+        assert!(
+            ready
+                .probes
+                .iter()
+                .any(|p| p["probe"] == probe && p["attached"] == true),
+            "probe {probe} did not attach with only {caps:?}: {:?}",
+            ready.probes
+        );
+    }
+}
+
 /// Longest a `nodesat check` or `systemd-analyze` run may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1012,16 +1028,7 @@ fn agent_runs_with_the_daemonset_privileges() {
     cmd.envs(env);
     let mut agent = Agent::spawn(cmd);
     let ready = agent.wait_ready(Duration::from_secs(20));
-    for probe in ["runqueue", "tcp", "oom", "block"] {
-        assert!(
-            ready
-                .probes
-                .iter()
-                .any(|p| p["probe"] == probe && p["attached"] == true),
-            "probe {probe} did not attach with only {caps:?}: {:?}",
-            ready.probes
-        );
-    }
+    assert_tracepoint_probes_attached(&ready, &caps);
     agent.next_interval(Duration::from_secs(10));
     assert_eq!(http_status(&addr, "/readyz"), Some(200), "GET /readyz");
     assert_eq!(http_status(&addr, "/healthz"), Some(200), "GET /healthz");
@@ -1422,16 +1429,7 @@ fn agent_runs_with_the_unit_privileges() {
     clear_agent_env(&mut cmd);
     let mut agent = Agent::spawn(cmd);
     let ready = agent.wait_ready(Duration::from_secs(20));
-    for probe in ["runqueue", "tcp", "oom", "block"] {
-        assert!(
-            ready
-                .probes
-                .iter()
-                .any(|p| p["probe"] == probe && p["attached"] == true),
-            "probe {probe} did not attach with only {caps:?}: {:?}",
-            ready.probes
-        );
-    }
+    assert_tracepoint_probes_attached(&ready, &caps);
     let report = agent.next_interval(Duration::from_secs(10));
     assert!(!report.cgroups.is_empty(), "the first report names cgroups");
     let stderr = agent.stderr();

@@ -559,17 +559,10 @@ fn dio_write_completes_writes_and_waits_in_iowait() {
     if skip_if_unprivileged(TEST) {
         return;
     }
-    let device = match LoopDevice::create() {
-        Ok(device) => device,
-        Err(e) => {
-            skip(TEST, &format!("no loop device: {e}"));
-            return;
-        }
-    };
     // One write request per block, no flushes (see set_write_back_cache).
-    device
-        .set_write_back_cache(false)
-        .expect("write-through cache");
+    let Some(device) = LoopDevice::for_test(TEST, false) else {
+        return;
+    };
     let cpu = online_cpus() - 1;
     let mut cmd = Command::new(load_bin!());
     cmd.arg("dio-write")

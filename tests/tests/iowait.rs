@@ -239,15 +239,7 @@ impl WriterRun {
         let times_after = proc_stat_cpu_times().expect("read /proc/stat");
         let window = start.elapsed();
         let stopped = agent.stop_and_collect();
-        assert!(
-            stopped.status.success(),
-            "agent exit status after SIGTERM: {}",
-            stopped.status
-        );
-        assert!(
-            stopped.final_report().is_some(),
-            "a final report after SIGTERM"
-        );
+        stopped.assert_clean_stop();
         eprintln!(
             "dio-write on {} ({}, write cache {:?}): {summary:?}, blocked {}; {} reports",
             device.path().display(),
@@ -277,20 +269,13 @@ fn iowait_lands_on_the_writing_cgroup() {
     if skip_if_unprivileged(TEST) {
         return;
     }
-    let device = match LoopDevice::create() {
-        Ok(device) => device,
-        Err(e) => {
-            skip(TEST, &format!("no loop device: {e}"));
-            return;
-        }
-    };
     // One write request per block and nothing else: with the (default)
     // write-back cache, each O_DSYNC write would also cost flushes, and
     // fsync's empty pre-flush writes count as completed writes in
     // /sys/block without ever being issued.
-    device
-        .set_write_back_cache(false)
-        .expect("switch the loop device's write cache off");
+    let Some(device) = LoopDevice::for_test(TEST, false) else {
+        return;
+    };
     let pinned = online_cpus() >= 2;
     let writer = TestCgroup::create("writer").expect("create cgroup writer");
     let spinner = TestCgroup::create("spinner").expect("create cgroup spinner");
@@ -427,16 +412,9 @@ fn block_flushes_are_reported_as_other_requests() {
     if skip_if_unprivileged(FLUSH_TEST) {
         return;
     }
-    let device = match LoopDevice::create() {
-        Ok(device) => device,
-        Err(e) => {
-            skip(FLUSH_TEST, &format!("no loop device: {e}"));
-            return;
-        }
+    let Some(device) = LoopDevice::for_test(FLUSH_TEST, true) else {
+        return;
     };
-    device
-        .set_write_back_cache(true)
-        .expect("switch the loop device's write cache on");
     let writer = TestCgroup::create("flusher").expect("create cgroup flusher");
     let cpu = (online_cpus() >= 2).then_some(WRITER_CPU);
     let run = WriterRun::measure(&device, &writer, 3, 4096, cpu);

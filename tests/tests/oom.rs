@@ -194,15 +194,7 @@ fn oom_kills_are_reported_with_comm_and_cgroup() {
         print_event(kill, None);
     }
     events.extend(stopped.oom_kills.iter().cloned());
-    assert!(
-        stopped.status.success(),
-        "agent exit status after SIGTERM: {}",
-        stopped.status
-    );
-    assert!(
-        stopped.final_report().is_some(),
-        "a final report after SIGTERM"
-    );
+    stopped.assert_clean_stop();
 
     // The kernel killed what the test meant it to.
     assert_eq!(

@@ -258,15 +258,7 @@ fn retransmits_land_on_the_socket_owners_cgroup() {
 
     let stopped = agent.stop_and_collect();
     let kernel_after = tcp_retrans_segs().expect("read RetransSegs");
-    assert!(
-        stopped.status.success(),
-        "agent exit status after SIGTERM: {}",
-        stopped.status
-    );
-    assert!(
-        stopped.final_report().is_some(),
-        "a final report after SIGTERM"
-    );
+    stopped.assert_clean_stop();
     check_counts(
         &stopped.reports,
         &client,
