@@ -74,10 +74,11 @@ pub fn check(config: &Config) -> i32 {
             None => format!("not found under {}", config.cgroup_root.display()),
         }
     );
+    let hierarchy = cgroups::Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy);
     let _ = writeln!(
         out,
         "cgroup ids    {}",
-        match cgroups::Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy) {
+        match &hierarchy {
             Some(h) => format!("from the {h}"),
             None => format!(
                 "no {:?} hierarchy under {}: figures are keyed by id, unnamed",
@@ -101,7 +102,6 @@ pub fn check(config: &Config) -> i32 {
 
     // Load once (mounting tracefs so the classic variant can be tried), then try each variant
     // of each probe on its own.
-    let hierarchy = cgroups::Hierarchy::find(&config.cgroup_root, config.cgroup_hierarchy);
     let opts = LoadOptions {
         max_cgroups: config.max_cgroups,
         mount_tracefs: true,
@@ -210,12 +210,10 @@ fn throttle_sources(cgroup_root: &Path) -> String {
     {
         found.push(format!("v2 cpu.max under {}", v2.display()));
     }
-    for c in ["cpu", "cpu,cpuacct"] {
-        let dir = cgroup_root.join(c);
-        if dir.join("cpu.cfs_quota_us").exists() {
-            found.push(format!("v1 cpu.cfs_quota_us under {}", dir.display()));
-            break;
-        }
+    if let Some(dir) = cgroups::v1_cpu_root(cgroup_root)
+        && dir.join("cpu.cfs_quota_us").exists()
+    {
+        found.push(format!("v1 cpu.cfs_quota_us under {}", dir.display()));
     }
     if found.is_empty() {
         "no CPU controller found".into()
