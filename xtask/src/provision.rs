@@ -16,6 +16,9 @@ pub fn provision() -> Result<()> {
     rust_src()?;
     llvm_dev()?;
     bpf_linker()?;
+    eprintln!(
+        "xtask: toolchain ready: nightly rust-src, llvm-{LLVM_MAJOR}-dev, bpf-linker (LLVM {LLVM_MAJOR})"
+    );
     Ok(())
 }
 
@@ -24,7 +27,10 @@ pub fn provision() -> Result<()> {
 /// (driving `nodesat top` as a person would) and prometheus (a real server scraping
 /// `/metrics`, and promtool linting it).
 pub fn test_tools() -> Result<()> {
-    apt_install(&["nftables", "systemd", "tmux", "prometheus"])
+    let tools = ["nftables", "systemd", "tmux", "prometheus"];
+    apt_install(&tools)?;
+    eprintln!("xtask: test tools ready: {}", tools.join(", "));
+    Ok(())
 }
 
 fn rust_src() -> Result<()> {
@@ -68,9 +74,7 @@ fn llvm_dev() -> Result<()> {
     if llvm_bin_dir().join("llvm-config").exists() {
         return Ok(());
     }
-    let pkg = format!("llvm-{LLVM_MAJOR}-dev");
-    eprintln!("xtask: installing {pkg} (apt-get)");
-    apt_install(&[&pkg])
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev")])
 }
 
 /// `apt-get install` the packages that are not yet installed; runs `apt-get update` first.
@@ -89,6 +93,10 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    eprintln!(
+        "xtask: installing {} (apt-get update, then apt-get install)",
+        missing.join(", ")
+    );
     let mut update = cmd("apt-get", &["update", "-qq"]);
     update.env("DEBIAN_FRONTEND", "noninteractive");
     run(update)?;

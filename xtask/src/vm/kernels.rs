@@ -185,8 +185,9 @@ fn generic_releases() -> Result<Vec<String>> {
         .collect())
 }
 
-/// "6.12.117+deb12" → "6.12".
-fn series_of(version: &str) -> String {
+/// "6.12.117+deb12" → "6.12"; also a release, "6.1.0-57-amd64" → "6.1", "6.18.44-fc-v1252" →
+/// "6.18".
+pub fn series_of(version: &str) -> String {
     version
         .split(['.', '-', '+'])
         .take(2)

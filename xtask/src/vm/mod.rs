@@ -43,8 +43,9 @@ Boots each kernel in qemu (TCG) with a busybox initramfs and the static nodesat,
                    (6.1.0-50-amd64, 6.12.117+deb12-amd64) or a package name
   --keep           keep target/vm/work (the initramfs tree and image) for inspection
   --timeout SECS   per-VM limit from start to power-off (default 300)
-  --check-readme   fail when README.md's supported-kernels table said something else about a
-                   kernel (variants, results, offsets; not times) than this run found
+  --check-readme   rewrite README.md's supported-kernels table (also with --kernel) and fail
+                   when it said something else about a series (variants, fallbacks, results,
+                   offsets; not the release tested, times or percentages) than this run found
   --readme-only    boot nothing: rewrite README.md's table from target/vm/matrix.json and
                    target/vm/host.json
 
@@ -52,7 +53,8 @@ Each VM also runs nodesat-offsets (every BTF-resolved kernel offset against proc
 the preferred variants and each fallback forced. Logs: target/vm/<release>.log; summary:
 target/vm/matrix.json; kernels are cached in target/vm/cache. A run of the default kernels
 rewrites README.md's supported-kernels table from matrix.json and host.json (this machine's
-row, written by tests/tests/offsets.rs). Exits non-zero when a kernel fails.";
+row, written by tests/tests/offsets.rs); its rows are keyed by series (6.1, 6.12), so a run of
+another release of a series replaces that series' row. Exits non-zero when a kernel fails.";
 
 struct Args {
     kernels: Vec<String>,
@@ -331,10 +333,12 @@ pub fn vm(args: &[String]) -> Result<()> {
     fs::write(&matrix, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", matrix.display()))?;
     println!("wrote {}", matrix.display());
-    let readme = if args.kernels.is_empty() {
+    // A run of named kernels (a release to investigate) leaves the table alone unless asked to
+    // check it: rows are keyed by series, so any release of 6.1 or 6.12 checks those rows.
+    let readme = if args.kernels.is_empty() || args.check_readme {
         update_readme(&doc, &dir, args.check_readme)
     } else {
-        println!("README.md: kernel table left as it is (--kernel given)");
+        println!("README.md: kernel table left as it is (--kernel given without --check-readme)");
         Ok(())
     };
 
@@ -370,43 +374,64 @@ pub fn vm(args: &[String]) -> Result<()> {
 }
 
 /// Rewrites README.md's supported-kernels table from the matrix (`doc`) and, if present,
-/// `host.json`; with `check`, an error when it said something else about a kernel.
+/// `host.json` in `dir`; with `check`, an error when it said something else about a series.
 fn update_readme(doc: &Value, dir: &Path, check: bool) -> Result<()> {
+    let host = dir.join("host.json");
+    let host = match fs::read_to_string(&host).map(|t| serde_json::from_str::<Value>(&t)) {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err(e)) => {
+            eprintln!("xtask: {} is not JSON ({e}); host row kept", host.display());
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "xtask: no {} (tests/tests/offsets.rs writes it); host row kept",
+                host.display()
+            );
+            None
+        }
+    };
+    check_table(
+        &workspace_root().join("README.md"),
+        doc,
+        host.as_ref(),
+        check,
+    )
+}
+
+/// The table in `readme` rewritten from the matrix results `doc` and this machine's `host`
+/// results; with `check`, an error when a row's verdicts changed (not its release or times).
+fn check_table(readme: &Path, doc: &Value, host: Option<&Value>, check: bool) -> Result<()> {
+    let generated = doc["generated_unix"].as_u64();
     let mut rows: Vec<Vec<String>> = doc["kernels"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|k| k["result"] != "N/A" && !k["vm"].is_null())
-        .map(readme::vm_row)
+        .map(|k| readme::vm_row(k, generated))
         .collect();
-    let host = dir.join("host.json");
-    match fs::read_to_string(&host).map(|t| serde_json::from_str::<Value>(&t)) {
-        Ok(Ok(h)) => rows.push(readme::host_row(&h)),
-        Ok(Err(e)) => eprintln!("xtask: {} is not JSON ({e}); host row kept", host.display()),
-        Err(_) => eprintln!(
-            "xtask: no {} (tests/tests/offsets.rs writes it); host row kept",
-            host.display()
-        ),
+    rows.extend(host.map(readme::host_row));
+    let u = readme::update(readme, &rows)?;
+    for (series, old, new) in &u.stale {
+        println!("README.md: the verdicts of {series} changed:\n  was: {old}\n  now: {new}");
     }
-    let path = workspace_root().join("README.md");
-    let u = readme::update(&path, &rows)?;
-    for (kernel, old, new) in &u.stale {
-        println!(
-            "README.md: the row of {kernel} changed:\n  was: {}\n  now: {new}",
-            old.as_deref().unwrap_or("(none)")
-        );
+    for series in &u.added {
+        println!("README.md: {series} had no row; added");
+    }
+    for row in &u.dropped {
+        println!("README.md: dropped a row of an older table layout: {row}");
     }
     println!(
         "README.md: kernel table {}",
         if u.rewritten {
-            "rewritten from the results"
+            "rewritten from the results (verdicts unchanged unless listed above)"
         } else {
             "already up to date"
         }
     );
     if check && !u.stale.is_empty() {
         bail!(
-            "README.md's supported-kernels table did not match the results for {} (now rewritten; commit it)",
+            "README.md's supported-kernels table said something else about {} than this run found (now rewritten; commit it if the new verdicts are right)",
             u.stale
                 .iter()
                 .map(|(k, _, _)| k.as_str())
