@@ -552,10 +552,14 @@ fn parse_kubelet_url(s: &str) -> Result<Option<String>, String> {
     match s {
         "off" | "" => Ok(None),
         "auto" => Ok(auto_kubelet_url()),
-        url if url.starts_with("http://") || url.starts_with("https://") => {
-            Ok(Some(url.to_owned()))
-        }
-        _ => Err("\"auto\", \"off\", or an http:// or https:// URL".to_owned()),
+        given => crate::identity::kubelet::pod_list_url(given)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "\"auto\", \"off\", an http:// or https:// URL (a base URL gets /pods), \
+                     or host:port (https): {e}"
+                )
+            }),
     }
 }
 
@@ -595,6 +599,26 @@ mod tests {
         assert_eq!(c.output, Output::Table);
         assert_eq!(c.probe_variant, VariantChoice::Auto);
         assert_eq!(c.max_cgroups, 4096);
+    }
+
+    #[test]
+    fn kubelet_url_by_its_address() {
+        let url =
+            |v: &str| load(Flags::default(), &[("NODESAT_KUBELET_URL", v)]).map(|c| c.kubelet_url);
+        assert_eq!(
+            url("http://127.0.0.1:18080").unwrap().as_deref(),
+            Some("http://127.0.0.1:18080/pods")
+        );
+        assert_eq!(
+            url("node-a:10250").unwrap().as_deref(),
+            Some("https://node-a:10250/pods")
+        );
+        assert_eq!(url("off").unwrap(), None);
+        let err = url("node-a").unwrap_err().to_string();
+        assert!(
+            err.contains("kubelet_url") && err.contains("host:port"),
+            "{err}"
+        );
     }
 
     #[test]

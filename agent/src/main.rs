@@ -207,7 +207,8 @@ async fn collect_until_signal(
     let names = CgroupNames::new(hierarchy, config.interval / 2);
     let kubelet = match &config.kubelet_url {
         Some(url) => {
-            tracing::info!(url = %url, "reading pod metadata from the kubelet");
+            // The URL actually used: a base URL or host:port was completed in the config.
+            tracing::info!(url = %url, "reading pod metadata from the kubelet at {url}");
             Some(
                 identity::kubelet::KubeletWatcher::spawn(identity::kubelet::KubeletConfig::new(
                     url,
