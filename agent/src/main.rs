@@ -36,6 +36,9 @@ use crate::{
 pub const EXIT_NO_PERMISSION: i32 = 77;
 /// Exit code when the kernel cannot run the agent (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code when stdout cannot be written (EX_IOERR); a pipe whose reader went away is not
+/// one (exit 0).
+pub const EXIT_IO_ERROR: i32 = 74;
 
 #[derive(Parser)]
 #[command(
@@ -186,10 +189,29 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
         config, hierarchy, &probes, set, oom_events, view,
     ));
     probes.detach();
-    result.map_err(|e| Fatal {
-        code: 1,
-        message: format!("{e:#}"),
-    })
+    match result {
+        Ok(Ended::Stopped) => Ok(()),
+        Ok(Ended::Stdout(output::StdoutError::ReaderGone)) => {
+            tracing::info!("stdout's reader went away: probes detached, exiting");
+            Ok(())
+        }
+        Ok(Ended::Stdout(e)) => Err(Fatal {
+            code: EXIT_IO_ERROR,
+            message: format!("{e}; probes detached"),
+        }),
+        Err(e) => Err(Fatal {
+            code: 1,
+            message: format!("{e:#}"),
+        }),
+    }
+}
+
+/// Why the collection loop ended (an error aside).
+enum Ended {
+    /// A signal or `q`.
+    Stopped,
+    /// stdout can take no more: its reader went away (exit 0) or a write failed (exit 74).
+    Stdout(output::StdoutError),
 }
 
 async fn collect_until_signal(
@@ -199,7 +221,7 @@ async fn collect_until_signal(
     set: ProgramSet,
     oom_events: Option<RingBuf<MapData>>,
     view: top::View,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Rescans are rate-limited to two per interval: collections come one interval apart, so a
@@ -263,10 +285,17 @@ async fn collect_until_signal(
         interval = %humantime::format_duration(config.interval),
         "collecting; SIGINT or SIGTERM stops after a final collection"
     );
+    let mut pipe_closed = match &display {
+        top::Display::Plain(_) if config.output != config::Output::None => {
+            output::watch_pipe_reader()
+        }
+        _ => None,
+    };
+    let mut ended = display.take_stdout_failure().map(Ended::Stdout);
     let start = tokio::time::Instant::now() + config.interval;
     let mut tick = tokio::time::interval_at(start, config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while ended.is_none() {
         tokio::select! {
             _ = tick.tick() => {
                 if set == ProgramSet::Agent {
@@ -295,8 +324,23 @@ async fn collect_until_signal(
                 guard.clear_ready();
             }
             key = top::next_key(&mut keys) => if display.key(key) { tracing::info!("quit: final collection"); break; },
+            _ = pipe_reader_gone(&mut pipe_closed) => {
+                tracing::info!("stdout's reader went away: final collection");
+                display.stop_writing();
+                ended = Some(Ended::Stdout(output::StdoutError::ReaderGone));
+                break;
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final collection"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final collection"); break; }
+        }
+        if let Some(e) = display.take_stdout_failure() {
+            match &e {
+                output::StdoutError::ReaderGone => {
+                    tracing::info!("stdout's reader went away: final collection")
+                }
+                output::StdoutError::Write(_) => tracing::error!("{e}: final collection"),
+            }
+            ended = Some(Ended::Stdout(e));
         }
     }
     let report = collector
@@ -308,7 +352,21 @@ async fn collect_until_signal(
     if let Some(k) = kubelet {
         k.stop();
     }
-    Ok(())
+    Ok(ended.unwrap_or(Ended::Stopped))
+}
+
+/// Resolves when stdout's pipe reader went away; never without a watcher.
+async fn pipe_reader_gone(watch: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match watch {
+        Some(rx) => {
+            if rx.await.is_err() {
+                // The watcher stopped without seeing it: wait no more on it.
+                *watch = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the ring buffer has data; never completes when there is none to wait on.

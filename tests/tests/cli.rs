@@ -158,3 +158,180 @@ fn not_root_gets_a_plain_message() {
         "stderr says it needs root or CAP_BPF"
     );
 }
+
+// ---------------------------------------------------------------------------
+// stdout closed under the agent (issue 16): `nodesat run | head -1`.
+
+/// The ids of the BPF programs `pid` holds (from its fds' fdinfo: program and link fds).
+fn bpf_prog_ids(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                if let Ok(id) = id.trim().parse() {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Whether the kernel still has BPF program `id` (BPF_PROG_GET_FD_BY_ID).
+fn bpf_prog_exists(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // union bpf_attr, as that command reads it: prog_id, next_id, open_flags.
+    let attr: [u32; 4] = [id, 0, 0, 0];
+    // SAFETY: the attribute buffer outlives the call and its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the fd was just returned to us and is closed once.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+}
+
+/// Waits up to `timeout` for `child` to exit.
+fn wait_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The reader of `run`'s (and `top`'s plain) output goes away after the first line: the agent
+/// exits 0 within one interval, without waiting to write again, and its programs are gone.
+#[test]
+fn closed_stdout_pipe_detaches_and_exits_0() {
+    use std::io::BufRead;
+    if skip_if_unprivileged("closed_stdout_pipe_detaches_and_exits_0") {
+        return;
+    }
+    let interval = Duration::from_secs(5);
+    for (command, output) in [("run", "json"), ("run", "table"), ("top", "table")] {
+        let mut cmd = agent_command();
+        cmd.args([command, "--interval", "5s"]);
+        if command == "run" {
+            cmd.args(["--output", output]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let pid = child.id();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("the first line");
+        let programs = bpf_prog_ids(pid);
+        eprintln!(
+            "{command} --output {output}: first line {first:?}, {} programs",
+            programs.len()
+        );
+        assert!(!programs.is_empty(), "the agent holds its programs");
+        // head -1 exits here.
+        drop(reader);
+        let closed = Instant::now();
+        let status = wait_within(&mut child, interval);
+        let took = closed.elapsed();
+        let stderr = {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut s);
+            s
+        };
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command} --output {output} still running {interval:?} after its reader went away\n{stderr}"
+            );
+        };
+        eprintln!(
+            "{command} --output {output}: exited {status} {took:?} after the reader went away"
+        );
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("stdout's reader went away"), "{stderr}");
+        let gone_by = Instant::now() + Duration::from_secs(5);
+        while programs.iter().any(|&id| bpf_prog_exists(id)) {
+            assert!(Instant::now() < gone_by, "programs left: {programs:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // The shell pipeline itself returns (a shell waits for every command of a pipeline).
+    let started = Instant::now();
+    let out = run({
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "\"$0\" run --output json --interval 5s | head -1"])
+            .arg(agent_bin());
+        clear_agent_env(&mut sh);
+        sh
+    });
+    let took = started.elapsed();
+    eprintln!("sh -c 'nodesat run --output json --interval 5s | head -1' took {took:?}");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"type\":\"ready\""));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+/// A real write error on stdout (/dev/full): exit 74 (EX_IOERR) after detaching, with a
+/// sentence, for both outputs.
+#[test]
+fn stdout_write_error_exits_74() {
+    if skip_if_unprivileged("stdout_write_error_exits_74") {
+        return;
+    }
+    for output in ["json", "table"] {
+        let mut child = agent_command()
+            .args(["run", "--interval", "1s", "--output", output])
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let status = wait_within(&mut child, COMMAND_TIMEOUT);
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("--output {output} > /dev/full: {:?}\n{stderr}", out.status);
+        assert_eq!(out.status.code(), Some(74), "--output {output}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to stdout: No space left on device")
+                && stderr.contains("probes detached"),
+            "{stderr}"
+        );
+    }
+}
