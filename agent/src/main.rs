@@ -188,6 +188,9 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
     let result = runtime.block_on(collect_until_signal(
         config, hierarchy, &probes, set, oom_events, view,
     ));
+    // An HTTP export request the shutdown gave up on is still on its blocking thread: do not
+    // wait for it (dropping the runtime would, up to the request's timeout).
+    runtime.shutdown_background();
     probes.detach();
     match result {
         Ok(Ended::Stopped) => Ok(()),
@@ -343,14 +346,19 @@ async fn collect_until_signal(
             ended = Some(Ended::Stdout(e));
         }
     }
+    // One budget for the whole drain, from here: the final collection, OTLP delivery, the
+    // kubelet thread; the runtime then waits for no blocking request (see `run`).
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let report = collector
         .collect(probes, true)
         .context("final collection")?;
     display.report(&report);
     exports.report(&report);
-    exports.shutdown(std::time::Duration::from_secs(5)).await;
-    if let Some(k) = kubelet {
-        k.stop();
+    exports.shutdown(deadline).await;
+    if let Some(k) = kubelet
+        && !k.stop_until(Some(deadline.into_std()))
+    {
+        tracing::warn!("shutdown timeout ran out: kubelet pod list fetch abandoned");
     }
     Ok(ended.unwrap_or(Ended::Stopped))
 }

@@ -335,3 +335,85 @@ fn stdout_write_error_exits_74() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The shutdown drain is one budget (issue 16).
+
+/// A collector that accepts TCP connections and never answers; counts them.
+struct HungCollector {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HungCollector {
+    fn start() -> HungCollector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn); // never read, never answered, never closed
+            }
+        });
+        HungCollector { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// With an export request hanging on a collector that never answers (its timeout is the
+/// default 10 s), SIGTERM makes the agent exit 0 within the shutdown timeout + 1 s, saying
+/// what it gave up; for the default (5 s) and a shorter one, over both protocols.
+#[test]
+fn shutdown_with_a_hung_collector_is_bounded_by_the_shutdown_timeout() {
+    if skip_if_unprivileged("shutdown_with_a_hung_collector_is_bounded_by_the_shutdown_timeout") {
+        return;
+    }
+    for (protocol, budget) in [
+        ("http/protobuf", None),
+        ("http/protobuf", Some(1)),
+        ("grpc", Some(2)),
+    ] {
+        let collector = HungCollector::start();
+        let endpoint = format!("http://{}", collector.addr);
+        let mut args = vec!["--otlp-endpoint", &endpoint, "--otlp-protocol", protocol];
+        let budget_arg = budget.map(|s| format!("{s}s"));
+        if let Some(b) = &budget_arg {
+            args.extend(["--shutdown-timeout", b]);
+        }
+        let mut agent = Agent::start("1s", &args);
+        agent.wait_ready(Duration::from_secs(30));
+        // An export request is in flight once the collector accepted a connection.
+        let waiting = Instant::now();
+        while collector.accepted() == 0 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "no export request came"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let budget = Duration::from_secs(budget.unwrap_or(5));
+        let stopping = Instant::now();
+        let stopped = agent.stop_and_collect_within(budget + Duration::from_secs(3));
+        let took = stopping.elapsed();
+        eprintln!(
+            "{protocol}, shutdown timeout {budget:?}: exited {} {took:?} after SIGTERM",
+            stopped.status
+        );
+        stopped.assert_clean_stop();
+        assert!(
+            took <= budget + Duration::from_secs(1),
+            "took {took:?}, budget {budget:?}"
+        );
+        assert!(
+            took + Duration::from_millis(500) >= budget,
+            "gave up early: {took:?}"
+        );
+    }
+}

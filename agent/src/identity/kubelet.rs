@@ -652,13 +652,32 @@ impl KubeletWatcher {
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    #[cfg(test)]
+    pub fn stop(self) {
+        self.stop_until(None);
+    }
+
+    /// Stops the thread and waits for it until `deadline` (a fetch in flight may take up to
+    /// its timeout); past it, leaves it (the process is exiting). Whether it stopped.
+    pub fn stop_until(mut self, deadline: Option<Instant>) -> bool {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        if let Some(deadline) = deadline {
+            // A thread between fetches stops at once: a moment for it even when the time is up.
+            let deadline = deadline.max(Instant::now() + Duration::from_millis(50));
+            while !t.is_finished() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
+        let _ = t.join();
+        true
     }
 }
 
