@@ -173,10 +173,10 @@ fn bpf_prog_ids(pid: u32) -> Vec<u32> {
             continue;
         };
         for line in info.lines() {
-            if let Some(id) = line.strip_prefix("prog_id:") {
-                if let Ok(id) = id.trim().parse() {
-                    ids.push(id);
-                }
+            if let Some(id) = line.strip_prefix("prog_id:")
+                && let Ok(id) = id.trim().parse()
+            {
+                ids.push(id);
             }
         }
     }
