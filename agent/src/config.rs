@@ -50,6 +50,9 @@ pub struct Config {
     pub health_listen: Option<std::net::SocketAddr>,
     /// Where to serve /metrics (Prometheus text); `None`: not served. May be `health_listen`.
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// The whole drain after SIGTERM or SIGINT (final collection, OTLP delivery, the kubelet
+    /// thread): what is not done by then is given up, counted and logged.
+    pub shutdown_timeout: Duration,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -150,6 +153,11 @@ pub struct Flags {
     /// --health-listen address) [default: off; env NODESAT_PROMETHEUS_LISTEN].
     #[arg(long, value_name = "ADDR")]
     pub prometheus_listen: Option<String>,
+    /// Longest the shutdown drain may take after SIGTERM or SIGINT (final collection, OTLP
+    /// delivery of what is queued or in flight); what is left is given up, counted and logged
+    /// [default: 5s; env NODESAT_SHUTDOWN_TIMEOUT].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -210,7 +218,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 27] = [
+const KEYS: [Key; 28] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -231,6 +239,11 @@ const KEYS: [Key; 27] = [
         "prometheus_listen",
         "--prometheus-listen",
         "NODESAT_PROMETHEUS_LISTEN",
+    ),
+    key(
+        "shutdown_timeout",
+        "--shutdown-timeout",
+        "NODESAT_SHUTDOWN_TIMEOUT",
     ),
     // ── export (crate::export::config) ──
     key(
@@ -324,6 +337,7 @@ impl Flags {
             "max_entities" => self.max_entities.as_ref(),
             "health_listen" => self.health_listen.as_ref(),
             "prometheus_listen" => self.prometheus_listen.as_ref(),
+            "shutdown_timeout" => self.shutdown_timeout.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -405,6 +419,12 @@ impl Config {
             max_entities: parse(raw, "max_entities", 500, |s| parse_int(s, 1, 100_000))?,
             health_listen: parse(raw, "health_listen", None, parse_listen)?,
             prometheus_listen: parse(raw, "prometheus_listen", None, parse_listen)?,
+            shutdown_timeout: parse(
+                raw,
+                "shutdown_timeout",
+                Duration::from_secs(5),
+                parse_shutdown_timeout,
+            )?,
             export: crate::export::config::from_raw(raw)?,
         })
     }
@@ -465,6 +485,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "a duration between 100ms and 1h, such as \"10s\" or \"500ms\"";
     let d = humantime::parse_duration(s).map_err(|_| EXPECTED.to_owned())?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(EXPECTED.to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_shutdown_timeout(s: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "a duration between 0s and 10m, such as \"5s\" or \"500ms\"";
+    let d = humantime::parse_duration(s).map_err(|_| EXPECTED.to_owned())?;
+    if d > Duration::from_secs(600) {
         return Err(EXPECTED.to_owned());
     }
     Ok(d)
@@ -552,10 +581,14 @@ fn parse_kubelet_url(s: &str) -> Result<Option<String>, String> {
     match s {
         "off" | "" => Ok(None),
         "auto" => Ok(auto_kubelet_url()),
-        url if url.starts_with("http://") || url.starts_with("https://") => {
-            Ok(Some(url.to_owned()))
-        }
-        _ => Err("\"auto\", \"off\", or an http:// or https:// URL".to_owned()),
+        given => crate::identity::kubelet::pod_list_url(given)
+            .map(Some)
+            .map_err(|e| {
+                format!(
+                    "\"auto\", \"off\", an http:// or https:// URL (a base URL gets /pods), \
+                     or host:port (https): {e}"
+                )
+            }),
     }
 }
 
@@ -595,6 +628,66 @@ mod tests {
         assert_eq!(c.output, Output::Table);
         assert_eq!(c.probe_variant, VariantChoice::Auto);
         assert_eq!(c.max_cgroups, 4096);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn shutdown_timeout_from_flag_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodesat.toml");
+        std::fs::write(&path, "shutdown_timeout = \"2s\"\n").unwrap();
+        let file = || Flags {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            load(file(), &[]).unwrap().shutdown_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            load(file(), &[("NODESAT_SHUTDOWN_TIMEOUT", "1500ms")])
+                .unwrap()
+                .shutdown_timeout,
+            Duration::from_millis(1500)
+        );
+        let flag = Flags {
+            shutdown_timeout: Some("0s".into()),
+            ..file()
+        };
+        assert_eq!(load(flag, &[]).unwrap().shutdown_timeout, Duration::ZERO);
+        let err = load(
+            Flags {
+                shutdown_timeout: Some("1h".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("shutdown_timeout") && err.contains("--shutdown-timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kubelet_url_by_its_address() {
+        let url =
+            |v: &str| load(Flags::default(), &[("NODESAT_KUBELET_URL", v)]).map(|c| c.kubelet_url);
+        assert_eq!(
+            url("http://127.0.0.1:18080").unwrap().as_deref(),
+            Some("http://127.0.0.1:18080/pods")
+        );
+        assert_eq!(
+            url("node-a:10250").unwrap().as_deref(),
+            Some("https://node-a:10250/pods")
+        );
+        assert_eq!(url("off").unwrap(), None);
+        let err = url("node-a").unwrap_err().to_string();
+        assert!(
+            err.contains("kubelet_url") && err.contains("host:port"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!   intervals old, or none is due yet), 503 when the collection loop is stuck.
 //! - `/metrics`: the latest collection in the Prometheus text format
 //!   ([`crate::export::prometheus`]).
+//!
+//! Every path answers GET and HEAD (the same status and headers, no body); any other method
+//! gets 405 with `Allow: GET, HEAD`.
 
 use std::{
     net::SocketAddr,
@@ -189,6 +192,36 @@ pub fn routes(
     servers
 }
 
+/// The methods every path answers; any other gets 405 with this `Allow` header.
+pub const ALLOW: &str = "GET, HEAD";
+
+const METHOD_NOT_ALLOWED: Answer = Answer {
+    code: 405,
+    content_type: "text/plain",
+    body: Body::Static("method not allowed: only GET and HEAD\n"),
+};
+
+/// A request's method, as far as the answer depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    /// The GET answer's status and headers, no body.
+    Head,
+    /// Answered 405.
+    Other,
+}
+
+impl Method {
+    /// Methods are case-sensitive (RFC 9110): `get` is not GET.
+    pub fn of(word: &str) -> Method {
+        match word {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            _ => Method::Other,
+        }
+    }
+}
+
 /// Longest request head read; anything longer is answered from what was read.
 const MAX_HEAD: usize = 8192;
 
@@ -208,11 +241,19 @@ pub async fn serve(listener: TcpListener, routes: Routes) {
                 return;
             };
             let request = String::from_utf8_lossy(&head);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let answer = routes.answer(path, accepts_gzip(&request), Instant::now());
+            let mut words = request.split_whitespace();
+            let method = Method::of(words.next().unwrap_or(""));
+            let path = words.next().unwrap_or("/");
+            let answer = match method {
+                Method::Get | Method::Head => {
+                    routes.answer(path, accepts_gzip(&request), Instant::now())
+                }
+                Method::Other => METHOD_NOT_ALLOWED,
+            };
             let reason = match answer.code {
                 200 => "OK",
                 404 => "Not Found",
+                405 => "Method Not Allowed",
                 _ => "Service Unavailable",
             };
             let body = answer.body.as_bytes();
@@ -221,11 +262,22 @@ pub async fn serve(listener: TcpListener, routes: Routes) {
                 .encoding()
                 .map(|e| format!("content-encoding: {e}\r\n"))
                 .unwrap_or_default();
+            let allow = if answer.code == 405 {
+                format!("allow: {ALLOW}\r\n")
+            } else {
+                String::new()
+            };
+            // HEAD: the GET answer's head (its content-length too), without the body.
+            let body = if method == Method::Head {
+                &[][..]
+            } else {
+                body
+            };
             let head = format!(
-                "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\n{encoding}content-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\n{encoding}{allow}content-length: {}\r\nconnection: close\r\n\r\n",
                 answer.code,
                 answer.content_type,
-                body.len()
+                answer.body.as_bytes().len()
             );
             let write = async {
                 conn.write_all(head.as_bytes()).await?;
@@ -294,6 +346,90 @@ mod tests {
         conn.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
         assert!(out.ends_with("ready\n"), "{out}");
+        server.abort();
+    }
+
+    /// One request on a fresh connection; the whole answer.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(format!("{method} {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+        let (head, _) = answer.split_once("\r\n\r\n")?;
+        head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn body(answer: &str) -> &str {
+        answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_endpoint_answers_get_and_head_and_refuses_other_methods() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = Health::new(Duration::from_secs(10));
+        h.collected();
+        let prometheus =
+            crate::export::prometheus::Prometheus::new(crate::export::otlp::ResourceInfo {
+                service_name: "nodesat".into(),
+                host_name: None,
+                node_name: None,
+                extra: Vec::new(),
+            });
+        let server = tokio::spawn(serve(
+            listener,
+            Routes {
+                health: Some(h),
+                metrics: Some(prometheus.exposition()),
+            },
+        ));
+        for path in ["/healthz", "/readyz", "/metrics", "/nope"] {
+            let get = request(addr, "GET", path).await;
+            let code = if path == "/nope" { "404" } else { "200" };
+            assert!(
+                get.starts_with(&format!("HTTP/1.1 {code} ")),
+                "GET {path}: {get}"
+            );
+            assert_eq!(header(&get, "allow"), None, "GET {path}: {get}");
+            let length: usize = header(&get, "content-length").unwrap().parse().unwrap();
+            assert_eq!(body(&get).len(), length, "GET {path}: {get}");
+
+            // HEAD: the same status and headers, no body.
+            let head = request(addr, "HEAD", path).await;
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {code} ")),
+                "HEAD {path}: {head}"
+            );
+            assert_eq!(
+                header(&head, "content-length"),
+                header(&get, "content-length"),
+                "HEAD {path}"
+            );
+            assert_eq!(header(&head, "content-type"), header(&get, "content-type"));
+            assert_eq!(body(&head), "", "HEAD {path}: no body");
+
+            for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "get"] {
+                let a = request(addr, method, path).await;
+                assert!(
+                    a.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+                    "{method} {path}: {a}"
+                );
+                assert_eq!(header(&a, "allow"), Some("GET, HEAD"), "{method} {path}");
+                assert!(
+                    body(&a).contains("only GET and HEAD"),
+                    "{method} {path}: {a}"
+                );
+            }
+        }
         server.abort();
     }
 

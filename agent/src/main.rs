@@ -36,6 +36,9 @@ use crate::{
 pub const EXIT_NO_PERMISSION: i32 = 77;
 /// Exit code when the kernel cannot run the agent (EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code when stdout cannot be written (EX_IOERR); a pipe whose reader went away is not
+/// one (exit 0).
+pub const EXIT_IO_ERROR: i32 = 74;
 
 #[derive(Parser)]
 #[command(
@@ -185,11 +188,33 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
     let result = runtime.block_on(collect_until_signal(
         config, hierarchy, &probes, set, oom_events, view,
     ));
+    // An HTTP export request the shutdown gave up on is still on its blocking thread: do not
+    // wait for it (dropping the runtime would, up to the request's timeout).
+    runtime.shutdown_background();
     probes.detach();
-    result.map_err(|e| Fatal {
-        code: 1,
-        message: format!("{e:#}"),
-    })
+    match result {
+        Ok(Ended::Stopped) => Ok(()),
+        Ok(Ended::Stdout(output::StdoutError::ReaderGone)) => {
+            tracing::info!("stdout's reader went away: probes detached, exiting");
+            Ok(())
+        }
+        Ok(Ended::Stdout(e)) => Err(Fatal {
+            code: EXIT_IO_ERROR,
+            message: format!("{e}; probes detached"),
+        }),
+        Err(e) => Err(Fatal {
+            code: 1,
+            message: format!("{e:#}"),
+        }),
+    }
+}
+
+/// Why the collection loop ended (an error aside).
+enum Ended {
+    /// A signal or `q`.
+    Stopped,
+    /// stdout can take no more: its reader went away (exit 0) or a write failed (exit 74).
+    Stdout(output::StdoutError),
 }
 
 async fn collect_until_signal(
@@ -199,7 +224,7 @@ async fn collect_until_signal(
     set: ProgramSet,
     oom_events: Option<RingBuf<MapData>>,
     view: top::View,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Rescans are rate-limited to two per interval: collections come one interval apart, so a
@@ -207,7 +232,8 @@ async fn collect_until_signal(
     let names = CgroupNames::new(hierarchy, config.interval / 2);
     let kubelet = match &config.kubelet_url {
         Some(url) => {
-            tracing::info!(url = %url, "reading pod metadata from the kubelet");
+            // The URL actually used: a base URL or host:port was completed in the config.
+            tracing::info!(url = %url, "reading pod metadata from the kubelet at {url}");
             Some(
                 identity::kubelet::KubeletWatcher::spawn(identity::kubelet::KubeletConfig::new(
                     url,
@@ -262,10 +288,17 @@ async fn collect_until_signal(
         interval = %humantime::format_duration(config.interval),
         "collecting; SIGINT or SIGTERM stops after a final collection"
     );
+    let mut pipe_closed = match &display {
+        top::Display::Plain(_) if config.output != config::Output::None => {
+            output::watch_pipe_reader()
+        }
+        _ => None,
+    };
+    let mut ended = display.take_stdout_failure().map(Ended::Stdout);
     let start = tokio::time::Instant::now() + config.interval;
     let mut tick = tokio::time::interval_at(start, config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while ended.is_none() {
         tokio::select! {
             _ = tick.tick() => {
                 if set == ProgramSet::Agent {
@@ -294,20 +327,54 @@ async fn collect_until_signal(
                 guard.clear_ready();
             }
             key = top::next_key(&mut keys) => if display.key(key) { tracing::info!("quit: final collection"); break; },
+            _ = pipe_reader_gone(&mut pipe_closed) => {
+                tracing::info!("stdout's reader went away: final collection");
+                display.stop_writing();
+                ended = Some(Ended::Stdout(output::StdoutError::ReaderGone));
+                break;
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final collection"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final collection"); break; }
         }
+        if let Some(e) = display.take_stdout_failure() {
+            match &e {
+                output::StdoutError::ReaderGone => {
+                    tracing::info!("stdout's reader went away: final collection")
+                }
+                output::StdoutError::Write(_) => tracing::error!("{e}: final collection"),
+            }
+            ended = Some(Ended::Stdout(e));
+        }
     }
+    // One budget for the whole drain, from here: the final collection, OTLP delivery, the
+    // kubelet thread; the runtime then waits for no blocking request (see `run`).
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let report = collector
         .collect(probes, true)
         .context("final collection")?;
     display.report(&report);
     exports.report(&report);
-    exports.shutdown(std::time::Duration::from_secs(5)).await;
-    if let Some(k) = kubelet {
-        k.stop();
+    exports.shutdown(deadline).await;
+    if let Some(k) = kubelet
+        && !k.stop_until(Some(deadline.into_std()))
+    {
+        tracing::warn!("shutdown timeout ran out: kubelet pod list fetch abandoned");
     }
-    Ok(())
+    Ok(ended.unwrap_or(Ended::Stopped))
+}
+
+/// Resolves when stdout's pipe reader went away; never without a watcher.
+async fn pipe_reader_gone(watch: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match watch {
+        Some(rx) => {
+            if rx.await.is_err() {
+                // The watcher stopped without seeing it: wait no more on it.
+                *watch = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits until the ring buffer has data; never completes when there is none to wait on.

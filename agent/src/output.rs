@@ -9,6 +9,73 @@ use crate::{collector::oom::OomKill, config::Output, probes::HookStatus, report:
 pub struct Emitter {
     format: Output,
     top: usize,
+    /// The first failed write; nothing more is written after it.
+    failed: std::cell::RefCell<Option<StdoutError>>,
+    stopped: std::cell::Cell<bool>,
+}
+
+/// Why stdout can take no more output.
+#[derive(Debug, thiserror::Error)]
+pub enum StdoutError {
+    /// The pipe's reader went away (EPIPE, or the watcher saw the pipe close): `nodesat run |
+    /// head -1`. Not an error for the exit code.
+    #[error("stdout is a pipe whose reader went away")]
+    ReaderGone,
+    /// Any other write error (a full disk, /dev/full, an I/O error): exit 74 (EX_IOERR).
+    #[error("cannot write to stdout: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl StdoutError {
+    fn of(e: std::io::Error) -> StdoutError {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            StdoutError::ReaderGone
+        } else {
+            StdoutError::Write(e)
+        }
+    }
+}
+
+/// Resolves when stdout is a pipe and its reader closed it, without waiting for the next
+/// write to fail with EPIPE (a write may be an interval away). A thread polls the pipe for
+/// POLLERR, which the kernel raises on a pipe's write end once no reader is left. `None`
+/// when stdout is not a pipe (a terminal, a file, /dev/full: write errors say it there).
+pub fn watch_pipe_reader() -> Option<tokio::sync::oneshot::Receiver<()>> {
+    use nix::{
+        poll::{PollFd, PollFlags, PollTimeout, poll},
+        sys::stat::{SFlag, fstat},
+    };
+    let stdout = std::io::stdout();
+    let mode = fstat(&stdout).ok()?.st_mode;
+    if SFlag::from_bits_truncate(mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return None;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("nodesat-stdout".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            loop {
+                // No events asked for: only POLLERR and POLLHUP, always reported, wake it.
+                let mut fds = [PollFd::new(
+                    std::os::fd::AsFd::as_fd(&stdout),
+                    PollFlags::empty(),
+                )];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {
+                        let gone = PollFlags::POLLERR | PollFlags::POLLHUP;
+                        if fds[0].revents().is_some_and(|r| r.intersects(gone)) {
+                            let _ = tx.send(());
+                            return;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .ok()?;
+    Some(rx)
 }
 
 #[derive(Serialize)]
@@ -20,7 +87,12 @@ struct Ready<'a> {
 
 impl Emitter {
     pub fn new(format: Output, top: usize) -> Emitter {
-        Emitter { format, top }
+        Emitter {
+            format,
+            top,
+            failed: std::cell::RefCell::new(None),
+            stopped: std::cell::Cell::new(false),
+        }
     }
 
     /// Announces that the probes are attached (JSON output only; logs say it for people).
@@ -57,10 +129,26 @@ impl Emitter {
         }
     }
 
-    /// Writes to stdout, ignoring a closed pipe (`nodesat run | head` must not crash).
+    /// The first write that failed, once (the caller stops, see [`StdoutError`]).
+    pub fn take_failure(&self) -> Option<StdoutError> {
+        self.failed.borrow_mut().take()
+    }
+
+    /// Writes to stdout; after a failed write (kept for [`Emitter::take_failure`]), nothing.
     fn write(&self, text: &str) {
+        if self.stopped.get() {
+            return;
+        }
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            self.stopped.set(true);
+            *self.failed.borrow_mut() = Some(StdoutError::of(e));
+        }
+    }
+
+    /// Stops writing (the pipe's reader went away).
+    pub fn stop_writing(&self) {
+        self.stopped.set(true);
     }
 }
 

@@ -495,6 +495,22 @@ impl Display {
         }
     }
 
+    /// The first failed write to stdout, once (the plain output; the live view draws on a
+    /// terminal).
+    pub fn take_stdout_failure(&mut self) -> Option<crate::output::StdoutError> {
+        match self {
+            Display::Plain(e) => e.take_failure(),
+            Display::Live(_) => None,
+        }
+    }
+
+    /// Writes nothing more (stdout's reader went away).
+    pub fn stop_writing(&mut self) {
+        if let Display::Plain(e) = self {
+            e.stop_writing();
+        }
+    }
+
     /// Handles a key press; true when it asks to quit.
     pub fn key(&mut self, key: KeyEvent) -> bool {
         let Display::Live(l) = self else {

@@ -316,7 +316,10 @@ fn hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container() {
     let kubelet = HttpServer::serve("/pods", "application/json", body).expect("fake kubelet");
     eprintln!("fake kubelet at {}", kubelet.url());
 
-    let mut agent = Agent::start("2s", &["--kubelet-url", &kubelet.url()]);
+    // The kubelet named by its address, as other kubelet clients take it: the agent adds
+    // /pods (the cgroupfs test below gives the whole URL).
+    let base = format!("http://{}", kubelet.addr());
+    let mut agent = Agent::start("2s", &["--kubelet-url", &base]);
     agent.wait_ready(READY_TIMEOUT);
     let warm_up = agent.next_interval(interval + REPORT_SLACK);
     assert!(!warm_up.is_final);
@@ -331,6 +334,13 @@ fn hog_in_a_kubelet_shaped_cgroup_is_named_by_pod_and_container() {
     eprintln!("hog's cgroup: {}", describe(&entry));
     eprintln!("fake kubelet answered {} time(s)", kubelet.served());
     assert!(kubelet.served() >= 1, "the agent fetched the pod list");
+    assert!(
+        agent.stderr().contains(&format!(
+            "reading pod metadata from the kubelet at {}",
+            kubelet.url()
+        )),
+        "the agent said which URL it uses"
+    );
 
     let relative = load.container.relative_path();
     assert_eq!(entry.name.as_deref(), Some(relative.as_str()), "name");

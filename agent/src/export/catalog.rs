@@ -267,7 +267,7 @@ pub const EXPORT_QUEUE_DROPPED: MetricDef = m(
     Node,
     Value::Int,
     &["nodesat.export.reason"],
-    "Batches dropped without being delivered: `queue_full` (the oldest queued batch makes room for a new one), `retries_exhausted`, `permanent_error`.",
+    "Batches dropped without being delivered: `queue_full` (the oldest queued batch makes room for a new one), `retries_exhausted`, `permanent_error`, `shutdown` (in flight or queued when the shutdown timeout ran out; counted, though no export follows it, and logged once).",
 );
 
 /// The catalogue, in the order the docs list it.

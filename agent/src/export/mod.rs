@@ -48,6 +48,8 @@ const STALE_AFTER: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub struct Stats {
     totals: Mutex<AgentTotals>,
+    /// Batches being sent (or waiting to be retried) by the sending task: 0 or 1.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Stats {
@@ -57,8 +59,15 @@ impl Stats {
     }
 
     pub fn dropped(&self, reason: &'static str) {
+        self.dropped_n(reason, 1);
+    }
+
+    pub fn dropped_n(&self, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        *t.dropped.entry(reason).or_default() += 1;
+        *t.dropped.entry(reason).or_default() += n;
     }
 
     pub fn snapshot(&self) -> AgentTotals {
@@ -188,10 +197,12 @@ impl Exports {
         }
     }
 
-    /// Lets the OTLP exporter deliver what is queued, for at most `deadline`.
-    pub async fn shutdown(self, deadline: Duration) {
-        if let Some(e) = self.otlp {
-            e.shutdown(deadline).await;
+    /// Lets the OTLP exporter deliver what is queued until `deadline`, then gives the rest up
+    /// (see [`Exporter::shutdown`]).
+    pub async fn shutdown(self, deadline: tokio::time::Instant) -> Option<GivenUp> {
+        match self.otlp {
+            Some(e) => e.shutdown(deadline).await,
+            None => None,
         }
     }
 }
@@ -265,25 +276,57 @@ impl Exporter {
         }
     }
 
-    /// Lets the sending task deliver what is queued, for at most `deadline`.
-    pub async fn shutdown(self, deadline: Duration) {
+    /// Lets the sending task deliver what is queued until `deadline`. When it runs out, the
+    /// sending task is aborted: a gRPC request in flight is cancelled with it, and an HTTP one
+    /// is abandoned on its blocking thread (the runtime does not wait for it, and the process
+    /// exit closes its connection). What was given up, the batch in flight and those still
+    /// queued, is counted (`dropped`, reason `shutdown`), logged once and returned.
+    pub async fn shutdown(self, deadline: tokio::time::Instant) -> Option<GivenUp> {
         self.queue.close();
         let mut task = self.task;
-        if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            task.abort();
-            let left = self.queue.len();
-            tracing::warn!(
-                batches = left,
-                "OTLP export did not finish in {}; giving up",
-                humantime::format_duration(deadline)
-            );
+        if tokio::time::timeout_at(deadline, &mut task).await.is_ok() {
+            return None;
         }
+        task.abort();
+        let given_up = GivenUp {
+            in_flight: self
+                .stats
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst) as u64,
+            queued: self.queue.len() as u64,
+        };
+        self.stats.dropped_n("shutdown", given_up.total());
+        tracing::warn!(
+            in_flight = given_up.in_flight,
+            queued = given_up.queued,
+            "shutdown timeout ran out: gave up {} OTLP batch(es), their figures are not exported",
+            given_up.total()
+        );
+        Some(given_up)
+    }
+}
+
+/// What the shutdown gave up when its time ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GivenUp {
+    /// The batch being sent or waiting to be retried (0 or 1).
+    pub in_flight: u64,
+    /// Batches still queued.
+    pub queued: u64,
+}
+
+impl GivenUp {
+    pub fn total(&self) -> u64 {
+        self.in_flight + self.queued
     }
 }
 
 async fn send_loop(transport: Transport, queue: Arc<Queue>, stats: Arc<Stats>, retry: RetryPolicy) {
+    use std::sync::atomic::Ordering::SeqCst;
     while let Some(batch) = queue.next().await {
+        stats.in_flight.store(1, SeqCst);
         send_with_retry(&transport, &batch, &stats, &retry).await;
+        stats.in_flight.store(0, SeqCst);
     }
 }
 

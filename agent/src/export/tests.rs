@@ -922,7 +922,8 @@ async fn grpc_receiver_decodes_what_is_sent() {
     .await;
     e.export(&report(1, vec![pod_container(11)]));
     wait_for("two batches over gRPC", || got.lock().unwrap().len() == 2).await;
-    e.shutdown(Duration::from_secs(2)).await;
+    e.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await;
     let got = sink.got.lock().unwrap();
     assert_eq!(got[0].1.as_deref(), Some("t1"), "headers as metadata");
     let totals: Vec<f64> = got
@@ -1093,7 +1094,8 @@ async fn http_receiver_decodes_gzip_protobuf_and_honours_retry_after() {
     .await;
     e.export(&report(2, vec![pod_container(11)])); // 200
     wait_for("two delivered batches", || g.lock().unwrap().len() == 2).await;
-    e.shutdown(Duration::from_secs(2)).await;
+    e.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await;
     let got = got.lock().unwrap();
     let r = &got[0];
     assert_eq!(r.path, "/v1/metrics");
@@ -1147,7 +1149,8 @@ async fn receiver_down_then_back_gets_the_queued_batches_in_order() {
     let server = tokio::spawn(http_receiver(listener, None, vec![], got.clone()));
     let g = got.clone();
     wait_for("the five queued batches", || g.lock().unwrap().len() == 5).await;
-    e.shutdown(Duration::from_secs(2)).await;
+    e.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await;
     let got = got.lock().unwrap();
     let points: Vec<(f64, u64, u64)> = got
         .iter()

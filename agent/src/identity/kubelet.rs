@@ -322,6 +322,59 @@ pub fn default_url(node: Option<&str>) -> String {
     format!("https://{host}:{KUBELET_PORT}/pods")
 }
 
+/// Why a `kubelet_url` setting names no pod list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KubeletUrlError {
+    #[error("scheme {0:?} is not http or https")]
+    Scheme(String),
+    #[error("no host")]
+    NoHost,
+    #[error("{0:?} has no port: without a scheme, give host:port (e.g. node-a:10250)")]
+    NoPort(String),
+}
+
+/// The pod list URL for a `kubelet_url` setting, as kubelet clients take the kubelet's
+/// address:
+/// - a URL with a path is used as is (`http://127.0.0.1:10255/pods`);
+/// - a base URL (no path, or `/`) gets `/pods` (`http://127.0.0.1:18080` → `.../pods`);
+/// - `host:port` without a scheme is https, as the Collector's kubeletstats receiver takes
+///   its `endpoint` (`node-a:10250` → `https://node-a:10250/pods`; IPv6 as `[fd00::1]:10250`).
+pub fn pod_list_url(given: &str) -> Result<String, KubeletUrlError> {
+    let given = given.trim();
+    let (scheme, rest, schemeless) = match given.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest, false),
+        None => ("https".to_owned(), given, true),
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(KubeletUrlError::Scheme(scheme));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(KubeletUrlError::NoHost);
+    }
+    if schemeless {
+        // host:port, or [IPv6]:port; a bare IPv6 address is ambiguous.
+        let port = match authority.strip_prefix('[') {
+            Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+            None => authority
+                .split_once(':')
+                .filter(|(host, p)| !host.is_empty() && !p.contains(':'))
+                .map(|(_, p)| p),
+        };
+        if !port.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(KubeletUrlError::NoPort(authority.to_owned()));
+        }
+    }
+    let path = match path {
+        "" | "/" => "/pods",
+        p => p,
+    };
+    Ok(format!("{scheme}://{authority}{path}"))
+}
+
 /// This node's name: `NODE_NAME` (the downward API's `spec.nodeName`), else the hostname.
 pub fn node_name(env: impl Fn(&str) -> Option<String>) -> Option<String> {
     env("NODE_NAME")
@@ -599,13 +652,32 @@ impl KubeletWatcher {
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    #[cfg(test)]
+    pub fn stop(self) {
+        self.stop_until(None);
+    }
+
+    /// Stops the thread and waits for it until `deadline` (a fetch in flight may take up to
+    /// its timeout); past it, leaves it (the process is exiting). Whether it stopped.
+    pub fn stop_until(mut self, deadline: Option<Instant>) -> bool {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
+        if let Some(deadline) = deadline {
+            // A thread between fetches stops at once: a moment for it even when the time is up.
+            let deadline = deadline.max(Instant::now() + Duration::from_millis(50));
+            while !t.is_finished() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
+        let _ = t.join();
+        true
     }
 }
 

@@ -456,3 +456,100 @@ fn identity_kubelet_unreadable_ca_is_a_failed_attempt() {
     .unwrap();
     assert!(matches!(err, KubeletError::CaEmpty(_)), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The kubelet named by its address (issue 16): a base URL gets /pods, host:port is https.
+
+#[test]
+fn identity_kubelet_url_forms() {
+    let ok = |s: &str| pod_list_url(s).unwrap();
+    assert_eq!(ok("http://127.0.0.1:18080"), "http://127.0.0.1:18080/pods");
+    assert_eq!(ok("http://127.0.0.1:18080/"), "http://127.0.0.1:18080/pods");
+    assert_eq!(ok("https://node-a:10250/pods"), "https://node-a:10250/pods");
+    assert_eq!(
+        ok("http://127.0.0.1:10255/custom/pods?x=1"),
+        "http://127.0.0.1:10255/custom/pods?x=1"
+    );
+    assert_eq!(ok("node-a:10250"), "https://node-a:10250/pods");
+    assert_eq!(ok(" 10.0.0.7:10250/ "), "https://10.0.0.7:10250/pods");
+    assert_eq!(ok("[fd00::1]:10250"), "https://[fd00::1]:10250/pods");
+    assert_eq!(ok("HTTPS://node-a:10250"), "https://node-a:10250/pods");
+    assert_eq!(
+        pod_list_url("ftp://node-a/pods"),
+        Err(KubeletUrlError::Scheme("ftp".into()))
+    );
+    assert_eq!(pod_list_url("http:///pods"), Err(KubeletUrlError::NoHost));
+    for no_port in [
+        "node-a",
+        "node-a:",
+        "fd00::1",
+        ":10250",
+        "[fd00::1]",
+        "node-a:https",
+    ] {
+        assert!(
+            matches!(pod_list_url(no_port), Err(KubeletUrlError::NoPort(_))),
+            "{no_port}: {:?}",
+            pod_list_url(no_port)
+        );
+    }
+}
+
+/// Every pod of the fixture, by UID, with its name and namespace.
+fn every_pod_named(index: &PodIndex) {
+    let expected =
+        PodIndex::from_pod_list_json(fixture("kubelet-pods-node-a-containerd.json").as_bytes())
+            .unwrap();
+    assert_eq!(index.len(), expected.len());
+    for pod in expected.pods() {
+        let got = index
+            .pod(&pod.uid)
+            .unwrap_or_else(|| panic!("{} missing", pod.uid));
+        assert!(!got.name.is_empty() && !got.namespace.is_empty(), "{got:?}");
+        assert_eq!(got, pod);
+    }
+}
+
+#[test]
+fn identity_kubelet_base_url_names_every_pod() {
+    let (url, server) = serve(vec![pods_ok(), pods_ok()]);
+    let base = url.strip_suffix("/pods").unwrap().to_owned();
+    for given in [base.clone(), format!("{base}/")] {
+        let used = pod_list_url(&given).unwrap();
+        assert_eq!(used, url, "{given}");
+        let metadata = PodMetadata::new();
+        let mut poller = KubeletPoller::new(config(&used), metadata.clone());
+        assert_eq!(poller.poll_once(), Duration::from_secs(10), "{given}");
+        every_pod_named(metadata.state().index.as_deref().unwrap());
+    }
+    for head in server.join().unwrap() {
+        assert!(head.starts_with("GET /pods HTTP/1.1\r\n"), "{head}");
+    }
+}
+
+#[test]
+fn identity_kubelet_host_port_is_https_and_names_every_pod() {
+    let (url, server) = serve_tls(1);
+    let host_port = url
+        .strip_prefix("https://")
+        .and_then(|u| u.strip_suffix("/pods"))
+        .unwrap();
+    let used = pod_list_url(host_port).unwrap();
+    assert_eq!(used, url);
+    let metadata = PodMetadata::new();
+    let mut poller = KubeletPoller::new(
+        KubeletConfig {
+            ca_path: Some(tls_file("ca.crt")),
+            ..config(&used)
+        },
+        metadata.clone(),
+    );
+    assert_eq!(poller.poll_once(), Duration::from_secs(10));
+    every_pod_named(metadata.state().index.as_deref().unwrap());
+    let heads = server.join().unwrap();
+    assert!(
+        heads[0].starts_with("GET /pods HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+}

@@ -183,7 +183,8 @@ async fn tls_with_a_custom_ca_and_a_client_certificate_both_transports() {
             "{protocol:?}: a batch over TLS; log:\n{}",
             logs.text()
         );
-        e.shutdown(Duration::from_secs(2)).await;
+        e.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+            .await;
         assert_eq!(
             seen()[0].as_deref(),
             Some(&pki.client_der[..]),
@@ -240,7 +241,8 @@ async fn failed_export(c: &ExportConfig) -> String {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let dropped = e.stats.snapshot().dropped;
-    e.shutdown(Duration::from_secs(2)).await;
+    e.shutdown(tokio::time::Instant::now() + Duration::from_secs(2))
+        .await;
     // Dropped at once or after retrying, as the transport classifies the failure.
     assert_eq!(
         dropped.values().sum::<u64>(),
