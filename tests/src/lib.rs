@@ -68,7 +68,7 @@ pub use block::{
     BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,
 };
 pub use cgroup::{CgroupDirs, CpuController, CpuStat, MemoryController, TestCgroup};
-pub use http::HttpServer;
+pub use http::{HttpServer, Reply, ScriptedServer};
 pub use nested::NestedCgroup;
 pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
 pub use nft::{NftRule, NftTable, nft_available};
@@ -168,6 +168,31 @@ pub fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
+/// The CPUs this process may run on (its affinity mask, which a cpuset or
+/// `taskset` narrows), in ascending order; all online CPUs when the mask
+/// cannot be read. Tests that pin a task or load every CPU use these, not
+/// `0..online_cpus()`: CPU numbers need not start at 0 or be contiguous.
+pub fn allowed_cpus() -> Vec<u32> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid, writable cpu_set_t of `size` bytes.
+    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    let cpus: Vec<u32> = if rc == 0 {
+        (0..libc::CPU_SETSIZE as u32)
+            // SAFETY: the index is below CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..online_cpus() as u32).collect()
+    } else {
+        cpus
+    }
 }
 
 /// Whether process `pid` exists and has not exited: `false` for a zombie,

@@ -17,8 +17,9 @@
 //!   As root, the agent run as the pod would run it (uid 0 with only the container's
 //!   capabilities, no_new_privs, read-only file systems, the DaemonSet's command line) must
 //!   attach its probes and answer the kubelet's /readyz and /healthz probes.
-//! * The systemd unit: its hardening directives, `systemd-analyze verify`, and its
-//!   `systemd-analyze security` exposure score (at most [`MAX_EXPOSURE`]); and, as root,
+//! * The systemd unit: its hardening directives, `systemd-analyze verify`, and each
+//!   `systemd-analyze security` check it must pass ([`HARDENING_CHECKS_SET`], by name, not
+//!   the score, which a newer systemd's extra checks raise); and, as root,
 //!   the agent run the way the unit runs it (a non-root user holding only the unit's
 //!   ambient capabilities, no_new_privs, read-only file systems) must attach its probes,
 //!   report and exit 0 on SIGTERM.
@@ -98,9 +99,122 @@ const WRITABLE_HOST_PATHS: [(&str, &str); 0] = [];
 /// Priority classes every cluster has.
 const BUILTIN_PRIORITY_CLASSES: [&str; 2] = ["system-node-critical", "system-cluster-critical"];
 
-/// Worst `systemd-analyze security` exposure the unit may have (0 = locked down, 10 =
-/// unprotected; the unit scores 2.0 with systemd 252).
-const MAX_EXPOSURE: f64 = 2.5;
+/// `systemd-analyze security` checks (by `json_field`) that the unit passes and must go on
+/// passing: the ones it passed with systemd 252. Compared by name, so a newer systemd's
+/// extra checks (which raise the exposure score) do not fail the test, and a lost setting
+/// does, whatever the score.
+const HARDENING_CHECKS_SET: [&str; 68] = [
+    "SystemCallFilter_swap",
+    "SystemCallFilter_resources",
+    "SystemCallFilter_reboot",
+    "SystemCallFilter_raw_io",
+    "SystemCallFilter_obsolete",
+    "SystemCallFilter_mount",
+    "SystemCallFilter_module",
+    "SystemCallFilter_cpu_emulation",
+    "SystemCallFilter_clock",
+    "RemoveIPC",
+    "UserOrDynamicUser",
+    "RestrictRealtime",
+    "CapabilityBoundingSet_CAP_SYS_TIME",
+    "NoNewPrivileges",
+    "SystemCallArchitectures",
+    "ProtectSystem",
+    "SupplementaryGroups",
+    "CapabilityBoundingSet_CAP_SYS_RAWIO",
+    "CapabilityBoundingSet_CAP_SYS_PTRACE",
+    "CapabilityBoundingSet_CAP_SYS_NICE_RESOURCE",
+    "CapabilityBoundingSet_CAP_NET_ADMIN",
+    // (systemd's own field name, parenthesis included)
+    "CapabilityBoundingSet_CAP_NET_BIND_SERVICE_BROADCAST_RAW)",
+    "CapabilityBoundingSet_CAP_AUDIT",
+    "CapabilityBoundingSet_CAP_SYS_ADMIN",
+    "PrivateTmp",
+    "CapabilityBoundingSet_CAP_SYSLOG",
+    "ProtectHome",
+    "PrivateDevices",
+    "KeyringMode",
+    "Delegate",
+    "NotifyAccess",
+    "ProtectClock",
+    "CapabilityBoundingSet_CAP_SYS_PACCT",
+    "CapabilityBoundingSet_CAP_KILL",
+    "ProtectKernelLogs",
+    "CapabilityBoundingSet_CAP_WAKE_ALARM",
+    "CapabilityBoundingSet_CAP_DAC_FOWNER_IPC_OWNER",
+    "ProtectControlGroups",
+    "CapabilityBoundingSet_CAP_LINUX_IMMUTABLE",
+    "CapabilityBoundingSet_CAP_IPC_LOCK",
+    "ProtectKernelModules",
+    "CapabilityBoundingSet_CAP_SYS_MODULE",
+    "CapabilityBoundingSet_CAP_SYS_TTY_CONFIG",
+    "CapabilityBoundingSet_CAP_SYS_BOOT",
+    "CapabilityBoundingSet_CAP_SYS_CHROOT",
+    "PrivateMounts",
+    "CapabilityBoundingSet_CAP_BLOCK_SUSPEND",
+    "MemoryDenyWriteExecute",
+    "RestrictNamespaces_user",
+    "RestrictNamespaces_pid",
+    "RestrictNamespaces_net",
+    "RestrictNamespaces_uts",
+    "RestrictNamespaces_mnt",
+    "CapabilityBoundingSet_CAP_LEASE",
+    "CapabilityBoundingSet_CAP_MKNOD",
+    "RestrictNamespaces_cgroup",
+    "RestrictNamespaces_ipc",
+    "ProtectHostname",
+    "CapabilityBoundingSet_CAP_CHOWN_FSETID_SETFCAP",
+    "CapabilityBoundingSet_CAP_SET_UID_GID_PCAP",
+    "LockPersonality",
+    "ProtectKernelTunables",
+    "RestrictAddressFamilies_AF_PACKET",
+    "RestrictAddressFamilies_AF_NETLINK",
+    "RestrictAddressFamilies_OTHER",
+    "CapabilityBoundingSet_CAP_MAC",
+    "RestrictSUIDSGID",
+    "UMask",
+];
+
+/// The checks the unit fails on purpose, and why (the rest of systemd 252's 81).
+const ACCEPTED_EXPOSURES: [(&str, &str); 13] = [
+    ("SystemCallFilter_privileged", "bpf(2) is in @privileged"),
+    (
+        "SystemCallFilter_debug",
+        "perf_event_open(2), for tracepoints, is in @debug",
+    ),
+    (
+        "RootDirectoryOrRootImage",
+        "the agent reads the host's /proc and /sys",
+    ),
+    (
+        "AmbientCapabilities",
+        "CAP_BPF and CAP_PERFMON for the non-root user",
+    ),
+    ("CapabilityBoundingSet_CAP_BPF", "loading the probes"),
+    (
+        "RestrictAddressFamilies_AF_UNIX",
+        "sd_notify and the log socket",
+    ),
+    (
+        "RestrictAddressFamilies_AF_INET_INET6",
+        "OTLP export and the HTTP endpoints",
+    ),
+    (
+        "ProtectProc",
+        "the agent reads other processes' /proc/<pid>/cgroup",
+    ),
+    ("ProcSubset", "it reads /proc/<pid>, not only /proc/sys"),
+    ("PrivateNetwork", "it exports over the host's network"),
+    ("PrivateUsers", "BPF needs the initial user namespace"),
+    (
+        "DeviceAllow",
+        "PrivateDevices= already leaves the service no physical devices",
+    ),
+    (
+        "IPAddressDeny",
+        "the collector's address is the operator's choice",
+    ),
+];
 
 /// A uid from systemd's DynamicUser= range (61184-65519), for running the agent the way
 /// the unit does.
@@ -1307,8 +1421,9 @@ fn unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
-fn unit_exposure_score_is_low() {
-    let Some(analyze) = systemd_analyze("unit_exposure_score_is_low") else {
+fn unit_hardening_checks_hold() {
+    const TEST: &str = "unit_hardening_checks_hold";
+    let Some(analyze) = systemd_analyze(TEST) else {
         return;
     };
     let (_dir, path) = unit_copy();
@@ -1318,27 +1433,129 @@ fn unit_exposure_score_is_low() {
             "security",
             "--offline=yes",
             "--no-pager",
+            "--json=short",
             &path.display().to_string(),
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let score = stdout
-        .lines()
-        .find_map(|l| l.split_once("Overall exposure level for nodesat.service:"))
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok());
-    let Some(score) = score else {
-        // systemd < 250 has no --offline, and without it the unit must be loaded by a
-        // running systemd.
+    let Ok(checks) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else {
+        // systemd < 250 has neither --offline nor --json.
         skip(
-            "unit_exposure_score_is_low",
-            "systemd-analyze security --offline gave no score (systemd < 250?)",
+            TEST,
+            "systemd-analyze security --offline=yes --json=short gave no JSON (systemd < 250?)",
         );
         return;
     };
-    eprintln!("systemd-analyze security: exposure {score}");
+    let verdict = hardening_verdict(&checks);
+    eprintln!(
+        "systemd-analyze security: {} checks, {} of the {} the unit must pass were checked, \
+         exposure {:.1} (informational: a newer systemd adds checks and so raises it)",
+        checks.len(),
+        HARDENING_CHECKS_SET.len() - verdict.not_checked.len(),
+        HARDENING_CHECKS_SET.len(),
+        verdict.exposure
+    );
+    if !verdict.not_checked.is_empty() {
+        eprintln!("not checked by this systemd: {:?}", verdict.not_checked);
+    }
+    for (name, description) in &verdict.new_unset {
+        eprintln!(
+            "note: this systemd also checks {name}, which the unit does not set: {description}"
+        );
+    }
     assert!(
-        score <= MAX_EXPOSURE,
-        "exposure {score} above {MAX_EXPOSURE}: a hardening setting was lost"
+        verdict.not_checked.len() * 2 < HARDENING_CHECKS_SET.len(),
+        "systemd-analyze's JSON names fewer than half the checks the unit must pass \
+         (its field names changed?): not found {:?}",
+        verdict.not_checked
+    );
+    assert!(
+        verdict.lost.is_empty(),
+        "hardening lost: systemd-analyze finds these not set: {:?}",
+        verdict.lost
+    );
+}
+
+/// What `systemd-analyze security --json` said about the unit against
+/// [`HARDENING_CHECKS_SET`].
+struct HardeningVerdict {
+    /// Checks the unit must pass that it failed: (name, description).
+    lost: Vec<(String, String)>,
+    /// Checks the unit must pass that this systemd does not make.
+    not_checked: Vec<&'static str>,
+    /// Checks not in the list, failed (a newer systemd's, or an accepted exposure).
+    new_unset: Vec<(String, String)>,
+    /// The sum of the failed checks' exposures, as systemd weighs them.
+    exposure: f64,
+}
+
+fn hardening_verdict(checks: &[serde_json::Value]) -> HardeningVerdict {
+    let field = |c: &serde_json::Value| c["json_field"].as_str().unwrap_or_default().to_owned();
+    let named = |c: &serde_json::Value| {
+        (
+            c["name"].as_str().unwrap_or_default().to_owned(),
+            c["description"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let unset = |c: &&serde_json::Value| c["set"] == false;
+    let lost = checks
+        .iter()
+        .filter(unset)
+        .filter(|c| HARDENING_CHECKS_SET.contains(&field(c).as_str()))
+        .map(named)
+        .collect();
+    let new_unset = checks
+        .iter()
+        .filter(unset)
+        .filter(|c| {
+            let f = field(c);
+            !HARDENING_CHECKS_SET.contains(&f.as_str())
+                && !ACCEPTED_EXPOSURES.iter().any(|(a, _)| *a == f)
+        })
+        .map(named)
+        .collect();
+    let not_checked = HARDENING_CHECKS_SET
+        .iter()
+        .copied()
+        .filter(|f| !checks.iter().any(|c| field(c) == *f))
+        .collect();
+    let exposure = checks
+        .iter()
+        .filter_map(|c| c["exposure"].as_str()?.parse::<f64>().ok())
+        .sum();
+    HardeningVerdict {
+        lost,
+        not_checked,
+        new_unset,
+        exposure,
+    }
+}
+
+#[test]
+fn hardening_verdict_names_lost_and_new_checks() {
+    let check = |field: &str, set: bool| {
+        serde_json::json!({"set": set, "name": format!("{field}="), "json_field": field,
+            "description": "d", "exposure": if set { None } else { Some("0.3") }})
+    };
+    let mut checks: Vec<_> = HARDENING_CHECKS_SET
+        .iter()
+        .map(|f| check(f, true))
+        .collect();
+    checks.push(check("PrivateNetwork", false));
+    let v = hardening_verdict(&checks);
+    assert!(v.lost.is_empty() && v.not_checked.is_empty() && v.new_unset.is_empty());
+    assert!((v.exposure - 0.3).abs() < 1e-9);
+    // A newer systemd's check that the unit does not set is reported, not lost.
+    checks.push(check("ProtectEverything", false));
+    assert_eq!(hardening_verdict(&checks).new_unset.len(), 1);
+    assert!(hardening_verdict(&checks).lost.is_empty());
+    // A setting the unit had, now missing.
+    checks[0] = check(HARDENING_CHECKS_SET[0], false);
+    assert_eq!(hardening_verdict(&checks).lost.len(), 1);
+    // A check this systemd does not make.
+    checks.remove(0);
+    assert_eq!(
+        hardening_verdict(&checks).not_checked,
+        [HARDENING_CHECKS_SET[0]]
     );
 }
 

@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    DioWriteSummary, LoopDevice, NftTable, TestCgroup, block, cpu_controller, load_bin,
-    memory_controller, nft_available, online_cpus, output_within, proc_stat_cpu_times, skip,
+    DioWriteSummary, LoopDevice, NftTable, TestCgroup, allowed_cpus, block, cpu_controller,
+    load_bin, memory_controller, nft_available, output_within, proc_stat_cpu_times, skip,
     skip_if_unprivileged, spawn_in,
 };
 
@@ -222,7 +222,7 @@ fn load_generator_modes() {
     }
 
     // spin --cpu pins itself.
-    let last = (online_cpus() - 1).to_string();
+    let last = allowed_cpus().last().copied().unwrap_or(0).to_string();
     let mut spinner = Command::new(load_bin!())
         .args(["spin", "--cpu", &last])
         .spawn()
@@ -563,7 +563,7 @@ fn dio_write_completes_writes_and_waits_in_iowait() {
     let Some(device) = LoopDevice::for_test(TEST, false) else {
         return;
     };
-    let cpu = online_cpus() - 1;
+    let cpu = allowed_cpus().last().copied().unwrap_or(0);
     let mut cmd = Command::new(load_bin!());
     cmd.arg("dio-write")
         .arg("--path")

@@ -33,8 +33,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nodesat_tests::{
-    Agent, CgroupDirs, CgroupReport, HttpServer, NestedCgroup, Report, TestProcess, cgroup::PREFIX,
-    load_bin, online_cpus, skip_if_unprivileged, spawn_in, vm_hwm_kib, vm_rss_kib,
+    Agent, CgroupDirs, CgroupReport, HttpServer, NestedCgroup, Report, TestProcess, allowed_cpus,
+    cgroup::PREFIX, load_bin, skip_if_unprivileged, spawn_in, vm_hwm_kib, vm_rss_kib,
 };
 
 /// Longest wait for the agent to attach its probes.
@@ -210,7 +210,7 @@ impl PodWorkload {
         let mut hog = Command::new(load_bin!());
         hog.arg("spin");
         processes.push(spawn_in(&container, hog).expect("spawn the hog"));
-        let spinners = 3 * online_cpus();
+        let spinners = 3 * allowed_cpus().len();
         for _ in 0..spinners {
             let mut cmd = Command::new(load_bin!());
             cmd.arg("spin");
@@ -425,7 +425,7 @@ fn hog_in_a_v1_only_pod_cgroup_is_named_with_the_cpu_hierarchy() {
     };
     let v1_id = fs::metadata(v1_cpu).expect("stat the v1 cpu cgroup").ino();
     let mut processes = Vec::new();
-    for _ in 0..3 * online_cpus() + 1 {
+    for _ in 0..3 * allowed_cpus().len() + 1 {
         let mut cmd = Command::new(load_bin!());
         cmd.arg("spin");
         processes.push(spawn_in(&V1Only(&container), cmd).expect("spawn a spinner"));
@@ -478,7 +478,7 @@ fn hog_in_a_v1_only_pod_cgroup_is_named_with_the_cpu_hierarchy() {
     assert_eq!(entry.pod_uid.as_deref(), Some(uid.as_str()), "pod_uid");
     assert_eq!(entry.qos.as_deref(), Some("burstable"), "qos");
     // 3 x CPUs + 1 spinners on the CPUs: about that many minus one per CPU wait.
-    let expected = (2 * online_cpus() + 1) as f64;
+    let expected = (2 * allowed_cpus().len() + 1) as f64;
     assert!(
         (entry.runqueue.waiting_tasks - expected).abs() < 0.25 * expected,
         "waiting tasks {:.2}, expected about {expected}",

@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, BlockStat, CpuTimes, DioWriteSummary, LoopDevice, Report, TestCgroup, load_bin,
-    online_cpus, proc_stat_cpu_times, skip, skip_if_unprivileged, spawn_in,
+    Agent, BlockStat, CpuTimes, DioWriteSummary, LoopDevice, Report, TestCgroup, allowed_cpus,
+    load_bin, online_cpus, proc_stat_cpu_times, skip, skip_if_unprivileged, spawn_in,
 };
 
 const TEST: &str = "iowait_lands_on_the_writing_cgroup";
@@ -56,9 +56,14 @@ const MAX_FACTOR: u64 = 2;
 /// may be at most this share of the measured time, in percent. (The writer
 /// itself spends well under 1% of its time in user space.)
 const MAX_FOREIGN_USER_PCT: u64 = 10;
-/// CPUs of the writer and of the spinner (when there are at least 2).
-const WRITER_CPU: u32 = 1;
-const SPINNER_CPU: u32 = 0;
+/// CPUs of the writer and of the spinner: the first two this test may run
+/// on (its affinity, which a cpuset narrows), when there are at least 2.
+fn writer_and_spinner_cpus() -> Option<(u32, u32)> {
+    match allowed_cpus()[..] {
+        [spinner, writer, ..] => Some((writer, spinner)),
+        _ => None,
+    }
+}
 
 /// Whether request count `measured` is within max(2, 2%) of `expected`.
 fn close_count(measured: u64, expected: u64) -> bool {
@@ -276,13 +281,14 @@ fn iowait_lands_on_the_writing_cgroup() {
     let Some(device) = LoopDevice::for_test(TEST, false) else {
         return;
     };
-    let pinned = online_cpus() >= 2;
+    let pinned = writer_and_spinner_cpus();
+    let (writer_cpu, spinner_cpu) = pinned.unwrap_or_default();
     let writer = TestCgroup::create("writer").expect("create cgroup writer");
     let spinner = TestCgroup::create("spinner").expect("create cgroup spinner");
     let mut cmd = Command::new(load_bin!());
     cmd.arg("spin");
-    if pinned {
-        cmd.args(["--cpu", &SPINNER_CPU.to_string()]);
+    if pinned.is_some() {
+        cmd.args(["--cpu", &spinner_cpu.to_string()]);
     }
     // Declared after the cgroups and the device: dropped before them.
     let _spin = spawn_in(&spinner, cmd).expect("spawn spinner");
@@ -295,7 +301,7 @@ fn iowait_lands_on_the_writing_cgroup() {
         online_cpus()
     );
 
-    let cpu = pinned.then_some(WRITER_CPU);
+    let cpu = pinned.map(|(writer, _)| writer);
     let run = WriterRun::measure(&device, &writer, WRITE_SECONDS, BLOCK, cpu);
     let (summary, kernel, reports) = (&run.summary, &run.kernel, &run.reports);
 
@@ -348,16 +354,16 @@ fn iowait_lands_on_the_writing_cgroup() {
     );
 
     // Per-CPU cross-check on the writer's CPU.
-    if !pinned {
+    if pinned.is_none() {
         eprintln!("one CPU: the writer is not pinned; no per-CPU iowait cross-check");
         return;
     }
-    let (agent_cpu, proc_stat_cpu) = cpu_iowait(reports, WRITER_CPU);
-    let (agent_cpu0, proc_stat_cpu0) = cpu_iowait(reports, SPINNER_CPU);
-    let times: CpuTimes = run.cpu_times(WRITER_CPU);
+    let (agent_cpu, proc_stat_cpu) = cpu_iowait(reports, writer_cpu);
+    let (agent_cpu0, proc_stat_cpu0) = cpu_iowait(reports, spinner_cpu);
+    let times: CpuTimes = run.cpu_times(writer_cpu);
     let window = run.window;
     eprintln!(
-        "CPU {WRITER_CPU} (writer): agent iowait {}, agent proc_stat_iowait {}; \
+        "CPU {writer_cpu} (writer): agent iowait {}, agent proc_stat_iowait {}; \
          /proc/stat read here over {window:.2?}: busy {} (user {}), idle {}, iowait {}",
         ms(agent_cpu),
         ms(proc_stat_cpu),
@@ -367,11 +373,11 @@ fn iowait_lands_on_the_writing_cgroup() {
         ms(times.iowait_ns)
     );
     eprintln!(
-        "CPU {SPINNER_CPU} (spinner): agent iowait {}, agent proc_stat_iowait {}",
+        "CPU {spinner_cpu} (spinner): agent iowait {}, agent proc_stat_iowait {}",
         ms(agent_cpu0),
         ms(proc_stat_cpu0)
     );
-    assert!(agent_cpu > 0, "the agent's iowait of CPU {WRITER_CPU}");
+    assert!(agent_cpu > 0, "the agent's iowait of CPU {writer_cpu}");
     // Time the CPU spent running other tasks was neither idle nor iowait
     // for /proc/stat, though the writer was blocked: with much of it, the
     // two figures legitimately drift apart.
@@ -379,7 +385,7 @@ fn iowait_lands_on_the_writing_cgroup() {
         skip(
             TEST,
             &format!(
-                "per-CPU iowait cross-check not possible: CPU {WRITER_CPU} was not otherwise \
+                "per-CPU iowait cross-check not possible: CPU {writer_cpu} was not otherwise \
                  idle (tasks ran user code on it for {} of {window:.2?}, more than \
                  {MAX_FOREIGN_USER_PCT}%); the agent's iowait was {}, /proc/stat's {}",
                 ms(times.user_ns),
@@ -391,13 +397,13 @@ fn iowait_lands_on_the_writing_cgroup() {
     }
     assert!(
         proc_stat_cpu > 0,
-        "the agent's proc_stat_iowait of CPU {WRITER_CPU} (/proc/stat read here: {})",
+        "the agent's proc_stat_iowait of CPU {writer_cpu} (/proc/stat read here: {})",
         ms(times.iowait_ns)
     );
     assert!(
         agent_cpu <= MAX_FACTOR * proc_stat_cpu && proc_stat_cpu <= MAX_FACTOR * agent_cpu,
-        "CPU {WRITER_CPU}: the agent's iowait {} and /proc/stat's {} are more than a factor \
-         {MAX_FACTOR} apart (CPU {WRITER_CPU} busy for {}, {} of it user time, while the \
+        "CPU {writer_cpu}: the agent's iowait {} and /proc/stat's {} are more than a factor \
+         {MAX_FACTOR} apart (CPU {writer_cpu} busy for {}, {} of it user time, while the \
          writer was blocked for {})",
         ms(agent_cpu),
         ms(proc_stat_cpu),
@@ -416,7 +422,7 @@ fn block_flushes_are_reported_as_other_requests() {
         return;
     };
     let writer = TestCgroup::create("flusher").expect("create cgroup flusher");
-    let cpu = (online_cpus() >= 2).then_some(WRITER_CPU);
+    let cpu = writer_and_spinner_cpus().map(|(writer, _)| writer);
     let run = WriterRun::measure(&device, &writer, 3, 4096, cpu);
     let kernel = &run.kernel;
     let (requests, _) = disk_requests(&run.reports, &device);

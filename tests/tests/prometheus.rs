@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, Report, TestCgroup, TestProcess, load_bin, online_cpus, skip, skip_if_unprivileged,
-    spawn_in,
+    Agent, Report, TestCgroup, TestProcess, allowed_cpus, load_bin, online_cpus, skip,
+    skip_if_unprivileged, spawn_in,
 };
 use serde_json::Value;
 
@@ -272,7 +272,7 @@ struct Hog {
 impl Hog {
     fn start() -> Self {
         let cgroup = TestCgroup::create("prom\"hog\\").expect("create cgroup");
-        let spinners = (0..3 * online_cpus())
+        let spinners = (0..3 * allowed_cpus().len())
             .map(|_| {
                 let mut cmd = Command::new(load_bin!());
                 cmd.arg("spin");

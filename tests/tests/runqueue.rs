@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nodesat_tests::{
-    Agent, Report, TestCgroup, TestProcess, load_bin, online_cpus, skip_if_unprivileged, spawn_in,
+    Agent, Report, TestCgroup, TestProcess, allowed_cpus, load_bin, skip_if_unprivileged, spawn_in,
 };
 
 /// Report interval the agent runs with.
@@ -39,7 +39,7 @@ impl Workload {
         let busy = TestCgroup::create("busy").expect("create cgroup busy");
         let light = TestCgroup::create("light").expect("create cgroup light");
         let mut processes = Vec::new();
-        let spinners = 3 * online_cpus();
+        let spinners = 3 * allowed_cpus().len();
         for _ in 0..spinners {
             let mut cmd = Command::new(load_bin!());
             cmd.arg("spin");
@@ -139,7 +139,7 @@ fn check_attribution(report: &Report, load: &Workload) {
 
     assert!(busy.runqueue.events > 0, "busy has run-queue events");
     assert!(light.runqueue.events > 0, "light has run-queue events");
-    let cpus = online_cpus() as f64;
+    let cpus = allowed_cpus().len() as f64;
     assert!(
         busy.runqueue.waiting_tasks >= BUSY_MIN_WAITING_PER_CPU * cpus,
         "busy waits with {:.2} tasks on average, should be >= {BUSY_MIN_WAITING_PER_CPU} per CPU ({cpus} CPUs)",
@@ -157,7 +157,9 @@ fn check_attribution(report: &Report, load: &Workload) {
         light.runqueue.waiting_tasks
     );
     assert!(!report.cpus.is_empty(), "report has per-CPU figures");
-    for cpu in &report.cpus {
+    // The spinners run only where this test may run (a cpuset may leave CPUs out).
+    let allowed = allowed_cpus();
+    for cpu in report.cpus.iter().filter(|c| allowed.contains(&c.cpu)) {
         assert!(
             cpu.runqueue_length > 1.0,
             "cpu {} runqueue_length {} should be > 1 with 3 spinners per CPU",

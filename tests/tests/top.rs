@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    TestCgroup, TestProcess, agent_bin, load_bin, online_cpus, skip, skip_if_unprivileged, spawn_in,
+    TestCgroup, TestProcess, agent_bin, allowed_cpus, load_bin, skip, skip_if_unprivileged,
+    spawn_in,
 };
 
 const TEST: &str = "top_shows_the_cpu_hog_first_and_quits_on_q";
@@ -130,7 +131,7 @@ fn top_shows_the_cpu_hog_first_and_quits_on_q() {
     }
     let hog = TestCgroup::create("top-hog").expect("create cgroup top-hog");
     let mut processes: Vec<TestProcess> = Vec::new();
-    for _ in 0..3 * online_cpus() {
+    for _ in 0..3 * allowed_cpus().len() {
         let mut cmd = Command::new(load_bin!());
         cmd.arg("spin");
         processes.push(spawn_in(&hog, cmd).expect("spawn spinner"));

@@ -97,10 +97,10 @@ pub fn apt_install(pkgs: &[&str]) -> Result<()> {
         "xtask: installing {} (apt-get update, then apt-get install)",
         missing.join(", ")
     );
-    let mut update = cmd("apt-get", &["update", "-qq"]);
+    let mut update = cmd("apt-get", &["update", "-q"]);
     update.env("DEBIAN_FRONTEND", "noninteractive");
     run(update)?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     let mut install = cmd("apt-get", &args);
     install.env("DEBIAN_FRONTEND", "noninteractive");

@@ -11,6 +11,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -52,8 +53,32 @@ pub struct Kernel {
 }
 
 /// Resolves `spec`, downloads and unpacks its package unless the cache has it.
+/// Package lists may be stale (a mirror drops a kernel's previous point release when it
+/// publishes the next): on failure, the lists are refreshed once and the kernel resolved
+/// again.
 pub fn prepare(spec: &str, cache: &Path) -> Result<Kernel> {
-    prepare_inner(spec, cache).with_context(|| format!("kernel {spec}"))
+    match prepare_inner(spec, cache) {
+        Err(e) if !APT_UPDATED.load(Ordering::Relaxed) => {
+            eprintln!("xtask: kernel {spec}: {e:#}");
+            apt_update("the package lists may be stale")?;
+            prepare_inner(spec, cache)
+        }
+        other => other,
+    }
+    .with_context(|| format!("kernel {spec}"))
+}
+
+/// Whether this process has run `apt-get update`.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// `apt-get update`, saying why.
+fn apt_update(why: &str) -> Result<()> {
+    eprintln!("xtask: running apt-get update ({why})");
+    let mut update = crate::cmd("apt-get", &["update", "-q"]);
+    update.env("DEBIAN_FRONTEND", "noninteractive");
+    crate::run(update)?;
+    APT_UPDATED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 fn prepare_inner(spec: &str, cache: &Path) -> Result<Kernel> {
@@ -137,10 +162,7 @@ fn newest_in_series(series: &str) -> Result<String> {
     let mut releases = generic_releases()?;
     if releases.is_empty() {
         // A fresh machine may never have fetched the package lists.
-        eprintln!("xtask: no kernel packages known to apt; running apt-get update");
-        let mut update = crate::cmd("apt-get", &["update", "-qq"]);
-        update.env("DEBIAN_FRONTEND", "noninteractive");
-        crate::run(update)?;
+        apt_update("no kernel packages known to apt")?;
         releases = generic_releases()?;
     }
     let mut series_seen: Vec<String> = releases.iter().map(|r| series_of(r)).collect();

@@ -179,7 +179,15 @@ pub fn vm(args: &[String]) -> Result<()> {
     let t = Instant::now();
     provision::provision()?;
     // musl-tools: crates with C code (ring, under rustls) need musl-gcc for the musl target.
-    provision::apt_install(&["qemu-system-x86", "busybox-static", "cpio", "musl-tools"])?;
+    // xz-utils, zstd: kernel modules ship as .ko.xz (Debian 12) or .ko.zst (newer).
+    provision::apt_install(&[
+        "qemu-system-x86",
+        "busybox-static",
+        "cpio",
+        "musl-tools",
+        "xz-utils",
+        "zstd",
+    ])?;
     musl_target()?;
     phase("provision", t);
 
@@ -207,7 +215,16 @@ pub fn vm(args: &[String]) -> Result<()> {
                 eprintln!("xtask: {e:#}");
                 let mut row = Row::new(spec.clone(), None);
                 row.failures.push(format!("{e:#}"));
-                row.unavailable = defaults;
+                // A default kernel apt cannot give is a note when exploring, but under
+                // --check-readme (the test command) it is a failure: the table would go on
+                // claiming a series this run could not test.
+                row.unavailable = defaults && !args.check_readme;
+                if !row.unavailable {
+                    row.failures.push(
+                        "the test command needs every default kernel; set NODESAT_VM_KERNELS to kernels the apt sources offer"
+                            .to_owned(),
+                    );
+                }
                 rows.push(row);
             }
         }
@@ -713,6 +730,117 @@ mod tests {
         assert!(args(&["--kernel"]).is_err());
         assert!(args(&["--timeout", "0"]).is_err());
         assert!(args(&["--bogus"]).is_err());
+    }
+
+    /// A real run's results (`target/vm/matrix.json` and `host.json` of a CI run), with
+    /// every occurrence of each `(from, to)` string replaced.
+    fn fixture(name: &str, replace: &[(&str, &str)]) -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/vm/fixtures")
+            .join(name);
+        let mut text = fs::read_to_string(&path).unwrap();
+        for (from, to) in replace {
+            assert!(text.contains(from), "{name} has no {from}");
+            text = text.replace(from, to);
+        }
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The check on real results: it records a table, passes results whose releases moved on
+    /// only in patch level or build string (the release cell follows them), and fails results
+    /// whose verdict differs, naming the series.
+    #[test]
+    fn check_passes_new_patch_releases_and_fails_a_changed_verdict() {
+        let dir = TempDir::new(
+            std::env::temp_dir().join(format!("nodesat-xtask-check-{}", std::process::id())),
+        )
+        .unwrap();
+        let readme = dir.path().join("README.md");
+        fs::write(
+            &readme,
+            format!("# t\n\n{}\n{}\n", readme::BEGIN, readme::END),
+        )
+        .unwrap();
+        let rows = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("| ") && !l.starts_with("| kernel "))
+                .map(str::to_owned)
+                .collect()
+        };
+
+        // No rows yet: every series is added, which is not a failure.
+        let (matrix, host) = (fixture("matrix.json", &[]), fixture("host.json", &[]));
+        check_table(&readme, &matrix, Some(&host), true).unwrap();
+        let first = fs::read_to_string(&readme).unwrap();
+        let first_rows = rows(&first);
+        assert_eq!(first_rows.len(), 3, "{first}");
+        assert!(first_rows[0].starts_with("| 6.18 (this project's machines) | 6.18.44-fc-v1272, "));
+        assert!(first.contains("| Debian 6.1 | 6.1.0-57-amd64, "), "{first}");
+        assert!(
+            first.contains("| Debian 6.12 | 6.12.118+deb12-amd64, "),
+            "{first}"
+        );
+
+        // Debian's next point releases and another host build: same verdicts, so it passes;
+        // the rows stay one per series and name the new releases.
+        let newer = [
+            ("6.1.0-57-amd64", "6.1.0-58-amd64"),
+            ("6.12.118+deb12", "6.12.121+deb12"),
+        ];
+        let matrix = fixture("matrix.json", &newer);
+        let host = fixture("host.json", &[("6.18.44-fc-v1272", "6.18.47-fc-v2001")]);
+        check_table(&readme, &matrix, Some(&host), true).unwrap();
+        let second = fs::read_to_string(&readme).unwrap();
+        assert_eq!(rows(&second).len(), 3, "{second}");
+        for release in ["6.1.0-58-amd64", "6.12.121+deb12-amd64", "6.18.47-fc-v2001"] {
+            assert!(second.contains(release), "{release} in {second}");
+        }
+        assert!(!second.contains("6.1.0-57"), "{second}");
+
+        // An older release (forced, as with NODESAT_VM_KERNELS) passes the same way.
+        let older = fixture(
+            "matrix.json",
+            &[
+                ("6.1.0-57-amd64", "6.1.0-56-amd64"),
+                ("6.12.118+deb12", "6.12.117+deb12"),
+            ],
+        );
+        check_table(&readme, &older, Some(&host), true).unwrap();
+
+        // A verdict differs (6.12's result): the check fails, naming the series, and the
+        // table is rewritten to what this run found.
+        let mut failed = fixture("matrix.json", &newer);
+        let k = failed["kernels"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|k| k["kernel"] == "6.12.121+deb12-amd64")
+            .unwrap();
+        k["result"] = Value::from("FAIL");
+        let e = check_table(&readme, &failed, Some(&host), true).unwrap_err();
+        assert!(e.to_string().contains("Debian 6.12"), "{e}");
+        assert!(!e.to_string().contains("Debian 6.1,"), "{e}");
+        assert!(
+            fs::read_to_string(&readme)
+                .unwrap()
+                .contains("| Debian 6.12 | 6.12.121+deb12-amd64, 2026-12-06 | FAIL |")
+        );
+        // Without --check-readme the same change only rewrites the table.
+        check_table(&readme, &matrix, Some(&host), false).unwrap();
+
+        // A probe variant that no longer attaches on the host is a verdict change too.
+        let host_lost = fixture(
+            "host.json",
+            &[
+                ("6.18.44-fc-v1272", "6.18.47-fc-v2001"),
+                ("\"rc\": 0", "\"rc\": 1"),
+            ],
+        );
+        let e = check_table(&readme, &matrix, Some(&host_lost), true).unwrap_err();
+        assert!(
+            e.to_string().contains("6.18 (this project's machines)"),
+            "{e}"
+        );
     }
 
     #[test]
