@@ -143,6 +143,156 @@ impl Answer {
     }
 }
 
+/// One canned answer of a [`ScriptedServer`].
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    replies: Vec<Reply>,
+    /// Requests answered so far, by status.
+    answered: std::collections::BTreeMap<u16, u64>,
+    last_answer: Option<std::time::Instant>,
+    /// Everything received, on every connection (HTTP/2 too: kept, never answered).
+    received: Vec<u8>,
+}
+
+/// An HTTP/1.1 server on `127.0.0.1` for a client under test (the agent's OTLP exporter,
+/// its kubelet client): the n-th request, whatever its path, gets the n-th reply of a script
+/// (the last one repeated), on keep-alive connections. It counts what it answered by status,
+/// so a test can compare the client's own counters with what really happened, and keeps the
+/// raw bytes received. Bytes that are not HTTP/1.1 (a gRPC client's HTTP/2) are kept and
+/// never answered.
+#[derive(Debug)]
+pub struct ScriptedServer {
+    addr: SocketAddr,
+    script: Arc<std::sync::Mutex<Script>>,
+}
+
+impl ScriptedServer {
+    /// Starts answering with `replies` (at least one) in order, the last one repeated.
+    pub fn start(replies: Vec<Reply>) -> io::Result<ScriptedServer> {
+        assert!(!replies.is_empty(), "a script needs a reply");
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let script = Arc::new(std::sync::Mutex::new(Script {
+            replies,
+            ..Script::default()
+        }));
+        let shared = Arc::clone(&script);
+        thread::Builder::new()
+            .name("scripted-http".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let script = Arc::clone(&shared);
+                    thread::spawn(move || scripted_connection(conn, &script));
+                }
+            })?;
+        Ok(ScriptedServer { addr, script })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests answered with `status` so far.
+    pub fn answered(&self, status: u16) -> u64 {
+        self.lock().answered.get(&status).copied().unwrap_or(0)
+    }
+
+    /// All requests answered so far.
+    pub fn answered_total(&self) -> u64 {
+        self.lock().answered.values().sum()
+    }
+
+    /// Time since the last answer; `None` before the first.
+    pub fn since_last_answer(&self) -> Option<Duration> {
+        self.lock().last_answer.map(|t| t.elapsed())
+    }
+
+    /// Everything received so far, lossily as text.
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.lock().received).into_owned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+        self.script.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves one connection of a [`ScriptedServer`] until the client closes it or is silent
+/// for [`CLIENT_TIMEOUT`].
+fn scripted_connection(mut conn: TcpStream, script: &std::sync::Mutex<Script>) {
+    let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        let mut s = script.lock().unwrap_or_else(|e| e.into_inner());
+        s.received.extend_from_slice(&buf[..n]);
+        drop(s);
+        pending.extend_from_slice(&buf[..n]);
+        if pending.starts_with(b"PRI * HTTP/2.0") {
+            continue; // gRPC: recorded only
+        }
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if pending.len() < end + 4 + length {
+                break; // the body is still coming
+            }
+            pending.drain(..end + 4 + length);
+            let reply = {
+                let mut s = script.lock().unwrap_or_else(|e| e.into_inner());
+                let n = s.answered.values().sum::<u64>() as usize;
+                let reply = s.replies[n.min(s.replies.len() - 1)].clone();
+                *s.answered.entry(reply.status).or_default() += 1;
+                s.last_answer = Some(std::time::Instant::now());
+                reply
+            };
+            let head = format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                reply.status,
+                if reply.status == 200 {
+                    "OK"
+                } else {
+                    "Scripted"
+                },
+                reply.content_type,
+                reply.body.len()
+            );
+            if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&reply.body).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +303,33 @@ mod tests {
         let mut answer = String::new();
         conn.read_to_string(&mut answer).unwrap();
         answer
+    }
+
+    #[test]
+    fn scripted_server_answers_in_order_and_counts() {
+        let server = ScriptedServer::start(vec![
+            Reply::new(400, "text/plain", "no"),
+            Reply::new(200, "application/json", "{}"),
+        ])
+        .unwrap();
+        let mut conn = TcpStream::connect(server.addr()).unwrap();
+        conn.write_all(b"POST /v1/metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap();
+        conn.write_all(b"GET /pods HTTP/1.1\r\n\r\nGET /pods HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.windows(2).filter(|w| w == b"{}").count() < 2 {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
+        assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 2, "{got}");
+        assert_eq!((server.answered(400), server.answered(200)), (1, 2));
+        assert!(server.received().contains("abc"));
+        assert!(server.since_last_answer().is_some());
     }
 
     #[test]
