@@ -261,6 +261,9 @@ async fn collect_until_signal(
     let mut exports =
         export::Exports::start(config.export.as_ref(), config.prometheus_listen.is_some())
             .context("starting the OTLP exporter")?;
+    if let Some(k) = &kubelet {
+        exports.watch_kubelet(k.metadata());
+    }
     let health = health::Health::new(config.interval);
     let mut servers = Vec::new(); // served until dropped
     for (addr, routes) in health::routes(

@@ -420,6 +420,8 @@ pub struct Stopped {
     pub reports: Vec<Report>,
     /// The `oom_kill` events not taken before, in order.
     pub oom_kills: Vec<OomKill>,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
 }
 
 impl Stopped {
@@ -666,6 +668,7 @@ impl Agent {
             status,
             reports,
             oom_kills,
+            stderr: self.stderr(),
         }
     }
 

@@ -68,7 +68,7 @@ pub use block::{
     BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,
 };
 pub use cgroup::{CgroupDirs, CpuController, CpuStat, MemoryController, TestCgroup};
-pub use http::{HttpServer, Reply, ScriptedServer};
+pub use http::{HttpServer, Reply, ScriptedServer, free_port, http_get};
 pub use nested::NestedCgroup;
 pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
 pub use nft::{NftRule, NftTable, nft_available};

@@ -10,15 +10,15 @@
 //! wait time, the latency histogram's count and its `+Inf` and highest buckets, and each CPU's
 //! run-queue length. `promtool check metrics` lints the agent's text too.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, Report, TestCgroup, TestProcess, allowed_cpus, load_bin, online_cpus, skip,
-    skip_if_unprivileged, spawn_in,
+    Agent, Report, TestCgroup, TestProcess, allowed_cpus, free_port, http_get, load_bin,
+    online_cpus, skip, skip_if_unprivileged, spawn_in,
 };
 use serde_json::Value;
 
@@ -31,30 +31,6 @@ const SCRAPE: &str = "1s";
 const MARGIN_S: f64 = 0.3;
 /// Reports taken once Prometheus scrapes the agent.
 const REPORTS: usize = 4;
-
-/// A free TCP port on loopback (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET path` (HTTP/1.0: the body ends when the connection closes); status and body.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
 
 fn percent_encode(s: &str) -> String {
     s.bytes()

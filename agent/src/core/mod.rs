@@ -3,7 +3,9 @@
 //!
 //! - [`counters`]: snapshots of per-CPU maps (merged across CPUs) and deltas between two
 //!   snapshots, with counter resets handled;
-//! - [`histogram`]: log2 histograms merged across CPUs, with quantiles and max.
+//! - [`histogram`]: log2 histograms merged across CPUs, with quantiles and max;
+//! - [`failure_log`]: a repeated failure logged once per cause, then summarised.
 
 pub mod counters;
+pub mod failure_log;
 pub mod histogram;

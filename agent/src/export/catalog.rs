@@ -270,6 +270,43 @@ pub const EXPORT_QUEUE_DROPPED: MetricDef = m(
     "Batches dropped without being delivered: `queue_full` (the oldest queued batch makes room for a new one), `retries_exhausted`, `permanent_error`, `shutdown` (in flight or queued when the shutdown timeout ran out; counted, though no export follows it, and logged once).",
 );
 
+pub const EXPORT_DELIVERED: MetricDef = m(
+    "nodesat.agent.export.delivered",
+    "{batch}",
+    Counter,
+    Node,
+    Value::Int,
+    &[],
+    "Batches the OTLP receiver accepted (in full, or in part: a partial success counts here, its rejected points are logged). With `export.failures` and `export.queue.dropped`, every batch is accounted for.",
+);
+pub const EXPORT_QUEUE_DEPTH: MetricDef = m(
+    "nodesat.agent.export.queue.depth",
+    "{batch}",
+    Gauge,
+    Node,
+    Value::Int,
+    &[],
+    "Batches waiting to be sent (not counting the one being sent), at most `otlp_queue_size`; it grows while the receiver is slow or down.",
+);
+pub const KUBELET_FAILURES: MetricDef = m(
+    "nodesat.agent.kubelet.failures",
+    "{request}",
+    Counter,
+    Node,
+    Value::Int,
+    &["error.type"],
+    "Failed fetches of the kubelet's pod list, by cause: the HTTP status (`401`, `403`, `404`, `429`, `500`, `502`, `503`, `504`, else `http_other`), `timeout`, `connection`, `tls`, `ca`, `invalid_response`, `request`. Only when a kubelet is read.",
+);
+pub const KUBELET_POD_LIST_AGE: MetricDef = m(
+    "nodesat.agent.kubelet.pod_list.age",
+    "s",
+    Gauge,
+    Node,
+    Value::Double,
+    &[],
+    "Seconds since the pod list in use was fetched (it is refreshed every 10 s; while the kubelet fails the last list is kept and this grows). Absent before the first good fetch.",
+);
+
 /// The catalogue, in the order the docs list it.
 pub const CATALOG: &[MetricDef] = &[
     RUNQUEUE_LATENCY,
@@ -291,6 +328,10 @@ pub const CATALOG: &[MetricDef] = &[
     ENTITIES_OVERFLOW,
     EXPORT_FAILURES,
     EXPORT_QUEUE_DROPPED,
+    EXPORT_DELIVERED,
+    EXPORT_QUEUE_DEPTH,
+    KUBELET_FAILURES,
+    KUBELET_POD_LIST_AGE,
 ];
 
 impl MetricDef {

@@ -39,20 +39,64 @@ use self::{
     prometheus::{Exposition, Prometheus},
     transport::{SendError, SetupError, Transport},
 };
-use crate::report::Report;
+use crate::{
+    core::failure_log::{Decision, FailureLog, Summary},
+    identity::kubelet::PodMetadata,
+    report::Report,
+};
 
 /// Series not seen for this long are forgotten (cumulative totals restart if they return).
 const STALE_AFTER: Duration = Duration::from_secs(300);
 
+/// While an export keeps failing, the failures not logged are summarised this often.
+pub const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(300);
+
 /// The exporter's own counters, shared by the collection side and the sending task.
-#[derive(Default)]
 pub struct Stats {
     totals: Mutex<AgentTotals>,
     /// Batches being sent (or waiting to be retried) by the sending task: 0 or 1.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Failures by cause, for logging each cause once.
+    log: Mutex<FailureLog>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            totals: Mutex::default(),
+            in_flight: Default::default(),
+            log: Mutex::new(FailureLog::new(FAILURE_SUMMARY_EVERY)),
+        }
+    }
 }
 
 impl Stats {
+    pub fn delivered(&self) {
+        let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        t.delivered += 1;
+    }
+
+    /// Whether this failure's cause is new since the last delivery (then log it in full).
+    fn first_of_its_cause(&self, cause: &str) -> bool {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.failure(cause, Instant::now(), std::time::SystemTime::now()) == Decision::Log
+    }
+
+    /// The summary of failures not logged, when one is due.
+    fn failure_summary(&self, recovered: bool) -> Option<Summary> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if recovered {
+            log.recovered()
+        } else {
+            log.summary_due(Instant::now())
+        }
+    }
+
+    fn dropped_total(&self) -> u64 {
+        let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        t.dropped.values().sum()
+    }
+
     pub fn failure(&self, kind: &str) {
         let mut t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         *t.export_failures.entry(kind.to_owned()).or_default() += 1;
@@ -154,6 +198,8 @@ pub struct Exporter {
     export_every_ns: Option<u64>,
     last_export_ns: Option<u64>,
     task: tokio::task::JoinHandle<()>,
+    /// The kubelet's pod list, for its counters; `None`: no kubelet.
+    kubelet: Option<PodMetadata>,
 }
 
 /// Every export that is configured: OTLP, the Prometheus endpoint's text, both or none. Each
@@ -161,6 +207,8 @@ pub struct Exporter {
 pub struct Exports {
     otlp: Option<Exporter>,
     prometheus: Option<Prometheus>,
+    /// The kubelet's pod list, for its failure counters and age; `None`: no kubelet.
+    kubelet: Option<PodMetadata>,
 }
 
 impl Exports {
@@ -175,7 +223,16 @@ impl Exports {
             // OTEL_RESOURCE_ATTRIBUTES on its series.
             prometheus: prometheus
                 .then(|| Prometheus::new(machine_info("nodesat".into(), Vec::new()))),
+            kubelet: None,
         })
+    }
+
+    /// Exports the kubelet's counters (failures by cause, the pod list's age) too.
+    pub fn watch_kubelet(&mut self, metadata: PodMetadata) {
+        if let Some(e) = &mut self.otlp {
+            e.kubelet = Some(metadata.clone());
+        }
+        self.kubelet = Some(metadata);
     }
 
     /// The Prometheus text, for the HTTP server; `None` when the endpoint is off.
@@ -188,11 +245,13 @@ impl Exports {
             e.export(report);
         }
         if let Some(p) = &mut self.prometheus {
-            let agent = self
-                .otlp
-                .as_ref()
-                .map(|e| e.stats.snapshot())
-                .unwrap_or_default();
+            let agent = match &self.otlp {
+                Some(e) => e.totals(),
+                None => AgentTotals {
+                    kubelet: self.kubelet.as_ref().map(PodMetadata::status),
+                    ..AgentTotals::default()
+                },
+            };
             p.update(report, &agent);
         }
     }
@@ -248,12 +307,23 @@ impl Exporter {
             export_every_ns: c.export_interval.map(|d| d.as_nanos() as u64),
             last_export_ns: None,
             task,
+            kubelet: None,
         })
     }
 
-    /// Folds the report in and, when an export is due, queues a batch. Never blocks.
+    /// The agent's own counters now: the exporter's, and the kubelet's when it is watched.
+    pub fn totals(&self) -> AgentTotals {
+        let mut t = self.stats.snapshot();
+        t.queue_depth = Some(self.queue.len() as u64);
+        t.kubelet = self.kubelet.as_ref().map(PodMetadata::status);
+        t
+    }
+
+    /// Folds the report and the agent's own counters in and, when an export is due, queues a
+    /// batch. Never blocks.
     pub fn export(&mut self, report: &Report) {
-        self.builder.ingest(report, &self.stats.snapshot());
+        let agent = self.totals();
+        self.builder.ingest(report, &agent);
         let due = match (self.export_every_ns, self.last_export_ns) {
             (Some(every), Some(last)) => {
                 // A tenth of slack: collections do not land exactly on the period.
@@ -269,10 +339,17 @@ impl Exporter {
             && self.queue.push(req).is_some()
         {
             self.stats.dropped("queue_full");
-            tracing::warn!(
-                capacity = self.queue.capacity,
-                "OTLP export queue full: dropped the oldest batch"
-            );
+            // Once until the next delivery (then summarised with the send failures).
+            if self.stats.first_of_its_cause("queue_full") {
+                tracing::warn!(
+                    capacity = self.queue.capacity,
+                    "OTLP export queue full: dropped the oldest batch (further drops are \
+                     counted, nodesat.agent.export.queue.dropped, and summarised every {})",
+                    humantime::format_duration(FAILURE_SUMMARY_EVERY)
+                );
+            } else {
+                tracing::debug!("OTLP export queue full: dropped the oldest batch");
+            }
         }
     }
 
@@ -342,6 +419,7 @@ pub async fn send_with_retry(
     loop {
         let e: SendError = match transport.send(batch).await {
             Ok(partial) => {
+                stats.delivered();
                 if let Some(p) = partial {
                     tracing::warn!(
                         rejected_data_points = p.rejected_data_points,
@@ -349,10 +427,11 @@ pub async fn send_with_retry(
                         p.error_message
                     );
                 }
-                if attempt > 0 {
+                if let Some(s) = stats.failure_summary(true) {
                     tracing::info!(
                         attempts = attempt + 1,
-                        "OTLP export delivered after retrying"
+                        "OTLP export delivering again ({s}; batches dropped so far: {})",
+                        stats.dropped_total()
                     );
                 }
                 return true;
@@ -360,35 +439,48 @@ pub async fn send_with_retry(
             Err(e) => e,
         };
         stats.failure(&e.kind);
-        if !e.retryable {
+        // The first failure of each cause is logged in full; the next are summarised.
+        let first = stats.first_of_its_cause(&e.kind);
+        if let Some(s) = stats.failure_summary(false) {
+            tracing::warn!(
+                "OTLP export still failing: {s}; batches dropped so far: {}",
+                stats.dropped_total()
+            );
+        }
+        let outcome = if !e.retryable {
             stats.dropped("permanent_error");
+            "batch dropped (not retryable)".to_owned()
+        } else {
+            let delay = e.retry_after.unwrap_or_else(|| backoff(retry, attempt));
+            if began.elapsed() + delay > retry.max_elapsed {
+                stats.dropped("retries_exhausted");
+                format!("batch dropped after {} attempts", attempt + 1)
+            } else {
+                if first {
+                    tracing::warn!(
+                        "OTLP export failed, retrying in {}: {}",
+                        humantime::format_duration(delay),
+                        e.message
+                    );
+                } else {
+                    tracing::debug!(attempt, "OTLP export retry failed: {}", e.message);
+                }
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        if first {
             tracing::warn!(
-                "OTLP export failed, batch dropped (not retryable): {}",
-                e.message
-            );
-            return false;
-        }
-        let delay = e.retry_after.unwrap_or_else(|| backoff(retry, attempt));
-        if began.elapsed() + delay > retry.max_elapsed {
-            stats.dropped("retries_exhausted");
-            tracing::warn!(
-                attempts = attempt + 1,
-                "OTLP export failed, batch dropped after retrying: {}",
-                e.message
-            );
-            return false;
-        }
-        if attempt == 0 {
-            tracing::warn!(
-                "OTLP export failed, retrying in {}: {}",
-                humantime::format_duration(delay),
-                e.message
+                "OTLP export failed, {outcome}: {} (further failures of this kind are \
+                 summarised every {})",
+                e.message,
+                humantime::format_duration(FAILURE_SUMMARY_EVERY)
             );
         } else {
-            tracing::debug!(attempt, "OTLP export retry failed: {}", e.message);
+            tracing::debug!("OTLP export failed, {outcome}: {}", e.message);
         }
-        tokio::time::sleep(delay).await;
-        attempt += 1;
+        return false;
     }
 }
 

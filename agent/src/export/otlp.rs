@@ -46,6 +46,12 @@ pub struct AgentTotals {
     pub export_failures: BTreeMap<String, u64>,
     /// Dropped batches by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Batches the receiver accepted (in full or in part).
+    pub delivered: u64,
+    /// Batches waiting in the queue; `None` without OTLP export.
+    pub queue_depth: Option<u64>,
+    /// The kubelet's pod list; `None` when no kubelet is read.
+    pub kubelet: Option<crate::identity::kubelet::KubeletStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -634,6 +640,34 @@ fn node_observations(r: &Report, agent: &AgentTotals) -> Vec<(MetricDef, Attrs, 
             vec![("nodesat.export.reason", (*reason).to_owned())],
             Obs::Total(*n),
         ));
+    }
+    if let Some(depth) = agent.queue_depth {
+        v.push((
+            cat::EXPORT_DELIVERED,
+            Vec::new(),
+            Obs::Total(agent.delivered),
+        ));
+        v.push((
+            cat::EXPORT_QUEUE_DEPTH,
+            Vec::new(),
+            Obs::Gauge(depth as f64),
+        ));
+    }
+    if let Some(k) = &agent.kubelet {
+        for (cause, n) in &k.failures {
+            v.push((
+                cat::KUBELET_FAILURES,
+                vec![("error.type", (*cause).to_owned())],
+                Obs::Total(*n),
+            ));
+        }
+        if let Some(age) = k.pod_list_age {
+            v.push((
+                cat::KUBELET_POD_LIST_AGE,
+                Vec::new(),
+                Obs::Gauge(age.as_secs_f64()),
+            ));
+        }
     }
     v
 }

@@ -18,6 +18,10 @@ use std::{
 use serde::Deserialize;
 
 use super::path::{Qos, Runtime};
+use crate::core::failure_log::{Decision, FailureLog};
+
+/// While the kubelet keeps failing, the failures not logged are summarised this often.
+pub const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(300);
 
 /// The service-account token (bearer) a pod gets.
 pub const SA_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -195,10 +199,21 @@ pub struct MetadataState {
     pub generation: u64,
     /// Failed fetches since the last good one.
     pub consecutive_failures: u32,
+    /// Failed fetches since the start, by cause ([`KubeletError::cause`]).
+    pub failures_by_cause: std::collections::BTreeMap<&'static str, u64>,
     pub last_error: Option<String>,
     pub last_success: Option<Instant>,
     /// How long the watcher waits before its next fetch.
     pub next_fetch_in: Option<Duration>,
+}
+
+/// The kubelet side of the agent's own metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KubeletStatus {
+    /// Failed fetches since the start, by cause.
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Since the pod list in use was fetched; `None` before the first good fetch.
+    pub pod_list_age: Option<Duration>,
 }
 
 /// What [`super::Resolver`] needs from [`PodMetadata`] on each lookup.
@@ -240,10 +255,20 @@ impl PodMetadata {
         s.last_success = Some(Instant::now());
     }
 
-    fn record_failure(&self, error: String, retry_in: Duration) -> u32 {
+    /// The counters an operator watches: failures by cause and the pod list's age.
+    pub fn status(&self) -> KubeletStatus {
+        let s = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        KubeletStatus {
+            failures: s.failures_by_cause.clone(),
+            pod_list_age: s.last_success.map(|t| t.elapsed()),
+        }
+    }
+
+    fn record_failure(&self, error: &KubeletError, retry_in: Duration) -> u32 {
         let mut s = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         s.consecutive_failures += 1;
-        s.last_error = Some(error);
+        *s.failures_by_cause.entry(error.cause()).or_default() += 1;
+        s.last_error = Some(error.to_string());
         s.next_fetch_in = Some(retry_in);
         s.consecutive_failures
     }
@@ -406,6 +431,47 @@ pub enum KubeletError {
     Garbage { url: String, reason: String },
 }
 
+impl KubeletError {
+    /// A short name for the kind of failure, for counting and for logging each kind once:
+    /// the HTTP status (`"503"`), `timeout`, `connection` (refused, unreachable, DNS),
+    /// `tls`, `ca` (the CA bundle), `invalid_response` (not a pod list, too large), `request`.
+    pub fn cause(&self) -> &'static str {
+        use ureq::Error as E;
+        match self {
+            KubeletError::CaUnreadable { .. } | KubeletError::CaEmpty(_) => "ca",
+            KubeletError::Status { status, .. } => status_cause(*status),
+            KubeletError::Garbage { .. } => "invalid_response",
+            KubeletError::Request { source, .. } => match source {
+                E::Timeout(_) => "timeout",
+                E::Io(e) if e.kind() == io::ErrorKind::TimedOut => "timeout",
+                E::Io(_) | E::ConnectionFailed | E::HostNotFound => "connection",
+                E::Tls(_) | E::Rustls(_) | E::Pem(_) | E::TlsRequired => "tls",
+                E::BodyExceedsLimit(_) | E::Protocol(_) | E::LargeResponseHeader(..) => {
+                    "invalid_response"
+                }
+                _ => "request",
+            },
+        }
+    }
+}
+
+/// `"404"` and so on for the statuses a kubelet or a proxy in front of it gives; `"http_other"`
+/// for the rest (the set of names stays small).
+fn status_cause(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "http_other",
+    }
+}
+
 /// A blocking client of the kubelet's `/pods`.
 pub struct KubeletClient {
     url: String,
@@ -554,6 +620,7 @@ pub struct KubeletPoller {
     client: Option<KubeletClient>,
     metadata: PodMetadata,
     backoff: Backoff,
+    log: FailureLog,
 }
 
 impl KubeletPoller {
@@ -564,6 +631,7 @@ impl KubeletPoller {
             client: None,
             metadata,
             backoff,
+            log: FailureLog::new(FAILURE_SUMMARY_EVERY),
         }
     }
 
@@ -585,7 +653,12 @@ impl KubeletPoller {
                 self.metadata.publish(index);
                 self.backoff.reset();
                 if failures > 0 {
-                    tracing::info!(url = %self.config.url, pods, "kubelet pod list available again");
+                    let summary = self
+                        .log
+                        .recovered()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default();
+                    tracing::info!(url = %self.config.url, pods, "kubelet pod list available again{summary}");
                 } else {
                     tracing::debug!(url = %self.config.url, pods, "kubelet pod list");
                 }
@@ -595,18 +668,29 @@ impl KubeletPoller {
             Err(e) => {
                 let retry_in = self.backoff.failure();
                 let kept = self.metadata.snapshot().index.is_some();
-                let failures = self.metadata.record_failure(e.to_string(), retry_in);
-                tracing::warn!(
-                    error = %e,
-                    failures,
-                    retry_in = ?retry_in,
-                    "kubelet pod list unavailable; {}",
-                    if kept {
-                        "keeping the last one"
-                    } else {
-                        "pods and containers are named by their cgroup paths only"
-                    }
-                );
+                let failures = self.metadata.record_failure(&e, retry_in);
+                let now = (Instant::now(), std::time::SystemTime::now());
+                let first = self.log.failure(e.cause(), now.0, now.1) == Decision::Log;
+                let keeping = if kept {
+                    "keeping the last one"
+                } else {
+                    "pods and containers are named by their cgroup paths only"
+                };
+                if first {
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        retry_in = ?retry_in,
+                        "kubelet pod list unavailable; {keeping} (further failures of this \
+                         kind are summarised every {})",
+                        humantime::format_duration(self.log.every())
+                    );
+                } else {
+                    tracing::debug!(error = %e, failures, retry_in = ?retry_in, "kubelet pod list unavailable; {keeping}");
+                }
+                if let Some(s) = self.log.summary_due(now.0) {
+                    tracing::warn!("kubelet pod list still unavailable: {s}; {keeping}");
+                }
                 retry_in
             }
         }

@@ -191,8 +191,13 @@ fn identity_kubelet_garbage_and_errors_back_off_then_recover() {
         assert!(state.index.is_none());
         assert_eq!(state.next_fetch_in, Some(wait));
     }
+    // Logged once per cause (500, invalid_response twice, 401); all counted by cause.
     let text = logs.text();
-    assert_eq!(text.matches("WARN").count(), 4, "{text}");
+    assert_eq!(text.matches("WARN").count(), 3, "{text}");
+    assert_eq!(
+        metadata.status().failures,
+        [("401", 1), ("500", 1), ("invalid_response", 2)].into()
+    );
     assert!(text.contains("kubelet pod list unavailable"), "{text}");
     assert!(text.contains("named by their cgroup paths only"), "{text}");
     assert!(text.contains("HTTP 500"), "{text}");
@@ -202,7 +207,13 @@ fn identity_kubelet_garbage_and_errors_back_off_then_recover() {
     let state = metadata.state();
     assert_eq!((state.consecutive_failures, state.last_error), (0, None));
     assert_eq!(state.index.map(|i| i.len()), Some(7));
-    assert!(logs.text().contains("kubelet pod list available again"));
+    let text = logs.text();
+    assert!(
+        text.contains("kubelet pod list available again (4 failure(s) since"),
+        "{text}"
+    );
+    assert!(text.contains("invalid_response ×1"), "{text}");
+    assert!(metadata.status().pod_list_age.unwrap() < Duration::from_secs(5));
     let heads = server.join().unwrap();
     assert!(!heads[3].to_ascii_lowercase().contains("authorization"));
     assert_eq!(poller.backoff.failure(), s(1));
@@ -237,7 +248,10 @@ fn identity_kubelet_down_backs_off_and_keeps_the_last_list() {
             .unwrap()
             .contains(&format!("127.0.0.1:{port}"))
     );
-    assert_eq!(logs.text().matches("WARN").count(), 5);
+    // One warning for the cause, five counted.
+    assert_eq!(logs.text().matches("WARN").count(), 1);
+    assert_eq!(metadata.status().failures, [("connection", 5)].into());
+    assert_eq!(metadata.status().pod_list_age, None);
 
     // With a list from before, it is kept while the kubelet is down.
     metadata.publish(

@@ -491,6 +491,12 @@ fn promtool_accepts_the_text() {
         &AgentTotals {
             export_failures: [("Unavailable".to_owned(), 1)].into(),
             dropped: [("queue_full", 1)].into(),
+            delivered: 7,
+            queue_depth: Some(2),
+            kubelet: Some(crate::identity::kubelet::KubeletStatus {
+                failures: [("503", 3), ("connection", 1)].into(),
+                pod_list_age: Some(Duration::from_millis(4500)),
+            }),
         },
     );
     let text = p.exposition().current();
