@@ -193,40 +193,66 @@ struct Script {
     last_answer: Option<std::time::Instant>,
     /// Everything received, on every connection (HTTP/2 too: kept, never answered).
     received: Vec<u8>,
+    /// The bodies of the HTTP/1.1 requests answered, in order.
+    bodies: Vec<Vec<u8>>,
 }
 
 /// An HTTP/1.1 server on `127.0.0.1` for a client under test (the agent's OTLP exporter,
 /// its kubelet client): the n-th request, whatever its path, gets the n-th reply of a script
 /// (the last one repeated), on keep-alive connections. It counts what it answered by status,
 /// so a test can compare the client's own counters with what really happened, and keeps the
-/// raw bytes received. Bytes that are not HTTP/1.1 (a gRPC client's HTTP/2) are kept and
-/// never answered.
+/// raw bytes received and each request's body. Bytes that are not HTTP/1.1 (a gRPC client's
+/// HTTP/2) are kept and never answered. Dropping it closes the port and every connection (a
+/// peer that went down); [`ScriptedServer::start_on`] brings one back on the same port.
 #[derive(Debug)]
 pub struct ScriptedServer {
     addr: SocketAddr,
     script: Arc<std::sync::Mutex<Script>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ScriptedServer {
     /// Starts answering with `replies` (at least one) in order, the last one repeated.
     pub fn start(replies: Vec<Reply>) -> io::Result<ScriptedServer> {
+        Self::start_on(0, replies)
+    }
+
+    /// Like [`ScriptedServer::start`], on `port` of 127.0.0.1 (0: any free one).
+    pub fn start_on(port: u16, replies: Vec<Reply>) -> io::Result<ScriptedServer> {
         assert!(!replies.is_empty(), "a script needs a reply");
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let script = Arc::new(std::sync::Mutex::new(Script {
             replies,
             ..Script::default()
         }));
-        let shared = Arc::clone(&script);
-        thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, stopping) = (Arc::clone(&script), Arc::clone(&stop));
+        let thread = thread::Builder::new()
             .name("scripted-http".into())
             .spawn(move || {
+                let mut connections = Vec::new();
                 for conn in listener.incoming().flatten() {
-                    let script = Arc::clone(&shared);
-                    thread::spawn(move || scripted_connection(conn, &script));
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let (script, stop) = (Arc::clone(&shared), Arc::clone(&stopping));
+                    connections.push(thread::spawn(move || {
+                        scripted_connection(conn, &script, &stop)
+                    }));
+                }
+                drop(listener);
+                for c in connections {
+                    let _ = c.join();
                 }
             })?;
-        Ok(ScriptedServer { addr, script })
+        Ok(ScriptedServer {
+            addr,
+            script,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -258,21 +284,47 @@ impl ScriptedServer {
         String::from_utf8_lossy(&self.lock().received).into_owned()
     }
 
+    /// The bodies of the requests answered so far, in order.
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.lock().bodies.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
         self.script.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Serves one connection of a [`ScriptedServer`] until the client closes it or is silent
-/// for [`CLIENT_TIMEOUT`].
-fn scripted_connection(mut conn: TcpStream, script: &std::sync::Mutex<Script>) {
-    let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while let Ok(n) = conn.read(&mut buf) {
-        if n == 0 {
-            return;
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept; the thread sees the flag, closes the port and its connections.
+        let _ = TcpStream::connect_timeout(&self.addr, CLIENT_TIMEOUT);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
+    }
+}
+
+/// Serves one connection of a [`ScriptedServer`] until the client closes it or the server
+/// stops (checked at least every 200 ms).
+fn scripted_connection(mut conn: TcpStream, script: &std::sync::Mutex<Script>, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
         let mut s = script.lock().unwrap_or_else(|e| e.into_inner());
         s.received.extend_from_slice(&buf[..n]);
         drop(s);
@@ -290,6 +342,7 @@ fn scripted_connection(mut conn: TcpStream, script: &std::sync::Mutex<Script>) {
             if pending.len() < end + 4 + length {
                 break; // the body is still coming
             }
+            let body = pending[end + 4..end + 4 + length].to_vec();
             pending.drain(..end + 4 + length);
             let reply = {
                 let mut s = script.lock().unwrap_or_else(|e| e.into_inner());
@@ -297,6 +350,7 @@ fn scripted_connection(mut conn: TcpStream, script: &std::sync::Mutex<Script>) {
                 let reply = s.replies[n.min(s.replies.len() - 1)].clone();
                 *s.answered.entry(reply.status).or_default() += 1;
                 s.last_answer = Some(std::time::Instant::now());
+                s.bodies.push(body);
                 reply
             };
             let head = format!(
@@ -354,6 +408,16 @@ mod tests {
         assert_eq!((server.answered(400), server.answered(200)), (1, 2));
         assert!(server.received().contains("abc"));
         assert!(server.since_last_answer().is_some());
+        assert_eq!(server.bodies(), [b"abc".to_vec(), Vec::new(), Vec::new()]);
+        // Dropped: the port is closed, and a new server can take it again.
+        let port = server.addr().port();
+        drop(server);
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port still open"
+        );
+        let again = ScriptedServer::start_on(port, vec![Reply::new(200, "text/plain", "")]);
+        assert_eq!(again.unwrap().addr().port(), port);
     }
 
     #[test]
