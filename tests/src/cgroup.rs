@@ -345,28 +345,7 @@ impl TestCgroup {
     /// `cgroup.subtree_control`; left enabled afterwards) and writes
     /// `memory.max` (and `memory.swap.max` = 0 where it exists).
     pub fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
-        let dir = self.memory_dir();
-        let write = |file: &str, value: &str| {
-            let path = dir.join(file);
-            fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
-        };
-        let exists = |file: &str| dir.join(file).exists();
-        if self.v1_memory.is_some() {
-            write("memory.limit_in_bytes", &bytes.to_string())?;
-            if exists("memory.memsw.limit_in_bytes") {
-                write("memory.memsw.limit_in_bytes", &bytes.to_string())?;
-            }
-            // Not writable in some setups (e.g. the root's); swap is then
-            // limited by memsw above, or there is none.
-            let _ = write("memory.swappiness", "0");
-        } else {
-            enable_v2_controller(&self.v2, "memory")?;
-            write("memory.max", &bytes.to_string())?;
-            if exists("memory.swap.max") {
-                write("memory.swap.max", "0")?;
-            }
-        }
-        Ok(())
+        set_memory_limit_in(self.v1_memory.as_deref(), &self.v2, bytes)
     }
 
     /// How many of its processes the kernel OOM-killed so far: the `oom_kill`
@@ -404,18 +383,7 @@ impl TestCgroup {
     /// `cpu.max` = `"<quota_us> <period_us>"`. See
     /// [`Hierarchies::cpu_controller`] for whether either is possible.
     pub fn set_cpu_quota(&self, quota_us: u64, period_us: u64) -> io::Result<()> {
-        let dir = self.cpu_dir();
-        let write = |file: &str, value: &str| {
-            let path = dir.join(file);
-            fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
-        };
-        if self.v1_cpu.is_some() {
-            write("cpu.cfs_period_us", &period_us.to_string())?;
-            write("cpu.cfs_quota_us", &quota_us.to_string())
-        } else {
-            enable_v2_controller(&self.v2, "cpu")?;
-            write("cpu.max", &format!("{quota_us} {period_us}"))
-        }
+        set_cpu_quota_in(self.v1_cpu.as_deref(), &self.v2, quota_us, period_us)
     }
 
     /// Its CFS bandwidth counters, from `cpu.stat` of [`TestCgroup::cpu_dir`]
@@ -442,14 +410,78 @@ impl TestCgroup {
 /// cgroup v2 directory `dir`'s parent, unless it already is.
 fn enable_v2_controller(dir: &Path, controller: &str) -> io::Result<()> {
     let parent = dir.parent().ok_or_else(|| io::Error::other("no parent"))?;
-    let control = parent.join("cgroup.subtree_control");
-    let enabled =
-        fs::read_to_string(&control).map_err(|e| with_path(e, "cannot read", &control))?;
-    if enabled.split_whitespace().any(|c| c == controller) {
-        return Ok(());
+    // Every ancestor must pass the controller down (the top-level cgroups' parent is the
+    // root); from the top, stopping at the first one without `cgroup.subtree_control`
+    // above the hierarchy's root.
+    let mut chain: Vec<&Path> = parent
+        .ancestors()
+        .take_while(|a| a.join("cgroup.subtree_control").exists())
+        .collect();
+    chain.reverse();
+    for dir in chain {
+        let control = dir.join("cgroup.subtree_control");
+        let enabled =
+            fs::read_to_string(&control).map_err(|e| with_path(e, "cannot read", &control))?;
+        if enabled.split_whitespace().any(|c| c == controller) {
+            continue;
+        }
+        fs::write(&control, format!("+{controller}"))
+            .map_err(|e| with_path(e, &format!("cannot write +{controller} to"), &control))?;
     }
-    fs::write(&control, format!("+{controller}"))
-        .map_err(|e| with_path(e, &format!("cannot write +{controller} to"), &control))
+    Ok(())
+}
+
+/// Limits the cgroup whose v1 memory directory is `v1_memory` (hybrid machines) or whose v2
+/// directory is `v2` to `bytes` without swap (see [`TestCgroup::set_memory_limit`]).
+pub(crate) fn set_memory_limit_in(
+    v1_memory: Option<&Path>,
+    v2: &Path,
+    bytes: u64,
+) -> io::Result<()> {
+    let dir = v1_memory.unwrap_or(v2);
+    let write = |file: &str, value: &str| {
+        let path = dir.join(file);
+        fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
+    };
+    let exists = |file: &str| dir.join(file).exists();
+    if v1_memory.is_some() {
+        write("memory.limit_in_bytes", &bytes.to_string())?;
+        if exists("memory.memsw.limit_in_bytes") {
+            write("memory.memsw.limit_in_bytes", &bytes.to_string())?;
+        }
+        // Not writable in some setups (e.g. the root's); swap is then
+        // limited by memsw above, or there is none.
+        let _ = write("memory.swappiness", "0");
+    } else {
+        enable_v2_controller(v2, "memory")?;
+        write("memory.max", &bytes.to_string())?;
+        if exists("memory.swap.max") {
+            write("memory.swap.max", "0")?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the cgroup whose v1 cpu directory is `v1_cpu` (hybrid machines) or whose v2
+/// directory is `v2` a CFS quota (see [`TestCgroup::set_cpu_quota`]).
+pub(crate) fn set_cpu_quota_in(
+    v1_cpu: Option<&Path>,
+    v2: &Path,
+    quota_us: u64,
+    period_us: u64,
+) -> io::Result<()> {
+    let dir = v1_cpu.unwrap_or(v2);
+    let write = |file: &str, value: &str| {
+        let path = dir.join(file);
+        fs::write(&path, value).map_err(|e| with_path(e, "cannot write to", &path))
+    };
+    if v1_cpu.is_some() {
+        write("cpu.cfs_period_us", &period_us.to_string())?;
+        write("cpu.cfs_quota_us", &quota_us.to_string())
+    } else {
+        enable_v2_controller(v2, "cpu")?;
+        write("cpu.max", &format!("{quota_us} {period_us}"))
+    }
 }
 
 /// The number after `key` in `key value` lines (`memory.events`,

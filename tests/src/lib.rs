@@ -56,6 +56,7 @@ pub mod nested;
 pub mod net;
 pub mod nft;
 pub mod process;
+pub mod prometheus;
 
 use std::path::Path;
 

@@ -38,6 +38,8 @@ pub struct NestedCgroup {
     v1: Vec<PathBuf>,
     /// Its directory in the v1 cpu hierarchy (also in `v1`), if any.
     v1_cpu: Option<PathBuf>,
+    /// Its directory in the v1 memory hierarchy (also in `v1`), if any.
+    v1_memory: Option<PathBuf>,
     /// The directories it created, in the order it created them.
     created: Vec<Created>,
     /// The record file listing `created`.
@@ -114,6 +116,7 @@ impl NestedCgroup {
             v2: PathBuf::new(),
             v1: Vec::new(),
             v1_cpu: None,
+            v1_memory: None,
             created: Vec::new(),
             record,
             id: 0,
@@ -140,6 +143,9 @@ impl NestedCgroup {
             } else {
                 if hierarchies.v1_cpu.as_ref() == Some(root) {
                     cgroup.v1_cpu = Some(dir.clone());
+                }
+                if hierarchies.v1_memory.as_ref() == Some(root) {
+                    cgroup.v1_memory = Some(dir.clone());
                 }
                 cgroup.v1.push(dir);
             }
@@ -179,6 +185,19 @@ impl NestedCgroup {
     /// Its directory in the v1 cpu hierarchy (hybrid machines only).
     pub fn v1_cpu_path(&self) -> Option<&Path> {
         self.v1_cpu.as_deref()
+    }
+
+    /// Limits it to `quota_us` of CPU time every `period_us`, as
+    /// [`TestCgroup::set_cpu_quota`](crate::TestCgroup::set_cpu_quota) (on v2, every
+    /// ancestor passes the cpu controller down).
+    pub fn set_cpu_quota(&self, quota_us: u64, period_us: u64) -> io::Result<()> {
+        crate::cgroup::set_cpu_quota_in(self.v1_cpu.as_deref(), &self.v2, quota_us, period_us)
+    }
+
+    /// Limits its memory to `bytes` without swap, as
+    /// [`TestCgroup::set_memory_limit`](crate::TestCgroup::set_memory_limit).
+    pub fn set_memory_limit(&self, bytes: u64) -> io::Result<()> {
+        crate::cgroup::set_memory_limit_in(self.v1_memory.as_deref(), &self.v2, bytes)
     }
 
     /// Its directories in all hierarchies: v2 first, then v1 ones if any.

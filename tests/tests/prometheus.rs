@@ -12,10 +12,11 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nodesat_tests::prometheus::{Prometheus, prometheus_bin};
 use nodesat_tests::{
     Agent, Report, TestCgroup, TestProcess, allowed_cpus, free_port, http_get, load_bin,
     online_cpus, skip, skip_if_unprivileged, spawn_in,
@@ -25,126 +26,11 @@ use serde_json::Value;
 const TEST: &str = "prometheus_scrapes_the_agent";
 /// The agent's collection interval, and Prometheus' scrape interval.
 const INTERVAL: &str = "2s";
-const SCRAPE: &str = "1s";
 /// Samples this close to a report's collection are not checked: they may come from either
 /// side of it.
 const MARGIN_S: f64 = 0.3;
 /// Reports taken once Prometheus scrapes the agent.
 const REPORTS: usize = 4;
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A Prometheus server on loopback scraping `target` every second, with its own config and
-/// data directory; stopped (SIGTERM, then SIGKILL) and its directory removed on drop, its log
-/// printed when the test failed.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(bin: &Path, target: SocketAddr) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: {SCRAPE}\n  scrape_timeout: {SCRAPE}\n\
-                 scrape_configs:\n  - job_name: nodesat\n    static_configs:\n      \
-                 - targets: [\"{target}\"]\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        eprintln!(
-            "started {} (pid {}) on {addr}, scraping {target} every {SCRAPE}",
-            bin.display(),
-            child.id()
-        );
-        Self { child, addr, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// `data` of a successful API answer.
-    fn api(&self, path_and_query: &str) -> Value {
-        let (status, body) = http_get(self.addr, path_and_query)
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
-        let json: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("GET {path_and_query}: {status} {e}: {body}"));
-        assert_eq!(json["status"], "success", "GET {path_and_query}: {body}");
-        json["data"].clone()
-    }
-
-    /// The result of a PromQL query, evaluated now.
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let data = self.api(&format!("/api/v1/query?query={}", percent_encode(promql)));
-        data["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Waits for the server, then for its first scrape of the target; the target's state.
-    fn wait_for_target(&self, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let up = matches!(http_get(self.addr, "/-/ready"), Ok((200, _)));
-            if up {
-                let targets = self.api("/api/v1/targets");
-                if let Some(t) = targets["activeTargets"].as_array().and_then(|a| a.first())
-                    && t["health"] != "unknown"
-                {
-                    return t.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus did not scrape the target within {timeout:?}; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("Prometheus log:\n{}", self.log());
-        }
-    }
-}
 
 /// One series of a range selector: its labels and raw samples (time in seconds, value).
 type Series = (serde_json::Map<String, Value>, Vec<(f64, f64)>);
@@ -266,14 +152,6 @@ impl Hog {
             cgroup,
         }
     }
-}
-
-fn prometheus_bin() -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("prometheus"))
-        .find(|p| p.is_file())
 }
 
 #[test]
