@@ -5,9 +5,10 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 22] = [
+pub const OFFSETS: [(&str, &str, &str); 23] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
+    (SOCK_STATE, "sock", "__sk_common.skc_state"),
     (CGROUP_KN, "cgroup", "kn"),
     (KERNFS_NODE_ID, "kernfs_node", "id"),
     (TASK_CGROUPS, "task_struct", "cgroups"),
@@ -30,11 +31,23 @@ pub const OFFSETS: [(&str, &str, &str); 22] = [
     (TASK_GROUP_CGROUP, "task_group", "css.cgroup"),
 ];
 
+/// Tracepoint arguments found by name in the kernel's BTF (the parameters of the
+/// `__bpf_trace_<event>` function): (global, event, parameter, the index the programs read it
+/// at). The global holds that index where the kernel has the parameter there (as tp_btf and
+/// raw programs number arguments, `__data` not counted), else 0 (no index of interest is 0);
+/// the agent warns when the parameter exists at another index.
+pub const TRACEPOINT_ARGS: [(&str, &str, &str, u32); 1] =
+    [(RETRANSMIT_ERR_ARG, "tcp_retransmit_skb", "err", 2)];
+
+/// `tcp_retransmit_skb(sk, skb, err)`: `err` since 6.17 (index 2), absent before.
+pub const RETRANSMIT_ERR_ARG: &str = "ARG_RETRANSMIT_ERR";
+
 /// Bitfields: the global holds the member's offset in *bits* from the start of the struct.
 pub const BIT_OFFSETS: [(&str, &str, &str); 1] = [(TASK_IN_IOWAIT_BIT, "task_struct", "in_iowait")];
 
 pub const SOCK_CGROUP: &str = "OFF_SOCK_CGROUP";
 pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
+pub const SOCK_STATE: &str = "OFF_SOCK_STATE";
 pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
 pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";

@@ -12,6 +12,12 @@ pub const RETRANSMITS_MAX_ENTRIES: u32 = 8192;
 /// `kind` values.
 pub const KIND_DATA: u8 = 0;
 pub const KIND_SYNACK: u8 = 1;
+/// A client's SYN, retransmitted by `tcp_retransmit_skb` while the socket is in
+/// [`TCP_SYN_SENT`].
+pub const KIND_SYN: u8 = 2;
+
+/// `TCP_SYN_SENT` in the kernel's `enum tcp_state` (fixed by the ABI: `/proc/net/tcp` shows it).
+pub const TCP_SYN_SENT: u8 = 2;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -25,9 +31,13 @@ pub struct TcpKey {
     pub cgroup: u64,
     /// `AF_INET` or `AF_INET6` (0 if unknown).
     pub family: u16,
-    /// [`KIND_DATA`] or [`KIND_SYNACK`].
+    /// [`KIND_DATA`], [`KIND_SYN`] or [`KIND_SYNACK`].
     pub kind: u8,
-    pub _pad: [u8; 5],
+    /// The tracepoint's `err`, negated (`EBUSY` is 16), where the kernel has that argument
+    /// (6.17 and later fire the tracepoint for failed attempts too); 0 for a segment sent, and
+    /// on older kernels, whose tracepoint fires only then. 255 stands for any larger errno.
+    pub errno: u8,
+    pub _pad: [u8; 4],
 }
 
 crate::user_pod!(TcpKey);
@@ -36,6 +46,10 @@ crate::user_pod!(TcpKey);
 pub const GLOBAL_TP_RETRANSMIT_SKADDR: &str = "TP_RETRANSMIT_SKADDR";
 pub const GLOBAL_TP_RETRANSMIT_SKBADDR: &str = "TP_RETRANSMIT_SKBADDR";
 pub const GLOBAL_TP_RETRANSMIT_FAMILY: &str = "TP_RETRANSMIT_FAMILY";
+/// `err` and `state` of `tcp_retransmit_skb`'s record (0 where the kernel's record has none:
+/// `err` came with 6.17, `state` with 4.16).
+pub const GLOBAL_TP_RETRANSMIT_ERR: &str = "TP_RETRANSMIT_ERR";
+pub const GLOBAL_TP_RETRANSMIT_STATE: &str = "TP_RETRANSMIT_STATE";
 pub const GLOBAL_TP_SYNACK_SKADDR: &str = "TP_SYNACK_SKADDR";
 pub const GLOBAL_TP_SYNACK_FAMILY: &str = "TP_SYNACK_FAMILY";
 

@@ -310,6 +310,7 @@ mod tests {
                         kind: "data",
                         count: i,
                     }],
+                    tcp_retransmit_failures: Vec::new(),
                     oom_kills: 0,
                     iowait_ns: 1_500_000,
                     throttling: (i == 0).then_some(Throttling {

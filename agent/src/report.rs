@@ -48,8 +48,12 @@ pub struct CgroupReport {
     #[serde(flatten)]
     pub identity: Identity,
     pub runqueue: RunqueueFigures,
-    /// TCP retransmits by sockets this cgroup owns, by address family and kind.
+    /// TCP retransmits by sockets this cgroup owns, by address family and kind: the segments
+    /// the kernel counts in `RetransSegs`.
     pub tcp_retransmits: Vec<TcpRetransmits>,
+    /// Retransmit attempts of its sockets that failed before anything was sent (not in
+    /// `RetransSegs`), by family and error; seen on kernels 6.17 and later only.
+    pub tcp_retransmit_failures: Vec<TcpRetransmitFailures>,
     /// Processes of this cgroup killed by the OOM killer.
     pub oom_kills: u64,
     /// Time its tasks spent blocked waiting for I/O, ns.
@@ -125,6 +129,7 @@ impl CgroupReport {
             identity: Identity::unknown(),
             runqueue: RunqueueFigures::default(),
             tcp_retransmits: Vec::new(),
+            tcp_retransmit_failures: Vec::new(),
             oom_kills: 0,
             iowait_ns: 0,
             throttling: None,
@@ -155,6 +160,16 @@ impl Merge for CgroupReport {
             {
                 Some(m) => m.count += r.count,
                 None => self.tcp_retransmits.push(r),
+            }
+        }
+        for r in o.tcp_retransmit_failures {
+            match self
+                .tcp_retransmit_failures
+                .iter_mut()
+                .find(|m| (m.family, m.error) == (r.family, r.error))
+            {
+                Some(m) => m.count += r.count,
+                None => self.tcp_retransmit_failures.push(r),
             }
         }
         self.oom_kills += o.oom_kills;
@@ -191,8 +206,21 @@ impl Merge for CgroupReport {
 pub struct TcpRetransmits {
     /// "ipv4", "ipv6" (or "unknown").
     pub family: &'static str,
-    /// "data" (tcp_retransmit_skb) or "synack" (tcp_retransmit_synack).
+    /// "data" (tcp_retransmit_skb), "syn" (tcp_retransmit_skb of a client's SYN, the socket in
+    /// SYN_SENT) or "synack" (tcp_retransmit_synack, on the listener).
     pub kind: &'static str,
+    pub count: u64,
+}
+
+/// Retransmit attempts that failed before anything was sent, which the kernel does not count
+/// as retransmitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcpRetransmitFailures {
+    /// "ipv4", "ipv6" (or "unknown").
+    pub family: &'static str,
+    /// The error: "EBUSY" (the original still in the host's queues), "EAGAIN" (beyond the
+    /// peer's window), "ENOMEM", "EHOSTUNREACH" (no route), "EINVAL" (already acknowledged).
+    pub error: &'static str,
     pub count: u64,
 }
 

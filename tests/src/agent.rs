@@ -229,6 +229,10 @@ pub struct CgroupReport {
     /// TCP retransmits of its sockets, by family and kind (empty when none).
     #[serde(default, deserialize_with = "null_as_default")]
     pub tcp_retransmits: Vec<TcpRetransmits>,
+    /// Retransmit attempts of its sockets that failed before anything was sent, by family and
+    /// error (empty when none, and on kernels before 6.17).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tcp_retransmit_failures: Vec<TcpRetransmitFailures>,
     /// Processes of it the kernel OOM-killed.
     #[serde(default, deserialize_with = "null_as_default")]
     pub oom_kills: u64,
@@ -278,9 +282,18 @@ pub struct Throttling {
 pub struct TcpRetransmits {
     /// `"ipv4"` or `"ipv6"`.
     pub family: String,
-    /// `"data"` (retransmitted segments, SYNs included) or `"synack"`
-    /// (SYN-ACKs a listener retransmitted).
+    /// `"data"` (retransmitted segments), `"syn"` (a client's SYNs) or
+    /// `"synack"` (SYN-ACKs a listener retransmitted).
     pub kind: String,
+    pub count: u64,
+}
+
+/// Failed retransmit attempts of one family and error, in a [`CgroupReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TcpRetransmitFailures {
+    pub family: String,
+    /// `"EBUSY"`, `"EAGAIN"`, `"ENOMEM"`, `"EHOSTUNREACH"`, `"EINVAL"`.
+    pub error: String,
     pub count: u64,
 }
 

@@ -62,8 +62,8 @@ use std::path::Path;
 
 pub use agent::{
     Agent, CgroupReport, CpuReport, DiskReport, NodeTotals, OomKill, ProbeReport, Ready, Report,
-    RunqueueStats, Sources, Stopped, TcpRetransmits, Throttling, agent_bin, agent_command,
-    clear_agent_env,
+    RunqueueStats, Sources, Stopped, TcpRetransmitFailures, TcpRetransmits, Throttling, agent_bin,
+    agent_command, clear_agent_env,
 };
 pub use block::{
     BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,
@@ -71,7 +71,9 @@ pub use block::{
 pub use cgroup::{CgroupDirs, CpuController, CpuStat, MemoryController, TestCgroup};
 pub use http::{HttpServer, Reply, ScriptedServer, free_port, http_get};
 pub use nested::NestedCgroup;
-pub use net::{active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet};
+pub use net::{
+    NetnsPair, Side, active_tcp_sockets, proc_net_counter, tcp_retrans_segs, wait_tcp_quiet,
+};
 pub use nft::{NftRule, NftTable, nft_available};
 pub use process::{
     TestProcess, logged_output_within, output_within, proc_status_kib, spawn_in, try_output_within,

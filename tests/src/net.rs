@@ -130,3 +130,183 @@ Udp: 1 2
         assert!(active_sockets_in(tcp6, &[40000]).is_empty());
     }
 }
+
+/// A side of a [`NetnsPair`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// Two network namespaces, as two pods have, joined by a veth pair: the client side has
+/// `10.251.<n>.1/30`, the server side `.2`, each with its loopback up. Dropping it deletes
+/// both namespaces, and with them the veth pair and the qdiscs on it.
+pub struct NetnsPair {
+    names: [String; 2],
+    devices: [String; 2],
+    addrs: [std::net::Ipv4Addr; 2],
+}
+
+impl NetnsPair {
+    pub fn create() -> io::Result<NetnsPair> {
+        let pid = std::process::id();
+        let n = (pid % 250) as u8 + 1;
+        let pair = NetnsPair {
+            names: [format!("nodesat-{pid}-c"), format!("nodesat-{pid}-s")],
+            // Interface names have at most 15 bytes.
+            devices: [format!("nsc{pid}"), format!("nss{pid}")],
+            addrs: [
+                std::net::Ipv4Addr::new(10, 251, n, 1),
+                std::net::Ipv4Addr::new(10, 251, n, 2),
+            ],
+        };
+        let [c, s] = &pair.names;
+        let [dc, ds] = &pair.devices;
+        run_ip(&["netns", "add", c])?;
+        run_ip(&["netns", "add", s])?;
+        run_ip(&[
+            "link", "add", dc, "netns", c, "type", "veth", "peer", "name", ds, "netns", s,
+        ])?;
+        for side in [Side::Client, Side::Server] {
+            let (ns, dev) = (pair.name(side), pair.device(side));
+            let addr = format!("{}/30", pair.addr(side));
+            run_ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
+            run_ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            run_ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(pair)
+    }
+
+    fn index(side: Side) -> usize {
+        match side {
+            Side::Client => 0,
+            Side::Server => 1,
+        }
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self, side: Side) -> &str {
+        &self.names[Self::index(side)]
+    }
+
+    pub fn device(&self, side: Side) -> &str {
+        &self.devices[Self::index(side)]
+    }
+
+    pub fn addr(&self, side: Side) -> std::net::Ipv4Addr {
+        self.addrs[Self::index(side)]
+    }
+
+    /// Limits what `side` sends to `rate` (tc syntax, e.g. `80kbit`) with an htb qdisc on its
+    /// veth: what exceeds it waits in the sender's own queue.
+    pub fn shape(&self, side: Side, rate: &str) -> io::Result<()> {
+        let (ns, dev) = (self.name(side), self.device(side));
+        run_tc(&[
+            "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1",
+        ])?;
+        run_tc(&[
+            "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate",
+            rate, "ceil", rate, "burst", "1600",
+        ])
+    }
+
+    /// Sets `side`'s veth up or down (down: what the other side sends is lost).
+    pub fn set_link(&self, side: Side, up: bool) -> io::Result<()> {
+        let state = if up { "up" } else { "down" };
+        run_ip(&[
+            "-n",
+            self.name(side),
+            "link",
+            "set",
+            self.device(side),
+            state,
+        ])
+    }
+
+    /// Loads an nftables ruleset (`nft -f -` syntax) into `side`'s namespace; it goes when
+    /// the namespace does.
+    pub fn nft(&self, side: Side, ruleset: &str) -> io::Result<()> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", self.name(side), "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(ruleset.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "nft -f - in {}: {}",
+                self.name(side),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Counter `group`:`name` of `file` (`/proc/net/snmp`, `/proc/net/netstat`) in `side`'s
+    /// namespace: the kernel keeps these per network namespace.
+    pub fn counter(&self, side: Side, file: &str, group: &str, name: &str) -> io::Result<u64> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", self.name(side), "cat", file])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "ip netns exec {} cat {file}: {}",
+                self.name(side),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_counter(&text, group, name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no counter {group}:{name} in {file} of {}", self.name(side)),
+            )
+        })
+    }
+
+    /// `program args…` to run in `side`'s namespace (`ip netns exec`, which execs it: the
+    /// process keeps its pid and cgroup).
+    pub fn command(&self, side: Side, program: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", self.name(side)]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            if let Err(e) = run_ip(&["netns", "del", ns]) {
+                eprintln!("warning: deleting network namespace {ns}: {e}");
+            }
+        }
+    }
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new(tool).args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn run_ip(args: &[&str]) -> io::Result<()> {
+    run_tool("ip", args)
+}
+
+fn run_tc(args: &[&str]) -> io::Result<()> {
+    run_tool("tc", args)
+}

@@ -1,6 +1,6 @@
 //! TCP retransmits: the agent must count each one on the cgroup of the
 //! process that owns the socket, by family (ipv4/ipv6) and kind
-//! (data/synack), and its node totals must agree with the kernel's
+//! (data/syn/synack), and its node totals must agree with the kernel's
 //! `RetransSegs` counter.
 //!
 //! Cgroup `client` runs the clients and cgroup `server` the servers of three
@@ -319,6 +319,9 @@ fn check_counts(reports: &[Report], client: &TestCgroup, server: &TestCgroup, ke
     expect_some(server, "server", "ipv4", "data");
     expect_some(server, "server", "ipv6", "data");
     expect_some(server, "server", "ipv4", "synack");
+    // The handshake client's SYN went unanswered while SYN-ACKs were dropped: it retransmitted
+    // it (kind syn, not data).
+    expect_some(client, "client", "ipv4", "syn");
     for family in ["ipv4", "ipv6"] {
         assert_eq!(
             get(&sums, client.id(), family, "synack"),

@@ -14,6 +14,8 @@ static OFF_SOCK_CGROUP: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_SOCK_FAMILY: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
+static OFF_SOCK_STATE: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
 static OFF_CGROUP_KN: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u32 = UNKNOWN;
@@ -80,6 +82,12 @@ fn cgroup_id(cgroup: u64) -> Option<u64> {
 #[inline(always)]
 pub fn sock_cgroup_id(sk: u64) -> Option<u64> {
     cgroup_id(read(sk, &OFF_SOCK_CGROUP)?)
+}
+
+/// `sk->__sk_common.skc_state` (`enum tcp_state` for a TCP socket).
+#[inline(always)]
+pub fn sock_state(sk: u64) -> Option<u8> {
+    read(sk, &OFF_SOCK_STATE)
 }
 
 /// `sk->__sk_common.skc_family`.

@@ -102,9 +102,10 @@ impl Collector {
             entry(&mut cgroups, id).runqueue = figures;
         }
         let mut node = NodeTotals::default();
-        for (id, counts) in retransmits {
+        for (id, figures) in retransmits {
             let c = entry(&mut cgroups, id);
-            c.tcp_retransmits = counts;
+            c.tcp_retransmits = figures.retransmits;
+            c.tcp_retransmit_failures = figures.failures;
             node.tcp_retransmits += c.retransmits();
         }
         for (id, kills) in oom_kills {

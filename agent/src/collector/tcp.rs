@@ -1,12 +1,25 @@
-//! TCP retransmit collection: deltas of `TCP_RETRANSMITS` per (cgroup, family, kind).
+//! TCP retransmit collection: deltas of `TCP_RETRANSMITS` per (cgroup, family, kind, errno),
+//! split into the segments the kernel counts as retransmitted (`RetransSegs`) and the
+//! attempts it does not count, which failed before anything was sent.
 
 use std::collections::BTreeMap;
 
-use agent_ebpf::tcp::{AF_INET, AF_INET6, KIND_SYNACK, MAP_RETRANSMITS, TcpKey};
+use agent_ebpf::tcp::{AF_INET, AF_INET6, KIND_SYN, KIND_SYNACK, MAP_RETRANSMITS, TcpKey};
 use aya::Ebpf;
 
 use super::maps;
-use crate::{core::counters::Snapshot, probes::ProbeError, report::TcpRetransmits};
+use crate::{
+    core::counters::Snapshot,
+    probes::ProbeError,
+    report::{TcpRetransmitFailures, TcpRetransmits},
+};
+
+/// One cgroup's TCP figures in an interval.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TcpFigures {
+    pub retransmits: Vec<TcpRetransmits>,
+    pub failures: Vec<TcpRetransmitFailures>,
+}
 
 #[derive(Debug, Default)]
 pub struct Tcp {
@@ -37,11 +50,8 @@ impl Tcp {
         Ok(())
     }
 
-    /// Retransmits per cgroup in the interval.
-    pub fn collect(
-        &mut self,
-        ebpf: &Ebpf,
-    ) -> Result<BTreeMap<u64, Vec<TcpRetransmits>>, ProbeError> {
+    /// Retransmits and failed attempts per cgroup in the interval.
+    pub fn collect(&mut self, ebpf: &Ebpf) -> Result<BTreeMap<u64, TcpFigures>, ProbeError> {
         let cur = self.read(ebpf)?;
         let per_cgroup = summarize(&cur, &self.prev);
         self.prev = cur;
@@ -70,30 +80,82 @@ pub fn family_name(family: u16) -> &'static str {
 }
 
 pub fn kind_name(kind: u8) -> &'static str {
-    if kind == KIND_SYNACK {
-        "synack"
-    } else {
-        "data"
+    match kind {
+        KIND_SYNACK => "synack",
+        KIND_SYN => "syn",
+        _ => "data",
     }
 }
 
-/// Groups the interval's deltas by cgroup, sorted by family then kind (pure).
+/// Errnos with which `__tcp_retransmit_skb` returns before it counts `RetransSegs` (kernels
+/// 6.17 and later fire the tracepoint for these too; older ones fire it only for a segment
+/// sent): the original still in the host's queues (`EBUSY`), beyond the peer's window
+/// (`EAGAIN`), no memory to split or trim it (`ENOMEM`), no route (`EHOSTUNREACH`), already
+/// acknowledged (`EINVAL`). An error from the send itself (`EPERM` from a netfilter drop on
+/// output, `ENOBUFS` from a full queue) comes after the count: the kernel counts that segment
+/// as retransmitted, and so does nodesat.
+const NOT_SENT: [nix::errno::Errno; 5] = {
+    use nix::errno::Errno::*;
+    [EBUSY, EAGAIN, ENOMEM, EHOSTUNREACH, EINVAL]
+};
+
+/// Whether the kernel counted this event in `RetransSegs` (errno 0: it was sent).
+pub fn counted_by_kernel(errno: u8) -> bool {
+    errno == 0 || !NOT_SENT.contains(&nix::errno::Errno::from_raw(i32::from(errno)))
+}
+
+/// The name of an errno (`EBUSY`), or `errno <n>` for one this system does not name.
+pub fn errno_name(errno: u8) -> &'static str {
+    match nix::errno::Errno::from_raw(i32::from(errno)) {
+        nix::errno::Errno::EBUSY => "EBUSY",
+        nix::errno::Errno::EAGAIN => "EAGAIN",
+        nix::errno::Errno::ENOMEM => "ENOMEM",
+        nix::errno::Errno::EHOSTUNREACH => "EHOSTUNREACH",
+        nix::errno::Errno::EINVAL => "EINVAL",
+        _ => "other",
+    }
+}
+
+/// Groups the interval's deltas by cgroup, sorted by family then kind (then error) (pure).
 pub fn summarize(
     cur: &Snapshot<TcpKey, u64>,
     prev: &Snapshot<TcpKey, u64>,
-) -> BTreeMap<u64, Vec<TcpRetransmits>> {
-    let mut per_cgroup: BTreeMap<u64, Vec<TcpRetransmits>> = BTreeMap::new();
+) -> BTreeMap<u64, TcpFigures> {
+    let mut per_cgroup: BTreeMap<u64, TcpFigures> = BTreeMap::new();
     let mut deltas: Vec<(TcpKey, u64)> = cur.delta_since(prev).into_iter().collect();
-    deltas.sort_by_key(|(k, _)| (k.cgroup, k.family, k.kind));
+    deltas.sort_by_key(|(k, _)| (k.cgroup, k.family, k.kind, k.errno));
     for (key, count) in deltas {
-        per_cgroup
-            .entry(key.cgroup)
-            .or_default()
-            .push(TcpRetransmits {
-                family: family_name(key.family),
-                kind: kind_name(key.kind),
-                count,
-            });
+        let figures = per_cgroup.entry(key.cgroup).or_default();
+        let family = family_name(key.family);
+        if counted_by_kernel(key.errno) {
+            let kind = kind_name(key.kind);
+            match figures
+                .retransmits
+                .iter_mut()
+                .find(|r| (r.family, r.kind) == (family, kind))
+            {
+                Some(r) => r.count += count,
+                None => figures.retransmits.push(TcpRetransmits {
+                    family,
+                    kind,
+                    count,
+                }),
+            }
+        } else {
+            let error = errno_name(key.errno);
+            match figures
+                .failures
+                .iter_mut()
+                .find(|r| (r.family, r.error) == (family, error))
+            {
+                Some(r) => r.count += count,
+                None => figures.failures.push(TcpRetransmitFailures {
+                    family,
+                    error,
+                    count,
+                }),
+            }
+        }
     }
     per_cgroup
 }
@@ -104,12 +166,21 @@ mod tests {
     use agent_ebpf::tcp::KIND_DATA;
 
     fn key(cgroup: u64, family: u16, kind: u8) -> TcpKey {
+        failed(cgroup, family, kind, 0)
+    }
+
+    fn failed(cgroup: u64, family: u16, kind: u8, errno: u8) -> TcpKey {
         TcpKey {
             cgroup,
             family,
             kind,
-            _pad: [0; 5],
+            errno,
+            _pad: [0; 4],
         }
+    }
+
+    fn triples(r: &[TcpRetransmits]) -> Vec<(&str, &str, u64)> {
+        r.iter().map(|r| (r.family, r.kind, r.count)).collect()
     }
 
     #[test]
@@ -119,12 +190,54 @@ mod tests {
             (key(5, AF_INET, KIND_DATA), vec![5u64, 2]),
             (key(5, AF_INET6, KIND_SYNACK), vec![0, 1]),
             (key(9, AF_INET6, KIND_DATA), vec![4, 0]),
+            (key(9, AF_INET6, KIND_SYN), vec![1, 1]),
         ]);
         let s = summarize(&cur, &prev);
-        let five: Vec<(&str, &str, u64)> =
-            s[&5].iter().map(|r| (r.family, r.kind, r.count)).collect();
-        assert_eq!(five, vec![("ipv4", "data", 3), ("ipv6", "synack", 1)]);
-        assert_eq!(s[&9][0].count, 4);
-        assert_eq!(s[&9][0].family, "ipv6");
+        assert_eq!(
+            triples(&s[&5].retransmits),
+            vec![("ipv4", "data", 3), ("ipv6", "synack", 1)]
+        );
+        assert_eq!(
+            triples(&s[&9].retransmits),
+            vec![("ipv6", "data", 4), ("ipv6", "syn", 2)]
+        );
+        assert!(s[&5].failures.is_empty());
+    }
+
+    #[test]
+    fn attempts_the_kernel_did_not_count_are_failures_apart() {
+        use nix::errno::Errno;
+        let e = |x: Errno| x as i32 as u8;
+        let cur = Snapshot::from_per_cpu([
+            (key(5, AF_INET, KIND_DATA), vec![7u64, 0]),
+            // Returned before RetransSegs: failures, by error.
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EBUSY)), vec![3, 1]),
+            (failed(5, AF_INET, KIND_SYN, e(Errno::EBUSY)), vec![1, 0]),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EAGAIN)), vec![2, 0]),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOMEM)), vec![0, 1]),
+            (
+                failed(5, AF_INET, KIND_DATA, e(Errno::EHOSTUNREACH)),
+                vec![1, 0],
+            ),
+            // Failed in the send, after the kernel counted it: a retransmit.
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EPERM)), vec![2, 0]),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOBUFS)), vec![0, 1]),
+        ]);
+        let s = summarize(&cur, &Snapshot::default());
+        assert_eq!(triples(&s[&5].retransmits), vec![("ipv4", "data", 10)]);
+        let failures: Vec<(&str, &str, u64)> = s[&5]
+            .failures
+            .iter()
+            .map(|r| (r.family, r.error, r.count))
+            .collect();
+        assert_eq!(
+            failures,
+            vec![
+                ("ipv4", "EAGAIN", 2),
+                ("ipv4", "ENOMEM", 1),
+                ("ipv4", "EBUSY", 5),
+                ("ipv4", "EHOSTUNREACH", 1),
+            ]
+        );
     }
 }

@@ -128,7 +128,16 @@ pub const TCP_RETRANSMITS: MetricDef = m(
     Workload,
     Value::Int,
     &["network.type", "nodesat.tcp.retransmit.kind"],
-    "TCP segments retransmitted by sockets the workload owns; `network.type` is `ipv4` or `ipv6`, `nodesat.tcp.retransmit.kind` is `data` or `synack`.",
+    "TCP segments retransmitted by sockets the workload owns, as the kernel's `RetransSegs` counts them in the socket's network namespace; `network.type` is `ipv4` or `ipv6`, `nodesat.tcp.retransmit.kind` is `data`, `syn` (a client's SYN) or `synack` (a listener's SYN-ACK).",
+);
+pub const TCP_RETRANSMIT_FAILURES: MetricDef = m(
+    "nodesat.tcp.retransmit.failures",
+    "{attempt}",
+    Counter,
+    Workload,
+    Value::Int,
+    &["network.type", "error.type"],
+    "Retransmit attempts of the workload's sockets that failed before anything was sent, which `nodesat.tcp.retransmits` and the kernel's `RetransSegs` leave out; `error.type` is `EBUSY` (the original still in the host's queues), `EAGAIN` (beyond the peer's window), `ENOMEM`, `EHOSTUNREACH` (no route) or `EINVAL` (already acknowledged). Kernels 6.17 and later only (older ones do not report failed attempts).",
 );
 pub const OOM_KILLS: MetricDef = m(
     "nodesat.memory.oom_kills",
@@ -313,6 +322,7 @@ pub const CATALOG: &[MetricDef] = &[
     RUNQUEUE_WAIT_TIME,
     RUNQUEUE_LENGTH,
     TCP_RETRANSMITS,
+    TCP_RETRANSMIT_FAILURES,
     OOM_KILLS,
     IO_WAIT_TIME,
     DISK_IO_LATENCY,

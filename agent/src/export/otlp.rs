@@ -538,6 +538,16 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
             Obs::Delta(r.count),
         ));
     }
+    for r in &c.tcp_retransmit_failures {
+        v.push((
+            cat::TCP_RETRANSMIT_FAILURES,
+            vec![
+                ("network.type", r.family.to_owned()),
+                ("error.type", r.error.to_owned()),
+            ],
+            Obs::Delta(r.count),
+        ));
+    }
     if let Some(t) = &c.throttling {
         v.push((cat::CPU_PERIODS, Vec::new(), Obs::Delta(t.periods)));
         v.push((

@@ -82,6 +82,39 @@ impl KernelBtf {
             })
     }
 
+    /// The index of parameter `name` of tracepoint `event`, as a tp_btf or raw tracepoint
+    /// program's `ctx.arg(i)` numbers it. Taken from the kernel function that runs BPF
+    /// programs for the event, `__bpf_trace_<event>(void *__data, <the event's arguments>)`
+    /// (or the perf and ftrace handlers with the same parameters), whose BTF names its
+    /// parameters; the `btf_trace_<event>` typedef's prototype has the types only. `None` when
+    /// the event has no parameter of that name, or BTF has none of these functions.
+    pub fn tracepoint_arg(&self, event: &str, name: &str) -> Option<u32> {
+        let handlers = [
+            format!("__bpf_trace_{event}"),
+            format!("__traceiter_{event}"),
+            format!("trace_event_raw_event_{event}"),
+        ];
+        let proto = handlers.iter().find_map(|h| {
+            self.btf
+                .resolve_types_by_name(h)
+                .ok()?
+                .into_iter()
+                .find_map(|t| match t {
+                    Type::Func(f) => match self.btf.resolve_chained_type(&f).ok()? {
+                        Type::FuncProto(p) => Some(p),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+        })?;
+        let position = proto
+            .parameters
+            .iter()
+            .position(|p| self.btf.resolve_name(p).is_ok_and(|n| n == name))?;
+        // The first parameter, `__data`, is not among the program's arguments.
+        u32::try_from(position).ok()?.checked_sub(1)
+    }
+
     /// Finds a member by name, looking inside anonymous structs and unions; returns its bit
     /// offset from the start of `ty` and its type.
     fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, Type)> {
@@ -131,6 +164,29 @@ mod tests {
     /// Offsets that have been the same across 6.x kernels on x86_64 cannot be asserted
     /// portably; what can: members resolve, nested and anonymous paths add up, and unknown
     /// names fail. Skips (printing why) where the running kernel has no BTF.
+    #[test]
+    fn finds_tracepoint_arguments_by_name_in_the_running_kernel() {
+        let Ok(btf) = KernelBtf::load(Path::new(VMLINUX)) else {
+            eprintln!("skipped: no kernel BTF at {VMLINUX}");
+            return;
+        };
+        // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
+        assert_eq!(btf.tracepoint_arg("sched_switch", "preempt"), Some(0));
+        assert_eq!(btf.tracepoint_arg("sched_switch", "next"), Some(2));
+        assert_eq!(btf.tracepoint_arg("sched_switch", "no_such_argument"), None);
+        assert_eq!(btf.tracepoint_arg("no_such_event", "err"), None);
+        // tcp_retransmit_skb has `err` from 6.17 on; its record (the struct behind its tracefs
+        // format) has the field exactly when the tracepoint has the argument.
+        let in_record = btf
+            .offset("trace_event_raw_tcp_retransmit_skb", "err")
+            .is_ok();
+        assert_eq!(
+            btf.tracepoint_arg("tcp_retransmit_skb", "err"),
+            in_record.then_some(2)
+        );
+        assert_eq!(btf.tracepoint_arg("tcp_retransmit_skb", "skb"), Some(1));
+    }
+
     #[test]
     fn resolves_nested_and_anonymous_members_from_the_running_kernel() {
         let Ok(btf) = KernelBtf::load(Path::new(VMLINUX)) else {

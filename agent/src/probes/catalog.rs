@@ -13,6 +13,8 @@ pub struct TracepointField {
     pub category: &'static str,
     pub event: &'static str,
     pub field: &'static str,
+    /// Some kernels' records lack it: then its global stays 0 and the variant still loads.
+    pub optional: bool,
 }
 
 const fn field(
@@ -26,6 +28,20 @@ const fn field(
         category,
         event,
         field,
+        optional: false,
+    }
+}
+
+/// A field only some kernels' records have.
+const fn optional_field(
+    global: &'static str,
+    category: &'static str,
+    event: &'static str,
+    field: &'static str,
+) -> TracepointField {
+    TracepointField {
+        optional: true,
+        ..self::field(global, category, event, field)
     }
 }
 
@@ -104,6 +120,20 @@ pub const TCP: Probe = Probe {
             "tcp",
             "tcp_retransmit_skb",
             "skbaddr",
+        ),
+        // 6.17 and later: failed attempts fire the tracepoint too, with their error.
+        optional_field(
+            tcp::GLOBAL_TP_RETRANSMIT_ERR,
+            "tcp",
+            "tcp_retransmit_skb",
+            "err",
+        ),
+        // The socket's state, to tell a client's SYN from data (4.16 and later).
+        optional_field(
+            tcp::GLOBAL_TP_RETRANSMIT_STATE,
+            "tcp",
+            "tcp_retransmit_skb",
+            "state",
         ),
         field(
             tcp::GLOBAL_TP_SYNACK_SKADDR,

@@ -186,6 +186,7 @@ impl Probes {
         loader.allow_unsupported_maps();
         loader.map_max_entries(agent_ebpf::runqueue::MAP_LATENCY, opts.max_cgroups);
         for (name, value) in &globals {
+            tracing::debug!(global = name, value, "kernel-side setting");
             loader.override_global(name, value, true);
         }
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
@@ -437,12 +438,14 @@ fn tracepoint_offsets(probe: &Probe) -> Result<Vec<(&'static str, u32)>, ProbeEr
     probe
         .tracepoint_fields
         .iter()
-        .map(|f| {
-            Ok((
-                f.global,
-                tracefs::field_offset(&root, f.category, f.event, f.field)?,
-            ))
-        })
+        .filter_map(
+            |f| match tracefs::field_offset(&root, f.category, f.event, f.field) {
+                Ok(offset) => Some(Ok((f.global, offset))),
+                // An optional field the kernel's record lacks stays 0 (unknown).
+                Err(_) if f.optional => None,
+                Err(e) => Some(Err(e)),
+            },
+        )
         .collect()
 }
 
@@ -463,7 +466,25 @@ fn kernel_offsets(cgroup_v1_cpu: bool) -> Result<Vec<(&'static str, u32)>, btf::
             kernel.enum_value("cgroup_subsys_id", "cpu_cgrp_id")?,
         ))
     });
-    bytes.chain(bits).chain(subsys).collect()
+    // An argument the kernel's tracepoint lacks stays 0 (the programs then do without it).
+    let args =
+        agent_ebpf::kernel::TRACEPOINT_ARGS
+            .iter()
+            .map(|&(global, event, name, expected)| {
+                let index = match kernel.tracepoint_arg(event, name) {
+                    Some(i) if i == expected => i,
+                    Some(i) => {
+                        tracing::warn!(
+                            "tracepoint {event} has `{name}` as argument {i}, where the programs \
+                         read it at {expected} only: they do without it on this kernel"
+                        );
+                        0
+                    }
+                    None => 0,
+                };
+                Ok((global, index))
+            });
+    bytes.chain(bits).chain(subsys).chain(args).collect()
 }
 
 /// The probes of a program set.

@@ -117,6 +117,14 @@ const SPECS: &[Spec] = &[
         against: "retransmits' family vs the address family each client connected with (127.0.0.1, ::1)",
     },
     Spec {
+        id: "tcp-state",
+        probe: "tcp",
+        mode: Some(Mode::Unified),
+        variants: TASK_POINTERS,
+        offsets: &[k::SOCK_STATE],
+        against: "retransmits of kind syn (socket in SYN_SENT) on the SYN client's cgroup and none elsewhere, syn + synack vs /proc/net/netstat TCPSynRetrans",
+    },
+    Spec {
         id: "tcp-segments",
         probe: "tcp",
         mode: None,
@@ -290,6 +298,10 @@ fn main() -> ExitCode {
         "tcp-server" => match arg(1).parse() {
             Ok(addr) => helper(tcp::server(addr)),
             Err(_) => usage("tcp-server LISTEN_ADDR"),
+        },
+        "tcp-syn-client" => match arg(1).parse() {
+            Ok(addr) => helper(tcp::syn_client(addr)),
+            Err(_) => usage("tcp-syn-client ADDR"),
         },
         "tcp-client" => match (arg(1).parse(), arg(2).parse()) {
             (Ok(addr), Ok(bytes)) => helper(tcp::client(addr, bytes)),
@@ -475,6 +487,8 @@ struct TcpTruth {
     kernel_segments: u64,
     /// TCPRetransFail growth: those of them whose transmission failed.
     failed_segments: u64,
+    /// TCPSynRetrans growth: SYNs and SYN-ACKs retransmitted.
+    kernel_syn: u64,
     exchanges: tcp::Exchanges,
 }
 
@@ -559,6 +573,7 @@ fn check(o: &Options) -> Value {
     }
     let retrans_before = tcp::retrans_segs();
     let fail_before = tcp::retrans_fail();
+    let syn_before = tcp::syn_retrans();
     let disk_before = disk.stat();
 
     let mut truth = Truth::default();
@@ -588,6 +603,7 @@ fn check(o: &Options) -> Value {
             Ok(TcpTruth {
                 kernel_segments: tcp::retrans_segs()? - retrans_before.clone()?,
                 failed_segments: tcp::retrans_fail()? - fail_before.clone()?,
+                kernel_syn: tcp::syn_retrans()? - syn_before.clone()?,
                 exchanges,
             })
         }));
@@ -713,13 +729,19 @@ fn fatal(kernel: &str, o: &Options, why: String) -> Value {
 
 /// Segments the agent counted, by (cgroup id, family).
 fn segments(c: &agent::Collected) -> BTreeMap<(u64, String), u64> {
+    retransmits_by(c, "family")
+}
+
+/// Retransmitted segments summed over the intervals, by (cgroup id, `field` of the entry:
+/// "family" or "kind").
+fn retransmits_by(c: &agent::Collected, field: &str) -> BTreeMap<(u64, String), u64> {
     let mut m = BTreeMap::new();
     for r in &c.intervals {
         for cg in r["cgroups"].as_array().into_iter().flatten() {
             let id = cg["cgroup_id"].as_u64().unwrap_or(0);
             for t in cg["tcp_retransmits"].as_array().into_iter().flatten() {
-                let family = t["family"].as_str().unwrap_or("?").to_owned();
-                *m.entry((id, family)).or_default() += t["count"].as_u64().unwrap_or(0);
+                let value = t[field].as_str().unwrap_or("?").to_owned();
+                *m.entry((id, value)).or_default() += t["count"].as_u64().unwrap_or(0);
             }
         }
     }
@@ -887,7 +909,7 @@ fn compare(
     t: &Truth,
 ) -> Outcome {
     match id {
-        "tcp-cgroup" | "tcp-family" | "tcp-segments" => {
+        "tcp-cgroup" | "tcp-family" | "tcp-state" | "tcp-segments" => {
             let Some(Ok(tcp)) = &t.tcp else {
                 return failed(step_error(&t.tcp, "the TCP exchanges"));
             };
@@ -1035,6 +1057,27 @@ fn compare_tcp(id: &str, c: &agent::Collected, cg: &Cgroups, tcp: &TcpTruth) -> 
                     "IPv4 client: {v4} ipv4, {v4_other} other; IPv6 client: {v6} ipv6, {v6_other} other"
                 ),
                 "AF_INET (127.0.0.1) and AF_INET6 (::1) sockets".into(),
+            )
+        }
+        "tcp-state" => {
+            let kinds = retransmits_by(c, "kind");
+            let sum = |pred: &dyn Fn(u64, &str) -> bool| -> u64 {
+                kinds
+                    .iter()
+                    .filter(|((id, k), _)| pred(*id, k))
+                    .map(|(_, n)| n)
+                    .sum()
+            };
+            let v4 = cg.tcp4.id();
+            let syn_v4 = sum(&|id, k| id == v4 && k == "syn");
+            let syn_elsewhere = sum(&|id, k| id != v4 && k == "syn");
+            let synack = sum(&|_, k| k == "synack");
+            pass_if(
+                syn_v4 > 0 && within(syn_v4 + syn_elsewhere + synack, tcp.kernel_syn, 0.0, 1),
+                format!(
+                    "{syn_v4} syn on id {v4} (the SYN client's), {syn_elsewhere} syn elsewhere, {synack} synack"
+                ),
+                format!("TCPSynRetrans +{}", tcp.kernel_syn),
             )
         }
         _ => {

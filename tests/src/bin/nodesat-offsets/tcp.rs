@@ -5,6 +5,11 @@
 //! The handshake is not made lossy (a lost SYN costs a 1 s timeout, doubling). The MSS is
 //! clamped to `MSS` so that loopback's 64 KiB skbs carry many segments each and a
 //! retransmitted skb counts several (`tcp_gso_segs`).
+//!
+//! One more client retransmits its SYN on purpose: a filter on its socket drops every SYN-ACK
+//! for `SYN_ACK_DROP_FOR`, so its first retransmitted SYN (after 1 s) gets no answer either and
+//! the second (after 3 s) connects. Those are kind `syn` (the socket in `SYN_SENT`), and with
+//! the SYN-ACKs the server retransmits meanwhile they are what `TCPSynRetrans` counts.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -21,6 +26,8 @@ pub const DROP_ONE_IN: u32 = 8;
 pub const MSS: u32 = 1000;
 /// Bytes per echoed message.
 pub const CHUNK: usize = 8 << 10;
+/// How long the SYN client's socket drops SYN-ACKs.
+const SYN_ACK_DROP_FOR: Duration = Duration::from_millis(1500);
 /// Longest the exchanges may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait, after the exchanges, for the last (re)transmissions (FINs) to be over.
@@ -53,6 +60,19 @@ fn lossy_filter() -> [SockFilter; 11] {
         op(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_AD_OFF + SKF_AD_RANDOM),
         op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, DROP_ONE_IN),
         op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+        op(BPF_RET | BPF_K, 0, 0, 0),
+        op(BPF_RET | BPF_K, 0, 0, u32::MAX),
+    ]
+}
+
+/// The SYN client's filter: drops every packet with SYN set (the SYN-ACKs), passes the rest.
+fn no_syn_filter() -> [SockFilter; 4] {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| SockFilter::new(code as u16, jt, jf, k);
+    use libc::{BPF_ABS, BPF_B, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET};
+    [
+        // TCP flags are byte 13 of the header; SYN is 0x02.
+        op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 13),
+        op(BPF_JMP | BPF_JSET | BPF_K, 0, 1, 0x02),
         op(BPF_RET | BPF_K, 0, 0, 0),
         op(BPF_RET | BPF_K, 0, 0, u32::MAX),
     ]
@@ -124,6 +144,31 @@ pub fn client(connect: SocketAddr, bytes: usize) -> io::Result<()> {
     }
 }
 
+/// Helper mode `tcp-syn-client CONNECT`: connects while its socket drops every SYN-ACK for
+/// `SYN_ACK_DROP_FOR` (so the SYN is retransmitted), then closes and waits for the server to
+/// close.
+pub fn syn_client(connect: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(Domain::for_address(connect), Type::STREAM, None)?;
+    socket.attach_filter(&no_syn_filter())?;
+    // The filter belongs to the socket: a second descriptor of it can take it away while
+    // connect() waits.
+    let same = socket.try_clone()?;
+    let lift = std::thread::spawn(move || {
+        std::thread::sleep(SYN_ACK_DROP_FOR);
+        same.detach_filter()
+    });
+    socket.connect(&connect.into())?;
+    lift.join()
+        .map_err(|_| io::Error::other("filter thread panicked"))??;
+    let mut stream: TcpStream = socket.into();
+    stream.shutdown(Shutdown::Write)?;
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte)? {
+        0 => Ok(()),
+        _ => Err(io::Error::other("data from the server")),
+    }
+}
+
 /// What the exchanges did.
 pub struct Exchanges {
     pub elapsed: Duration,
@@ -133,8 +178,8 @@ pub struct Exchanges {
 }
 
 /// Runs an IPv4 client in `v4`, an IPv6 client in `v6` and both servers in `server`, each
-/// exchanging `bytes` both ways over lossy loopback connections; waits until their sockets
-/// are quiet.
+/// exchanging `bytes` both ways over lossy loopback connections, and the SYN client (IPv4,
+/// in `v4`) against a third server; waits until their sockets are quiet.
 pub fn exchange(
     exe: &Path,
     v4: &TestCgroup,
@@ -146,7 +191,11 @@ pub fn exchange(
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     let mut ports = Vec::new();
-    for (listen, client_cgroup) in [("127.0.0.1:0", v4), ("[::1]:0", v6)] {
+    for (listen, client_cgroup, syn) in [
+        ("127.0.0.1:0", v4, false),
+        ("[::1]:0", v6, false),
+        ("127.0.0.1:0", v4, true),
+    ] {
         let mut cmd = Command::new(exe);
         cmd.args(["tcp-server", listen]).stdout(Stdio::piped());
         let mut s = spawn_in(server_cgroup, cmd).map_err(|e| format!("tcp-server: {e}"))?;
@@ -159,7 +208,11 @@ pub fn exchange(
             .ok_or_else(|| format!("tcp-server printed {line:?}"))?;
         ports.push(addr.port());
         let mut cmd = Command::new(exe);
-        cmd.args(["tcp-client", &addr.to_string(), &bytes.to_string()]);
+        if syn {
+            cmd.args(["tcp-syn-client", &addr.to_string()]);
+        } else {
+            cmd.args(["tcp-client", &addr.to_string(), &bytes.to_string()]);
+        }
         let c = spawn_in(client_cgroup, cmd).map_err(|e| format!("tcp-client: {e}"))?;
         servers.push((format!("server {addr}"), s));
         clients.push((format!("client of {addr}"), c));
@@ -186,6 +239,12 @@ fn wait_ok(what: &str, p: &mut TestProcess, timeout: Duration) -> Result<(), Str
 /// `Tcp: RetransSegs` of `/proc/net/snmp`.
 pub fn retrans_segs() -> Result<u64, String> {
     nodesat_tests::tcp_retrans_segs().map_err(|e| format!("reading /proc/net/snmp: {e}"))
+}
+
+/// `TcpExt: TCPSynRetrans` of `/proc/net/netstat`: SYNs and SYN-ACKs retransmitted.
+pub fn syn_retrans() -> Result<u64, String> {
+    nodesat_tests::proc_net_counter("/proc/net/netstat", "TcpExt", "TCPSynRetrans")
+        .map_err(|e| format!("reading /proc/net/netstat: {e}"))
 }
 
 /// `TcpExt: TCPRetransFail` of `/proc/net/netstat`: retransmitted segments whose transmission

@@ -1,0 +1,327 @@
+//! TCP retransmits as pods have them: client and server each in its own network namespace
+//! (joined by a veth pair) and cgroup, checked against each namespace's own kernel counters,
+//! exactly.
+//!
+//! - Each side sends through an htb qdisc limited to [`RATE`]: a message of [`SIZE`] bytes
+//!   waits in the sender's own queue for longer than the retransmit timeout, so the kernel
+//!   retransmits segments whose original has not left the host yet. From 6.17 the
+//!   `tcp_retransmit_skb` tracepoint fires for those attempts too, with `err` `-EBUSY`, and
+//!   `RetransSegs` does not count them: nodesat must report them apart, not as retransmits.
+//!   Once the original has left, the retransmit is sent (spuriously) and counted.
+//! - The server's link is down for [`LINK_DOWN_FOR`] while the client connects: the client's
+//!   SYN is retransmitted (kind `syn`, and the kernel's `TCPSynRetrans`).
+//! - The server listens in cgroup `listener` and then moves to cgroup `worker` before it
+//!   accepts: an accepted socket takes its cgroup from the listener (`sk_clone_lock` →
+//!   `cgroup_sk_clone`), so the server's retransmits land on `listener`, none on `worker`.
+//!
+//! Exact: in its own namespace nothing else sends TCP, so the per-cgroup sums must equal
+//! `RetransSegs` and `TCPSynRetrans` of that namespace (read with `ip netns exec`).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nodesat_tests::{
+    Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged, spawn_in,
+};
+
+const TEST: &str = "retransmits_match_each_network_namespace_and_failed_attempts_are_apart";
+/// The agent's `--probe-variant` for each run: every variant the tcp probe has here must
+/// give the kernel's figures.
+const VARIANTS: [&str; 3] = ["tp_btf", "raw_tracepoint", "tracepoint"];
+/// What each side may send per second.
+const RATE: &str = "80kbit";
+/// Bytes per message: at [`RATE`] (10 kB/s) each takes 1.6 s to leave the sender.
+const SIZE: u32 = 16_000;
+/// Echo rounds.
+const ROUNDS: u32 = 4;
+/// How long the server's link is down while the client connects (its SYN is retransmitted
+/// after 1 s).
+const LINK_DOWN_FOR: Duration = Duration::from_millis(1500);
+/// One in this many of the server's data packets is dropped on output: when it is a
+/// retransmission, `tcp_transmit_skb` fails (`EPERM`) after the kernel counted it in
+/// `RetransSegs` (and in `TCPRetransFail`), so nodesat must count it too.
+const DROP_OUTPUT_EVERY: u32 = 2;
+/// Longest the exchange may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One side's figures from the agent's reports, summed: retransmits by kind, failures by
+/// error.
+#[derive(Debug, Default)]
+struct Counted {
+    by_kind: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Counted {
+    fn of(reports: &[Report], cgroup_id: u64) -> Counted {
+        let mut c = Counted::default();
+        for r in reports {
+            for cg in r.cgroups.iter().filter(|cg| cg.cgroup_id == cgroup_id) {
+                for t in &cg.tcp_retransmits {
+                    *c.by_kind.entry(t.kind.clone()).or_default() += t.count;
+                }
+                for f in &cg.tcp_retransmit_failures {
+                    *c.failures.entry(f.error.clone()).or_default() += f.count;
+                }
+            }
+        }
+        c
+    }
+
+    fn retransmits(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+
+    fn kind(&self, kind: &str) -> u64 {
+        self.by_kind.get(kind).copied().unwrap_or(0)
+    }
+
+    fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+/// `RetransSegs`, `TCPSynRetrans` and `TCPRetransFail` of one namespace.
+fn kernel_counts(pair: &NetnsPair, side: Side) -> [u64; 3] {
+    let segs = pair
+        .counter(side, "/proc/net/snmp", "Tcp", "RetransSegs")
+        .expect("RetransSegs");
+    let ext = |name| {
+        pair.counter(side, "/proc/net/netstat", "TcpExt", name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    [segs, ext("TCPSynRetrans"), ext("TCPRetransFail")]
+}
+
+fn delta(after: [u64; 3], before: [u64; 3]) -> [u64; 3] {
+    [0, 1, 2].map(|i| after[i] - before[i])
+}
+
+/// Whether this kernel's `tcp_retransmit_skb` has an `err` (6.17 and later): its record, the
+/// struct behind its tracefs format, has the field exactly then (kernel BTF).
+fn tracepoint_has_err() -> bool {
+    let Ok(btf) = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux") else {
+        return false;
+    };
+    let types = btf
+        .resolve_types_by_name("trace_event_raw_tcp_retransmit_skb")
+        .unwrap_or_default();
+    types.iter().any(|t| match t {
+        btf_rs::Type::Struct(s) => s
+            .members
+            .iter()
+            .any(|m| btf.resolve_name(m).is_ok_and(|n| n == "err")),
+        _ => false,
+    })
+}
+
+#[test]
+fn retransmits_match_each_network_namespace_and_failed_attempts_are_apart() {
+    if skip_if_unprivileged(TEST) {
+        return;
+    }
+    for tool in ["ip", "tc"] {
+        if std::process::Command::new(tool).arg("-V").output().is_err() {
+            skip(TEST, &format!("no `{tool}` (iproute2) on PATH"));
+            return;
+        }
+    }
+    for variant in VARIANTS {
+        eprintln!("── --probe-variant {variant}");
+        if !exchange(variant) {
+            return;
+        }
+    }
+}
+
+/// One run with the agent's tcp programs of `variant`; false when it had to skip.
+fn exchange(variant: &str) -> bool {
+    let pair = match NetnsPair::create() {
+        Ok(p) => p,
+        Err(e) => {
+            skip(TEST, &format!("cannot create network namespaces: {e}"));
+            return false;
+        }
+    };
+    for side in [Side::Client, Side::Server] {
+        pair.shape(side, RATE).expect("htb qdisc");
+    }
+    let client = TestCgroup::create("tcp-ns-client").expect("cgroup");
+    let listener = TestCgroup::create("tcp-ns-listener").expect("cgroup");
+    let worker = TestCgroup::create("tcp-ns-worker").expect("cgroup");
+    eprintln!(
+        "client {} in cgroup {}, server {} listening in cgroup {} then moved to {}",
+        pair.name(Side::Client),
+        client.id(),
+        pair.name(Side::Server),
+        listener.id(),
+        worker.id()
+    );
+
+    let mut agent = Agent::start("1s", &["--probe-variant", variant]);
+    let ready = agent.wait_ready(Duration::from_secs(30));
+    let tcp: Vec<_> = ready
+        .probes
+        .iter()
+        .filter(|p| p["probe"] == "tcp")
+        .collect();
+    eprintln!("agent ready, tcp probes: {tcp:?}");
+    assert!(
+        tcp.iter().all(|p| p["attached"] == true),
+        "the tcp probe must attach with --probe-variant {variant}: {tcp:?}"
+    );
+    let has_err = tracepoint_has_err();
+    eprintln!("tcp_retransmit_skb has `err` (failed attempts fire it): {has_err}");
+    let client0 = kernel_counts(&pair, Side::Client);
+    let server0 = kernel_counts(&pair, Side::Server);
+
+    let listen = format!("{}:0", pair.addr(Side::Server));
+    let mut server_cmd = pair.command(Side::Server, std::path::Path::new(load_bin!()));
+    server_cmd
+        .args(["tcp-server", "--listen", &listen])
+        .args(["--rounds", &ROUNDS.to_string(), "--size", &SIZE.to_string()])
+        .stdout(Stdio::piped());
+    let mut server = spawn_in(&listener, server_cmd).expect("server");
+    let line = server
+        .read_line(Duration::from_secs(10))
+        .expect("listening line");
+    let addr = line
+        .strip_prefix("listening ")
+        .expect("listening <addr>")
+        .to_owned();
+    // Listening socket made: the server now works from another cgroup.
+    worker.add_pid(server.pid()).expect("move the server");
+    // One in DROP_OUTPUT_EVERY of the server's data packets is dropped as it leaves (the table
+    // goes with the namespace).
+    let port = addr.rsplit(':').next().expect("port");
+    let ruleset = format!(
+        "table inet nodesat_out {{\n\
+           chain out {{\n\
+             type filter hook output priority 0;\n\
+             tcp sport {port} tcp flags & (syn|fin|rst) == 0 meta length > 100 \
+               numgen inc mod {DROP_OUTPUT_EVERY} == 0 drop\n\
+           }}\n\
+         }}\n"
+    );
+    pair.nft(Side::Server, &ruleset).expect("nft output drop");
+
+    pair.set_link(Side::Server, false).expect("link down");
+    let start = Instant::now();
+    let mut client_cmd = pair.command(Side::Client, std::path::Path::new(load_bin!()));
+    client_cmd.args(["tcp-client", "--connect", &addr]).args([
+        "--rounds",
+        &ROUNDS.to_string(),
+        "--size",
+        &SIZE.to_string(),
+    ]);
+    let mut client_process = spawn_in(&client, client_cmd).expect("client");
+    thread::sleep(LINK_DOWN_FOR);
+    pair.set_link(Side::Server, true).expect("link up");
+
+    for (what, p) in [("client", &mut client_process), ("server", &mut server)] {
+        let left = EXCHANGE_TIMEOUT.saturating_sub(start.elapsed());
+        let status = p
+            .wait_within(left)
+            .expect("wait")
+            .unwrap_or_else(|| panic!("{what} still running after {EXCHANGE_TIMEOUT:?}"));
+        assert!(status.success(), "{what}: {status}");
+        eprintln!("{what} done after {:.1?}", start.elapsed());
+    }
+    // Both closed cleanly; two more collections take in what the kernel did last.
+    thread::sleep(Duration::from_secs(2));
+    let client1 = kernel_counts(&pair, Side::Client);
+    let server1 = kernel_counts(&pair, Side::Server);
+    let stopped = agent.stop_and_collect();
+    stopped.assert_clean_stop();
+
+    let c = Counted::of(&stopped.reports, client.id());
+    let l = Counted::of(&stopped.reports, listener.id());
+    let w = Counted::of(&stopped.reports, worker.id());
+    let kernel_client = delta(client1, client0);
+    let kernel_server = delta(server1, server0);
+    eprintln!(
+        "client:   nodesat {c:?}; kernel [RetransSegs, TCPSynRetrans, TCPRetransFail] {kernel_client:?}"
+    );
+    eprintln!(
+        "listener: nodesat {l:?}; kernel [RetransSegs, TCPSynRetrans, TCPRetransFail] {kernel_server:?}"
+    );
+    eprintln!("worker:   nodesat {w:?}");
+    let mine = [client.id(), listener.id(), worker.id()];
+    for r in &stopped.reports {
+        for cg in r.cgroups.iter().filter(|cg| !mine.contains(&cg.cgroup_id)) {
+            if !cg.tcp_retransmits.is_empty() || !cg.tcp_retransmit_failures.is_empty() {
+                eprintln!(
+                    "elsewhere: cgroup {} ({:?}): {:?} {:?}",
+                    cg.cgroup_id, cg.name, cg.tcp_retransmits, cg.tcp_retransmit_failures
+                );
+            }
+        }
+    }
+    eprintln!(
+        "counting every event as a retransmit (before this change) would have given client {} \
+         and server {} instead of the kernel's {} and {}",
+        c.retransmits() + c.failed(),
+        l.retransmits() + l.failed(),
+        kernel_client[0],
+        kernel_server[0]
+    );
+
+    assert!(c.kind("syn") > 0, "no SYN retransmits on the client: {c:?}");
+    assert_eq!(
+        c.kind("synack"),
+        0,
+        "SYN-ACKs on the client, which has no listener"
+    );
+    assert_eq!(
+        c.retransmits(),
+        kernel_client[0],
+        "client retransmits against its namespace's RetransSegs"
+    );
+    assert_eq!(
+        c.kind("syn"),
+        kernel_client[1],
+        "client SYN retransmits against its namespace's TCPSynRetrans"
+    );
+    assert!(
+        l.kind("data") > 0,
+        "no data retransmits on the listener's cgroup: {l:?}"
+    );
+    assert_eq!(
+        l.retransmits(),
+        kernel_server[0],
+        "server retransmits (on the listener's cgroup) against its namespace's RetransSegs"
+    );
+    assert_eq!(
+        l.kind("synack"),
+        kernel_server[1],
+        "server SYN-ACK retransmits against its namespace's TCPSynRetrans"
+    );
+    assert!(
+        kernel_server[2] > 0,
+        "no retransmission of the server failed in the send (TCPRetransFail), though one \
+         packet in {DROP_OUTPUT_EVERY} is dropped on output: the case is not provoked"
+    );
+    assert_eq!(
+        (w.retransmits(), w.failed()),
+        (0, 0),
+        "the worker's cgroup: its accepted socket belongs to the listener's cgroup"
+    );
+    if has_err {
+        assert!(
+            c.failures.get("EBUSY").copied().unwrap_or(0)
+                + l.failures.get("EBUSY").copied().unwrap_or(0)
+                > 0,
+            "no EBUSY attempts reported, though the senders' queues held originals past the \
+             retransmit timeout: client {c:?}, listener {l:?}"
+        );
+    } else {
+        assert_eq!(
+            (c.failed(), l.failed()),
+            (0, 0),
+            "failed attempts reported on a kernel whose tracepoint has no err"
+        );
+    }
+    true
+}
