@@ -571,12 +571,24 @@ pub struct DioWriteSummary {
     /// Of that, time it waited on a run queue (0 when the kernel does not
     /// say).
     pub runqueue_ns: u64,
+    /// Its block I/O delay while writing, from delay accounting (`/proc/self/stat` field 42,
+    /// in clock ticks, accounted while `kernel.task_delayacct` is 1), ns; `None` when the line
+    /// does not say.
+    pub blkio_delay_ns: Option<u64>,
 }
 
 impl DioWriteSummary {
-    /// Parses `wrote <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>`.
+    /// Parses `wrote <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>[ blkio_delay_ns <b>]`.
     pub fn parse(line: &str) -> Option<Self> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        let blkio_delay_ns = match fields[..] {
+            [.., "blkio_delay_ns", b] => {
+                let b = b.parse().ok()?;
+                fields.truncate(fields.len() - 2);
+                Some(b)
+            }
+            _ => None,
+        };
         let [
             "wrote",
             blocks,
@@ -596,6 +608,7 @@ impl DioWriteSummary {
             elapsed_ns: elapsed.parse().ok()?,
             run_ns: run.parse().ok()?,
             runqueue_ns: rq.parse().ok()?,
+            blkio_delay_ns,
         })
     }
 
@@ -699,6 +712,13 @@ ctxt 12345
         .unwrap();
         assert_eq!(summary.blocks, 21333);
         assert_eq!(summary.blocked_ns(), 1_935_000_000);
+        assert_eq!(summary.blkio_delay_ns, None);
+        let with_delay = DioWriteSummary::parse(
+            "wrote 3 blocks elapsed_ns 10 run_ns 2 runqueue_ns 1 blkio_delay_ns 7000000",
+        )
+        .unwrap();
+        assert_eq!(with_delay.blkio_delay_ns, Some(7_000_000));
+        assert_eq!(with_delay.blocked_ns(), 7);
         assert_eq!(DioWriteSummary::parse("wrote 3 blocks"), None);
         assert_eq!(DioWriteSummary::parse("writing"), None);
     }

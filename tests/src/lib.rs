@@ -76,8 +76,8 @@ pub use net::{
 };
 pub use nft::{NftRule, NftTable, nft_available};
 pub use process::{
-    TestProcess, logged_output_within, output_within, proc_status_kib, spawn_in, try_output_within,
-    vm_hwm_kib, vm_rss_kib,
+    Sysctl, TestProcess, logged_output_within, output_within, proc_status_kib, spawn_in,
+    try_output_within, vm_hwm_kib, vm_rss_kib,
 };
 
 /// Environment variable that turns "skip" into "fail" for privileged tests.

@@ -262,3 +262,33 @@ pub fn vm_rss_kib(pid: u32) -> io::Result<u64> {
 pub fn vm_hwm_kib(pid: u32) -> io::Result<u64> {
     proc_status_kib(pid, "VmHWM")
 }
+
+/// A sysctl set while this lives, restored on drop (left alone when it already had the value).
+pub struct Sysctl {
+    path: &'static str,
+    old: Option<String>,
+}
+
+impl Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Result<Sysctl, String> {
+        let old = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        if old.trim() != value {
+            std::fs::write(path, value).map_err(|e| format!("writing {value} to {path}: {e}"))?;
+            return Ok(Sysctl {
+                path,
+                old: Some(old.trim().to_owned()),
+            });
+        }
+        Ok(Sysctl { path, old: None })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old
+            && let Err(e) = std::fs::write(self.path, old)
+        {
+            eprintln!("warning: restoring {} to {old}: {e}", self.path);
+        }
+    }
+}

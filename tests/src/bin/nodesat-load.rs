@@ -390,6 +390,7 @@ fn dio_write(o: &DioOptions) -> io::Result<()> {
     }
     let mut buf = AlignedBuf::new(o.block)?;
     let sched_start = schedstat();
+    let blkio_start = blkio_delay_ticks();
     let start = Instant::now();
     let mut stdout = io::stdout().lock();
     let mut written = 0u64;
@@ -411,12 +412,38 @@ fn dio_write(o: &DioOptions) -> io::Result<()> {
         (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
         _ => (0, 0),
     };
-    writeln!(
+    write!(
         stdout,
         "wrote {written} blocks elapsed_ns {} run_ns {run} runqueue_ns {runqueue}",
         elapsed.as_nanos()
     )?;
+    if let (Some(a), Some(b)) = (blkio_start, blkio_delay_ticks()) {
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .ok()
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100);
+        write!(
+            stdout,
+            " blkio_delay_ns {}",
+            b.saturating_sub(a) * 1_000_000_000 / hz
+        )?;
+    }
+    writeln!(stdout)?;
     stdout.flush()
+}
+
+/// This process's block I/O delay so far, in clock ticks (`/proc/self/stat` field 42,
+/// `delayacct_blkio_ticks`; it grows only while `kernel.task_delayacct` is 1).
+fn blkio_delay_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses: field 3 is the first.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(39)?
+        .parse()
+        .ok()
 }
 
 /// This process's time on a CPU and waiting on a run queue so far, ns

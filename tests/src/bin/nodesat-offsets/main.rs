@@ -40,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use agent_ebpf::kernel as k;
+use nodesat_tests::Sysctl;
 use nodesat_tests::{LoopDevice, TestCgroup, spawn_in};
 use serde_json::{Value, json};
 
@@ -420,36 +421,6 @@ fn release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// A sysctl set for the duration of the check, restored on drop.
-struct Sysctl {
-    path: &'static str,
-    old: Option<String>,
-}
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Result<Sysctl, String> {
-        let old = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-        if old.trim() != value {
-            fs::write(path, value).map_err(|e| format!("writing {value} to {path}: {e}"))?;
-            return Ok(Sysctl {
-                path,
-                old: Some(old.trim().to_owned()),
-            });
-        }
-        Ok(Sysctl { path, old: None })
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        if let Some(old) = &self.old
-            && let Err(e) = fs::write(self.path, old)
-        {
-            eprintln!("nodesat-offsets: restoring {} to {old}: {e}", self.path);
-        }
-    }
 }
 
 /// BPF run-time statistics on while this lives (`BPF_ENABLE_STATS`: the kernel counts while
