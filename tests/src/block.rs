@@ -559,7 +559,7 @@ fn parse_proc_stat(text: &str, hz: u64) -> Option<BTreeMap<u32, CpuTimes>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-/// What `nodesat-load dio-write` says when it is done (its last line).
+/// What `nodesat-load dio-write` (or `uring-read`) says when it is done (its last line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DioWriteSummary {
     /// Blocks written.
@@ -578,7 +578,7 @@ pub struct DioWriteSummary {
 }
 
 impl DioWriteSummary {
-    /// Parses `wrote <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>[ blkio_delay_ns <b>]`.
+    /// Parses `wrote|read <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>[ blkio_delay_ns <b>]`.
     pub fn parse(line: &str) -> Option<Self> {
         let mut fields: Vec<&str> = line.split_whitespace().collect();
         let blkio_delay_ns = match fields[..] {
@@ -590,7 +590,7 @@ impl DioWriteSummary {
             _ => None,
         };
         let [
-            "wrote",
+            "wrote" | "read",
             blocks,
             "blocks",
             "elapsed_ns",

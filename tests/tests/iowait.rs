@@ -18,6 +18,11 @@
 //! A second test runs a 4 KiB writer for 3 s on the loop device with its
 //! (default) write-back cache, where each `O_DSYNC` write also costs flush
 //! requests: the agent must report those as `"other"` requests.
+//!
+//! A third reads the loop device with `O_DIRECT` through io_uring for 3 s, one
+//! request at a time: io_uring waits for completions in an *interruptible*
+//! sleep with `in_iowait` set, which the kernel counts as iowait, so the
+//! reader's cgroup's iowait must match its block I/O delay too.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -215,6 +220,19 @@ impl WriterRun {
         block: usize,
         cpu: Option<u32>,
     ) -> Self {
+        Self::measure_mode("dio-write", device, cgroup, seconds, block, cpu)
+    }
+
+    /// The same with another `nodesat-load` mode of the same options and output
+    /// (`uring-read`).
+    fn measure_mode(
+        mode: &str,
+        device: &LoopDevice,
+        cgroup: &TestCgroup,
+        seconds: u64,
+        block: usize,
+        cpu: Option<u32>,
+    ) -> Self {
         let mut agent = Agent::start(INTERVAL, &[]);
         agent.wait_ready(READY_TIMEOUT);
         let stat_before = device.stat().expect("read the loop device's stat");
@@ -222,7 +240,7 @@ impl WriterRun {
         let start = Instant::now();
 
         let mut cmd = Command::new(load_bin!());
-        cmd.arg("dio-write")
+        cmd.arg(mode)
             .arg("--path")
             .arg(device.path())
             .args(["--seconds", &seconds.to_string()])
@@ -231,21 +249,24 @@ impl WriterRun {
         if let Some(cpu) = cpu {
             cmd.args(["--cpu", &cpu.to_string()]);
         }
-        let mut dio = spawn_in(cgroup, cmd).expect("spawn dio-write");
+        let mut dio = spawn_in(cgroup, cmd).unwrap_or_else(|e| panic!("spawn {mode}: {e}"));
         let first = dio
             .read_line(Duration::from_secs(10))
-            .expect("dio-write's first line");
-        assert_eq!(first, "writing");
+            .unwrap_or_else(|e| panic!("{mode}'s first line: {e}"));
+        assert!(
+            first == "writing" || first == "reading",
+            "{mode}: {first:?}"
+        );
         let status = dio
             .wait_within(Duration::from_secs(seconds + 20))
-            .expect("wait for dio-write")
-            .unwrap_or_else(|| panic!("dio-write still running {seconds} s + 20 s later"));
+            .expect("wait for the I/O process")
+            .unwrap_or_else(|| panic!("{mode} still running {seconds} s + 20 s later"));
         let last = dio
             .read_line(Duration::from_secs(5))
-            .expect("dio-write's last line");
-        assert!(status.success(), "dio-write: {status}");
-        let summary = DioWriteSummary::parse(&last)
-            .unwrap_or_else(|| panic!("dio-write's last line: {last:?}"));
+            .unwrap_or_else(|e| panic!("{mode}'s last line: {e}"));
+        assert!(status.success(), "{mode}: {status}");
+        let summary =
+            DioWriteSummary::parse(&last).unwrap_or_else(|| panic!("{mode}'s last line: {last:?}"));
         thread::sleep(SETTLE);
         let kernel = device
             .stat()
@@ -256,7 +277,7 @@ impl WriterRun {
         let stopped = agent.stop_and_collect();
         stopped.assert_clean_stop();
         eprintln!(
-            "dio-write on {} ({}, write cache {:?}): {summary:?}, blocked {}; {} reports",
+            "{mode} on {} ({}, write cache {:?}): {summary:?}, blocked {}; {} reports",
             device.path().display(),
             device.major_minor(),
             device.write_cache().unwrap_or_default(),
@@ -501,4 +522,62 @@ fn block_flushes_are_reported_as_other_requests() {
             "{name} requests: the agent counted {measured}, expected {expected}"
         );
     }
+}
+
+const URING_TEST: &str = "io_uring_waits_land_on_the_reader";
+
+/// io_uring waits for its completions in an interruptible sleep with `in_iowait` set: the
+/// kernel counts that as iowait (delay accounting's block I/O delay, `nr_iowait`), so nodesat
+/// must too, on the reader's cgroup. (Before, only uninterruptible sleeps counted: ~0 here.)
+#[test]
+fn io_uring_waits_land_on_the_reader() {
+    if skip_if_unprivileged(URING_TEST) {
+        return;
+    }
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0")
+    {
+        nodesat_tests::skip(
+            URING_TEST,
+            "io_uring is disabled (kernel.io_uring_disabled)",
+        );
+        return;
+    }
+    let Some(device) = LoopDevice::for_test(URING_TEST, false) else {
+        return;
+    };
+    let reader = TestCgroup::create("uring-reader").expect("create cgroup uring-reader");
+    let delayacct = Sysctl::set("/proc/sys/kernel/task_delayacct", "1");
+    let cpu = writer_and_spinner_cpus().map(|(cpu, _)| cpu);
+    let run = WriterRun::measure_mode("uring-read", &device, &reader, 3, BLOCK, cpu);
+    drop(delayacct);
+    let iowait = cgroup_iowait(&run.reports, &reader);
+    let delay = run
+        .summary
+        .blkio_delay_ns
+        .expect("uring-read's block I/O delay (delay accounting)");
+    eprintln!(
+        "io_uring reader: {} reads in {}; block I/O delay {} (delay accounting), its cgroup's \
+         iowait {} ({:.3} of it)",
+        run.summary.blocks,
+        ms(run.summary.elapsed_ns),
+        ms(delay),
+        ms(iowait),
+        iowait as f64 / delay.max(1) as f64
+    );
+    assert!(
+        delay * 10 >= run.summary.elapsed_ns * 3,
+        "the reader was in iowait for only {} of {} by delay accounting: the case is not \
+         provoked",
+        ms(delay),
+        ms(run.summary.elapsed_ns)
+    );
+    let diff = iowait.abs_diff(delay);
+    assert!(
+        diff <= DELAY_SLACK_NS || diff as f64 <= DELAY_TOLERANCE * delay as f64,
+        "the io_uring reader's cgroup's iowait {} and its block I/O delay {} differ by more \
+         than {:.0}%",
+        ms(iowait),
+        ms(delay),
+        DELAY_TOLERANCE * 100.0
+    );
 }

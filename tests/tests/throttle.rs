@@ -8,6 +8,11 @@
 //! a 2 s interval; `limited`'s throttling summed over all its reports (the
 //! final one included) must match the growth of its `cpu.stat` between the
 //! agent's ready line and its exit.
+//!
+//! It also shows how throttling and run-queue wait overlap: a throttled task is runnable, so its
+//! time throttled is run-queue wait, for nodesat as for the kernel's own scheduler statistics
+//! (`/proc/<pid>/schedstat`'s run delay). `limited`'s run-queue wait must equal its spinner's
+//! run delay (within [`WAIT_TOLERANCE_PCT`]) and cover most of the time it was throttled.
 
 use std::process::Command;
 use std::thread;
@@ -33,6 +38,9 @@ const PERIOD_US: u64 = 100_000;
 /// is read just before its ready line, and its final report just after
 /// SIGTERM), a period or two at most.
 const TOLERANCE_PCT: u64 = 5;
+/// How far `limited`'s run-queue wait may be from its spinner's schedstat run delay, in percent
+/// (the two cover slightly different stretches of time, as above).
+const WAIT_TOLERANCE_PCT: u64 = 10;
 /// The source the agent must name for throttling figures.
 const SOURCE: &str = "cpu.stat";
 
@@ -111,7 +119,7 @@ fn throttling_matches_cpu_stat() {
         .expect("set limited's CPU quota");
     let unlimited = TestCgroup::create("unlimited").expect("create cgroup unlimited");
     // Declared after the cgroups: dropped (killed) before them.
-    let _spinners: Vec<_> = [&limited, &unlimited]
+    let spinners: Vec<_> = [&limited, &unlimited]
         .into_iter()
         .map(|cgroup| {
             let mut cmd = Command::new(load_bin!());
@@ -131,9 +139,11 @@ fn throttling_matches_cpu_stat() {
     let mut agent = Agent::start(INTERVAL, &[]);
     agent.wait_ready(READY_TIMEOUT);
     let before = limited.cpu_stat().expect("read limited's cpu.stat");
+    let delay_before = run_delay_ns(spinners[0].pid());
     thread::sleep(RUN);
     let stopped = agent.stop_and_collect();
     let after = limited.cpu_stat().expect("read limited's cpu.stat");
+    let delay_after = run_delay_ns(spinners[0].pid());
     stopped.assert_clean_stop();
     let reports = &stopped.reports;
     // 8 s at a 2 s interval: 3 or 4 reports, and the final one.
@@ -181,6 +191,39 @@ fn throttling_matches_cpu_stat() {
         );
     }
 
+    // Throttled time is run-queue wait: nodesat's wait for `limited` is the kernel's run delay
+    // of its only task, and covers most of the time it was throttled.
+    let waited: u64 = reports
+        .iter()
+        .filter_map(|r| r.cgroup(limited.id()))
+        .map(|c| c.runqueue.wait_ns)
+        .sum();
+    match (delay_before, delay_after) {
+        (Some(a), Some(b)) => {
+            let delay = b.saturating_sub(a);
+            eprintln!(
+                "{}: run-queue wait {:.2?} (nodesat), run delay {:.2?} (schedstat of its spinner), \
+                 throttled {:.2?} (cpu.stat), over {RUN:?}",
+                limited.relative_path(),
+                Duration::from_nanos(waited),
+                Duration::from_nanos(delay),
+                Duration::from_nanos(kernel.throttled_ns)
+            );
+            assert!(
+                waited.abs_diff(delay) * 100 <= delay * WAIT_TOLERANCE_PCT,
+                "limited's run-queue wait {waited} ns vs its spinner's run delay {delay} ns \
+                 (more than {WAIT_TOLERANCE_PCT}% apart)"
+            );
+            assert!(
+                waited * 2 >= kernel.throttled_ns,
+                "limited's run-queue wait {waited} ns should cover most of its throttled time \
+                 {} ns: a throttled task is runnable",
+                kernel.throttled_ns
+            );
+        }
+        _ => eprintln!("no /proc/<pid>/schedstat here: run delay not compared"),
+    }
+
     for (i, report) in reports.iter().enumerate() {
         if let Some(c) = report.cgroup(unlimited.id()) {
             assert!(
@@ -196,4 +239,11 @@ fn throttling_matches_cpu_stat() {
             "report #{i}: sources.throttling"
         );
     }
+}
+
+/// A task's time spent runnable but not running so far, ns (`/proc/<pid>/schedstat`'s second
+/// field, the scheduler's run delay), if the kernel keeps it.
+fn run_delay_ns(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
 }

@@ -207,14 +207,11 @@ fn record_iowait(io: IowaitSince, now: u64) {
 enum PrevState {
     /// Still runnable (preempted or yielded): it goes back to the run queue.
     Runnable,
-    /// Asleep in TASK_UNINTERRUPTIBLE (0x2): possibly iowait.
-    Uninterruptible,
-    /// Any other sleep.
+    /// Asleep, in whatever state: iowait if `in_iowait` is set, as the kernel decides it (the
+    /// scheduler counts `nr_iowait` and delay accounting's block I/O delay for any sleeping
+    /// task with `in_iowait`, e.g. io_uring's interruptible completion wait).
     Sleeping,
 }
-
-/// TASK_UNINTERRUPTIBLE, in both the raw task state and the classic record's report bits.
-const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 
 /// A context switch on this CPU from `prev` to `next`. `prev` is the current task.
 #[inline(always)]
@@ -245,10 +242,10 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         if bpf_get_current_pid_tgid() as u32 != 0 {
             S::set_enqueued(prev, now);
         }
-    } else if prev_state == PrevState::Uninterruptible && current_in_iowait() {
-        // Only uninterruptible sleeps can be iowait (io_schedule callers sleep in
-        // TASK_UNINTERRUPTIBLE, TASK_KILLABLE or TASK_IDLE, all with that bit): checking the
-        // state first spares the kernel read on every other switch.
+    } else if current_in_iowait() {
+        // The kernel's rule, whatever the sleep state: io_schedule() sleeps uninterruptibly,
+        // but io_uring waits for completions interruptibly with `in_iowait` set, and TASK_IDLE
+        // is a state of its own. (One kernel read per sleep.)
         S::set_iowait(
             prev,
             IowaitSince {
@@ -290,8 +287,6 @@ fn record(cgroup: u64, wait_ns: u64) {
 fn prev_state(preempt: u64, prev_state: u64) -> PrevState {
     if preempt & 0xff != 0 || prev_state as u32 == 0 {
         PrevState::Runnable
-    } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
-        PrevState::Uninterruptible
     } else {
         PrevState::Sleeping
     }
@@ -353,12 +348,9 @@ pub fn runq_switch_tp(ctx: TracePointContext) -> i32 {
         return 0;
     };
     // The classic field reports a preempted task as TASK_REPORT_MAX (0x100) and a runnable one
-    // as 0; the low bits are sleeping states (0x2: D, uninterruptible).
-    let state = state as u64;
-    let prev_state = if state & 0xff == 0 {
+    // as 0; the low bits are sleeping states (0x2: D; TASK_IDLE as 0x80).
+    let prev_state = if state as u64 & 0xff == 0 {
         PrevState::Runnable
-    } else if state & TASK_UNINTERRUPTIBLE != 0 {
-        PrevState::Uninterruptible
     } else {
         PrevState::Sleeping
     };

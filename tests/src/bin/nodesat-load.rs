@@ -13,6 +13,10 @@
 //!                                                     for S seconds, write B-byte blocks
 //!                                                     (default 4096) to P sequentially with
 //!                                                     O_DIRECT|O_DSYNC, wrapping at its size
+//! nodesat-load uring-read --path P --seconds S [--block B] [--cpu N]
+//!                                                     the same, reading with O_DIRECT through
+//!                                                     io_uring, one request at a time, each
+//!                                                     waited for in io_uring_enter
 //! ```
 //!
 //! `--cpu N` pins the process to CPU `N` (`sched_setaffinity`) before it
@@ -29,7 +33,11 @@
 //! it spent writing, and of that the time it ran on a CPU and waited on a run
 //! queue (from `/proc/self/schedstat`; both 0 without one), so the rest is
 //! the time it was blocked. Every write is synchronous (one at a time, each
-//! waited for), so it spends nearly all its time blocked on I/O.
+//! waited for), so it spends nearly all its time blocked on I/O. Both also
+//! print `blkio_delay_ns <b>`, their block I/O delay from delay accounting
+//! (accounted while `kernel.task_delayacct` is 1). `uring-read` prints
+//! `reading` and `read <n> blocks ...` the same way; it waits for each
+//! completion in io_uring's interruptible sleep with `in_iowait` set.
 
 use std::alloc::{self, Layout};
 use std::fs::OpenOptions;
@@ -46,7 +54,8 @@ const USAGE: &str = "usage: nodesat-load spin [--cpu N]
        nodesat-load tcp-server --listen ADDR --rounds N --size B
        nodesat-load tcp-client --connect ADDR --rounds N --size B
        nodesat-load alloc --mb N [--oom-score-adj A]
-       nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]";
+       nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]
+       nodesat-load uring-read --path P --seconds S [--block B] [--cpu N]";
 
 /// Page size assumed by `alloc` (touching one byte per 4 KiB touches every
 /// page on any page size of at least 4 KiB).
@@ -82,6 +91,10 @@ fn main() -> ExitCode {
         },
         ["dio-write", ref options @ ..] => match dio_options(options) {
             Ok(o) => pin(o.cpu).and_then(|()| dio_write(&o)),
+            Err(e) => return usage_error(&e),
+        },
+        ["uring-read", ref options @ ..] => match dio_options(options) {
+            Ok(o) => pin(o.cpu).and_then(|()| uring_read(&o)),
             Err(e) => return usage_error(&e),
         },
         _ => return usage_error("expected a mode"),
@@ -406,15 +419,34 @@ fn dio_write(o: &DioOptions) -> io::Result<()> {
             stdout.flush()?;
         }
     }
+    summary(
+        &mut stdout,
+        "wrote",
+        written,
+        start,
+        sched_start,
+        blkio_start,
+    )
+}
+
+/// Prints `<verb> <n> blocks elapsed_ns <e> run_ns <r> runqueue_ns <q>[ blkio_delay_ns <b>]`
+/// for the stretch since `start` (schedstat and block I/O delay read then).
+fn summary(
+    out: &mut impl Write,
+    verb: &str,
+    blocks: u64,
+    start: Instant,
+    sched_start: Option<(u64, u64)>,
+    blkio_start: Option<u64>,
+) -> io::Result<()> {
     let elapsed = start.elapsed();
-    let sched = schedstat();
-    let (run, runqueue) = match (sched_start, sched) {
+    let (run, runqueue) = match (sched_start, schedstat()) {
         (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
         _ => (0, 0),
     };
     write!(
-        stdout,
-        "wrote {written} blocks elapsed_ns {} run_ns {run} runqueue_ns {runqueue}",
+        out,
+        "{verb} {blocks} blocks elapsed_ns {} run_ns {run} runqueue_ns {runqueue}",
         elapsed.as_nanos()
     )?;
     if let (Some(a), Some(b)) = (blkio_start, blkio_delay_ticks()) {
@@ -424,13 +456,66 @@ fn dio_write(o: &DioOptions) -> io::Result<()> {
             .filter(|&hz| hz > 0)
             .unwrap_or(100);
         write!(
-            stdout,
+            out,
             " blkio_delay_ns {}",
             b.saturating_sub(a) * 1_000_000_000 / hz
         )?;
     }
-    writeln!(stdout)?;
-    stdout.flush()
+    writeln!(out)?;
+    out.flush()
+}
+
+/// Reads `o.block`-byte blocks of `o.path` (opened `O_RDONLY|O_DIRECT`) through io_uring, one
+/// request at a time from offset 0, wrapping at its size, until `o.duration` has passed; each
+/// completion is waited for in `io_uring_enter` (an interruptible sleep with `in_iowait`
+/// set while the read is in flight). Prints `reading` after the first block and
+/// `read <n> blocks ...` at the end.
+fn uring_read(o: &DioOptions) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&o.path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", o.path)))?;
+    let size = file.seek(SeekFrom::End(0))?;
+    let blocks = size / o.block as u64;
+    if blocks == 0 {
+        return Err(io::Error::other(format!(
+            "{} ({size} bytes) is smaller than one block of {}",
+            o.path, o.block
+        )));
+    }
+    let mut ring = io_uring::IoUring::new(4)?;
+    let mut buf = AlignedBuf::new(o.block)?;
+    let fd = io_uring::types::Fd(file.as_raw_fd());
+    let sched_start = schedstat();
+    let blkio_start = blkio_delay_ticks();
+    let start = Instant::now();
+    let mut stdout = io::stdout().lock();
+    let mut read = 0u64;
+    while read == 0 || start.elapsed() < o.duration {
+        let data = buf.as_mut_slice();
+        let entry = io_uring::opcode::Read::new(fd, data.as_mut_ptr(), data.len() as u32)
+            .offset((read % blocks) * o.block as u64)
+            .build();
+        // SAFETY: the buffer outlives the request, which is waited for below.
+        unsafe { ring.submission().push(&entry) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        ring.submit_and_wait(1)?;
+        let cqe = ring
+            .completion()
+            .next()
+            .ok_or_else(|| io::Error::other("io_uring: no completion after waiting for one"))?;
+        if cqe.result() < 0 {
+            return Err(io::Error::from_raw_os_error(-cqe.result()));
+        }
+        read += 1;
+        if read == 1 {
+            writeln!(stdout, "reading")?;
+            stdout.flush()?;
+        }
+    }
+    summary(&mut stdout, "read", read, start, sched_start, blkio_start)
 }
 
 /// This process's block I/O delay so far, in clock ticks (`/proc/self/stat` field 42,
