@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 23] = [
+pub const OFFSETS: [(&str, &str, &str); 26] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (SOCK_STATE, "sock", "__sk_common.skc_state"),
@@ -29,6 +29,9 @@ pub const OFFSETS: [(&str, &str, &str); 23] = [
     (GENDISK_FIRST_MINOR, "gendisk", "first_minor"),
     (CFS_RQ_TG, "cfs_rq", "tg"),
     (TASK_GROUP_CGROUP, "task_group", "css.cgroup"),
+    (OOM_CONTROL_MEMCG, "oom_control", "memcg"),
+    (OOM_CONTROL_CONSTRAINT, "oom_control", "constraint"),
+    (MEM_CGROUP_CSS, "mem_cgroup", "css"),
 ];
 
 /// Tracepoint arguments found by name in the kernel's BTF (the parameters of the
@@ -71,6 +74,11 @@ pub const GENDISK_FIRST_MINOR: &str = "OFF_GENDISK_FIRST_MINOR";
 pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";
 pub const CFS_RQ_TG: &str = "OFF_CFS_RQ_TG";
 pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";
+/// `oom_control.memcg`: the cgroup whose limit the OOM is about (NULL: not a cgroup OOM).
+pub const OOM_CONTROL_MEMCG: &str = "OFF_OOM_CONTROL_MEMCG";
+/// `oom_control.constraint`: `enum oom_constraint`.
+pub const OOM_CONTROL_CONSTRAINT: &str = "OFF_OOM_CONTROL_CONSTRAINT";
+pub const MEM_CGROUP_CSS: &str = "OFF_MEM_CGROUP_CSS";
 
 /// Which hierarchy names a task's cgroup. Unset (`u32::MAX`): the unified (v2) hierarchy, as
 /// `bpf_get_current_cgroup_id()` gives it. Set: the v1 hierarchy of the controller with this

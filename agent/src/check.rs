@@ -120,7 +120,7 @@ pub fn check(config: &Config) -> i32 {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\n{:<10} {:<22} {}",
+        "\n{:<14} {:<22} {}",
         "PROBE",
         "HOOK",
         COLUMNS.map(|v| format!("{:<15}", v.as_str())).join("")
@@ -156,7 +156,7 @@ pub fn check(config: &Config) -> i32 {
                 .collect();
             let _ = writeln!(
                 table,
-                "{:<10} {:<22} {}",
+                "{:<14} {:<22} {}",
                 probe.name,
                 h.name,
                 cells.join("")

@@ -120,6 +120,8 @@ impl Emitter {
             comm = %kill.comm,
             cgroup = kill.cgroup.as_deref().unwrap_or("?"),
             constraint = kill.constraint,
+            constraint_cgroup = kill.constraint_cgroup.as_deref().unwrap_or("-"),
+            constraint_source = kill.constraint_source,
             "OOM kill"
         );
         match self.format {
@@ -183,8 +185,10 @@ pub fn oom_line(k: &OomKill) -> String {
         .map(|a| format!(", oom_score_adj {a}"))
         .unwrap_or_default();
     format!(
-        "!! OOM KILL  pid {} ({}) in {cgroup}  [{} OOM{adj}]\n",
-        k.pid, k.comm, k.constraint
+        "!! OOM KILL  pid {} ({}) in {cgroup}  [{}{adj}]\n",
+        k.pid,
+        k.comm,
+        k.constraint_text()
     )
 }
 
@@ -390,13 +394,15 @@ mod tests {
             tid: 42,
             comm: "hog".into(),
             cgroup_id: 7,
-            cgroup: Some("/pod".into()),
+            cgroup: Some("/pod/ctr".into()),
             constraint: "memcg",
+            constraint_cgroup: Some("/pod".into()),
+            constraint_source: "kernel",
             oom_score_adj: Some(0),
         };
         assert_eq!(
             oom_line(&kill),
-            "!! OOM KILL  pid 42 (hog) in /pod  [memcg OOM, oom_score_adj 0]\n"
+            "!! OOM KILL  pid 42 (hog) in /pod/ctr  [memcg OOM of /pod, oom_score_adj 0]\n"
         );
         let v: serde_json::Value = serde_json::from_str(&json_line(&kill)).unwrap();
         assert_eq!(

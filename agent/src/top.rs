@@ -355,14 +355,14 @@ impl State {
             Some(k) => Line::styled(
                 clip(
                     &format!(
-                        "OOM KILL #{}: pid {} ({}) in {} [{} OOM]",
+                        "OOM KILL #{}: pid {} ({}) in {} [{}]",
                         self.kills_seen,
                         k.pid,
                         k.comm,
                         k.cgroup
                             .clone()
                             .unwrap_or_else(|| format!("cgroup id {}", k.cgroup_id)),
-                        k.constraint
+                        k.constraint_text()
                     ),
                     width,
                 ),
@@ -766,6 +766,8 @@ mod tests {
             cgroup_id: 7,
             cgroup: Some("/xoom".into()),
             constraint: "memcg",
+            constraint_cgroup: Some("/xoom".into()),
+            constraint_source: "kernel",
             oom_score_adj: Some(0),
         });
         s.kills_seen = 1;
@@ -784,7 +786,10 @@ mod tests {
             all[4]
         );
         assert!(all[22].starts_with("… "), "{all:#?}");
-        assert_eq!(all[23], "OOM KILL #1: pid 42 (hog) in /xoom [memcg OOM]");
+        assert_eq!(
+            all[23],
+            "OOM KILL #1: pid 42 (hog) in /xoom [memcg OOM of /xoom]"
+        );
         assert!(
             all.iter()
                 .any(|l| l.starts_with("/kubepods.…") && l.contains("name.scope")),

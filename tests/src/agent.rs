@@ -317,8 +317,13 @@ pub struct OomKill {
     pub cgroup_id: u64,
     /// Its cgroup path relative to the v2 root, `None` when unknown.
     pub cgroup: Option<String>,
-    /// `"memcg"`, `"global"` or `"unknown"`.
+    /// `"memcg"`, `"global"`, `"cpuset"`, `"mempolicy"` or `"unknown"`.
     pub constraint: String,
+    /// The cgroup whose limit was hit (path relative to the v2 root), for `"memcg"`.
+    #[serde(default)]
+    pub constraint_cgroup: Option<String>,
+    /// `"kernel"` (the kernel's decision, probe `oom_constraint`) or `"inferred"`.
+    pub constraint_source: String,
     pub oom_score_adj: i32,
     /// When the harness read the line (not part of the protocol).
     #[serde(skip, default = "Instant::now")]

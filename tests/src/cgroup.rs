@@ -352,19 +352,7 @@ impl TestCgroup {
     /// line of v1 `memory.oom_control` (hybrid machines) or of v2
     /// `memory.events`.
     pub fn memory_oom_kills(&self) -> io::Result<u64> {
-        let file = if self.v1_memory.is_some() {
-            "memory.oom_control"
-        } else {
-            "memory.events"
-        };
-        let path = self.memory_dir().join(file);
-        let text = fs::read_to_string(&path).map_err(|e| with_path(e, "cannot read", &path))?;
-        keyed_value(&text, "oom_kill").ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("no oom_kill line in {}: {text:?}", path.display()),
-            )
-        })
+        memory_oom_kills_in(self.v1_memory.as_deref(), &self.v2)
     }
 
     /// The directory whose CPU controller files apply to this cgroup: the
@@ -513,6 +501,22 @@ fn make_dir(dir: &Path) -> io::Result<()> {
 
 pub(crate) fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// The `oom_kill` count of a cgroup: v1 `memory.oom_control` in `v1_memory` where given,
+/// else v2 `memory.events` in `v2`.
+pub(crate) fn memory_oom_kills_in(v1_memory: Option<&Path>, v2: &Path) -> io::Result<u64> {
+    let path = match v1_memory {
+        Some(dir) => dir.join("memory.oom_control"),
+        None => v2.join("memory.events"),
+    };
+    let text = fs::read_to_string(&path).map_err(|e| with_path(e, "cannot read", &path))?;
+    keyed_value(&text, "oom_kill").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no oom_kill line in {}: {text:?}", path.display()),
+        )
+    })
 }
 
 /// Pids listed in `dir/cgroup.procs` (none if it cannot be read).

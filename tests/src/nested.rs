@@ -200,6 +200,12 @@ impl NestedCgroup {
         crate::cgroup::set_memory_limit_in(self.v1_memory.as_deref(), &self.v2, bytes)
     }
 
+    /// How many of its processes the kernel OOM-killed so far, as
+    /// [`TestCgroup::memory_oom_kills`](crate::TestCgroup::memory_oom_kills).
+    pub fn memory_oom_kills(&self) -> io::Result<u64> {
+        crate::cgroup::memory_oom_kills_in(self.v1_memory.as_deref(), &self.v2)
+    }
+
     /// Its directories in all hierarchies: v2 first, then v1 ones if any.
     pub fn dirs(&self) -> impl Iterator<Item = &Path> {
         std::iter::once(self.v2.as_path())

@@ -203,8 +203,13 @@ fn runqueue_works_with_every_probe_variant() {
             "a runqueue probe is reported"
         );
         // Forcing a tracepoint variant applies to every probe on tracepoints; the throttle
-        // probe hooks kernel functions (fentry/kprobe) and keeps its own chain.
-        for probe in report.probes.iter().filter(|p| p.probe != "throttle") {
+        // and oom_constraint probes hook kernel functions (fentry/kprobe) and keep their own
+        // chain.
+        for probe in report
+            .probes
+            .iter()
+            .filter(|p| !["throttle", "oom_constraint"].contains(&p.probe.as_str()))
+        {
             assert_eq!(
                 probe.variant, variant,
                 "variant of probe {}/{}",

@@ -58,6 +58,12 @@ static OFF_SIGNAL_OOM_SCORE_ADJ: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_SKB_CB: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
+static OFF_OOM_CONTROL_MEMCG: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_OOM_CONTROL_CONSTRAINT: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_MEM_CGROUP_CSS: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
 static OFF_TCP_SKB_CB_GSO_SEGS: u32 = UNKNOWN;
 
 /// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
@@ -76,6 +82,24 @@ pub fn read<T>(base: u64, offset: &u32) -> Option<T> {
 fn cgroup_id(cgroup: u64) -> Option<u64> {
     let kn: u64 = read(cgroup, &OFF_CGROUP_KN)?;
     read(kn, &OFF_KERNFS_NODE_ID)
+}
+
+/// What an OOM is about (`struct oom_control`): the id of the cgroup whose limit was hit
+/// (`oc->memcg->css.cgroup->kn->id`, 0 when `memcg` is NULL: not a cgroup OOM) and
+/// `oc->constraint` (`enum oom_constraint`). `None` when a read fails.
+#[inline(always)]
+pub fn oom_control(oc: u64) -> Option<(u64, u32)> {
+    let memcg: u64 = read(oc, &OFF_OOM_CONTROL_MEMCG)?;
+    let constraint: u32 = read(oc, &OFF_OOM_CONTROL_CONSTRAINT)?;
+    if memcg == 0 {
+        return Some((0, constraint));
+    }
+    let offset = global(&OFF_MEM_CGROUP_CSS);
+    if offset == UNKNOWN {
+        return None;
+    }
+    let css = memcg + u64::from(offset);
+    Some((cgroup_id(read(css, &OFF_CSS_CGROUP)?)?, constraint))
 }
 
 /// The cgroup v2 id of a socket's owner: `sk->sk_cgrp_data.cgroup->kn->id`.

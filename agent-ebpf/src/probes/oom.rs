@@ -1,12 +1,17 @@
 //! OOM kill programs; see `agent_ebpf::oom`.
 
-use agent_ebpf::oom::{EVENTS_BYTES, KILLS_MAX_ENTRIES, OomEvent, SCORE_ADJ_UNKNOWN};
+use agent_ebpf::oom::{
+    CONSTRAINT_UNSEEN, EVENTS_BYTES, KILLS_MAX_ENTRIES, OomDecision, OomEvent, SCORE_ADJ_UNKNOWN,
+    SI_KERNEL, SigKill,
+};
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
-    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
+    },
 };
 
 use super::{count_add, kernel, tp_field};
@@ -21,6 +26,15 @@ static OOM_KILLS: LruPerCpuHashMap<u64, u64> =
 #[map]
 static OOM_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+static OOM_SIGKILL: PerCpuArray<SigKill> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static OOM_SPARED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static OOM_DECISION: Array<OomDecision> = Array::with_max_entries(1, 0);
+
 // Classic tracepoint field offsets, from tracefs; 0 = unknown.
 #[unsafe(no_mangle)]
 static TP_VICTIM_PID: u32 = 0;
@@ -28,10 +42,148 @@ static TP_VICTIM_PID: u32 = 0;
 static TP_VICTIM_COMM: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_VICTIM_SCORE_ADJ: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SIGNAL_SIG: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SIGNAL_CODE: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SIGNAL_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_SIGNAL_GROUP: u32 = 0;
 
-/// Counts the kill on the victim's cgroup and sends the event.
+/// `SIGKILL`.
+const SIGKILL: i32 = 9;
+
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Remembers a kernel `SIGKILL` to thread group of thread `to` (see `agent_ebpf::oom`).
 #[inline(always)]
-fn killed(event: OomEvent) {
+fn signal(sig: i32, kernel_sent: bool, group: bool, to: u32) {
+    if sig != SIGKILL || !kernel_sent || !group {
+        return;
+    }
+    if let Some(slot) = OOM_SIGKILL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            *slot = SigKill {
+                by: current_tid(),
+                to,
+            }
+        };
+    }
+}
+
+/// Whether marking thread `victim` is a kill: the current task has just sent it the
+/// kernel's `SIGKILL`. Forgets that signal either way.
+#[inline(always)]
+fn is_kill(victim: u32) -> bool {
+    let Some(slot) = OOM_SIGKILL.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot.
+    let sent = unsafe { core::ptr::replace(slot, SigKill::default()) };
+    sent.by != 0 && sent.by == current_tid() && sent.to == victim
+}
+
+/// signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+/// int result); `SEND_SIG_PRIV` is the pointer value 1.
+#[inline(always)]
+fn signal_args(sig: i32, info: u64, task: u64, group: i32) {
+    if sig == SIGKILL {
+        signal(
+            sig,
+            info == 1,
+            group != 0,
+            kernel::task_pid(task).unwrap_or(0),
+        );
+    }
+}
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn oom_sigkill_btf(ctx: BtfTracePointContext) -> i32 {
+    signal_args(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn oom_sigkill_raw(ctx: RawTracePointContext) -> i32 {
+    let sig: u64 = ctx.arg(0);
+    let group: u64 = ctx.arg(3);
+    signal_args(sig as i32, ctx.arg(1), ctx.arg(2), group as i32);
+    0
+}
+
+/// The classic record has `code` (`SI_KERNEL` for `SEND_SIG_PRIV`) and the target's `pid`.
+#[tracepoint]
+pub fn oom_sigkill_tp(ctx: TracePointContext) -> u32 {
+    let (Some(sig), Some(code), Some(pid), Some(group)) = (
+        tp_field::<i32>(&ctx, &TP_SIGNAL_SIG),
+        tp_field::<i32>(&ctx, &TP_SIGNAL_CODE),
+        tp_field::<i32>(&ctx, &TP_SIGNAL_PID),
+        tp_field::<i32>(&ctx, &TP_SIGNAL_GROUP),
+    ) else {
+        return 0;
+    };
+    signal(sig, code == SI_KERNEL, group != 0, pid as u32);
+    0
+}
+
+/// oom_kill_process(struct oom_control *oc, const char *message): the kernel's decision,
+/// kept for the kills that follow.
+#[inline(always)]
+fn decided(oc: u64) {
+    let Some(slot) = OOM_DECISION.get_ptr_mut(0) else {
+        return;
+    };
+    let (cgroup, constraint) = kernel::oom_control(oc).unwrap_or((0, u32::MAX));
+    let decision = OomDecision {
+        by: current_tid(),
+        constraint: constraint.wrapping_add(1),
+        cgroup,
+    };
+    // SAFETY: one OOM kill at a time (oom_lock); a torn read would only mislabel one event.
+    unsafe { *slot = decision };
+}
+
+#[fentry(function = "oom_kill_process")]
+pub fn oom_decision_fentry(ctx: FEntryContext) -> i32 {
+    decided(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn oom_decision_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(oc) = ctx.arg::<u64>(0) {
+        decided(oc);
+    }
+    0
+}
+
+/// The decision behind the kill the current task is making, if the hook saw it.
+#[inline(always)]
+fn decision() -> Option<OomDecision> {
+    // SAFETY: see `decided`.
+    let d = unsafe { *OOM_DECISION.get_ptr(0)? };
+    (d.by != 0 && d.by == current_tid()).then_some(d)
+}
+
+/// Counts the kill on the victim's cgroup and sends the event; a mark without a kill is
+/// counted apart.
+#[inline(always)]
+fn killed(mut event: OomEvent) {
+    if !is_kill(event.pid) {
+        if let Some(spared) = OOM_SPARED.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            unsafe { *spared += 1 };
+        }
+        return;
+    }
+    if let Some(d) = decision() {
+        event.constraint = d.constraint;
+        event.constraint_cgroup = d.cgroup;
+    }
     count_add(&OOM_KILLS, &event.cgroup, 1);
     if OOM_EVENTS.output::<OomEvent>(&event, 0).is_err()
         && let Some(lost) = OOM_LOST.get_ptr_mut(0)
@@ -50,8 +202,9 @@ fn blank_event() -> OomEvent {
         tgid: 0,
         pid: 0,
         oom_score_adj: SCORE_ADJ_UNKNOWN,
-        _pad: 0,
+        constraint: CONSTRAINT_UNSEEN,
         comm: [0; 16],
+        constraint_cgroup: 0,
     }
 }
 

@@ -8,7 +8,10 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use agent_ebpf::oom::{MAP_KILLS, MAP_LOST, OomEvent, SCORE_ADJ_UNKNOWN};
+use agent_ebpf::oom::{
+    CONSTRAINT_NAMES, CONSTRAINT_UNSEEN, MAP_KILLS, MAP_LOST, MAP_SPARED, OomEvent,
+    SCORE_ADJ_UNKNOWN,
+};
 use aya::Ebpf;
 use serde::Serialize;
 
@@ -24,6 +27,8 @@ use crate::{
 pub struct Oom {
     prev: Snapshot<u64, u64>,
     prev_lost: u64,
+    /// Victims the kernel marked without killing them (already exiting), so far.
+    prev_spared: u64,
     /// Kills the program could only count on cgroup 0 (the classic tracepoint's record has no
     /// task pointer) whose events named a cgroup (by a /proc lookup): cgroup → (kills, the
     /// collections they have waited).
@@ -34,6 +39,7 @@ impl Oom {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
         self.prev_lost = lost(ebpf)?;
+        self.prev_spared = first(ebpf, MAP_SPARED)?;
         Ok(())
     }
 
@@ -46,6 +52,15 @@ impl Oom {
         let mut kills = cur.delta_since(&self.prev).into_iter().collect();
         self.prev = cur;
         reattribute(&mut kills, &mut self.found);
+        let spared = first(ebpf, MAP_SPARED)?;
+        let spared_now = spared.delta(&self.prev_spared);
+        self.prev_spared = spared;
+        if spared_now > 0 {
+            tracing::info!(
+                "OOM: {spared_now} victim(s) marked without a kill: already exiting, given \
+                 the memory reserves to finish (the kernel counts no kill, nor does nodesat)"
+            );
+        }
         let cur_lost = lost(ebpf)?;
         let lost_now = cur_lost.delta(&self.prev_lost);
         self.prev_lost = cur_lost;
@@ -88,7 +103,12 @@ fn reattribute(kills: &mut BTreeMap<u64, u64>, found: &mut BTreeMap<u64, (u64, u
 }
 
 fn lost(ebpf: &Ebpf) -> Result<u64, ProbeError> {
-    Ok(maps::per_cpu_array_sums(ebpf, MAP_LOST)?
+    first(ebpf, MAP_LOST)
+}
+
+/// The one counter of a one-element per-CPU array, summed over CPUs.
+fn first(ebpf: &Ebpf, map: &'static str) -> Result<u64, ProbeError> {
+    Ok(maps::per_cpu_array_sums(ebpf, map)?
         .first()
         .copied()
         .unwrap_or(0))
@@ -108,10 +128,30 @@ pub struct OomKill {
     pub cgroup_id: u64,
     /// The victim cgroup's path relative to the cgroup v2 root.
     pub cgroup: Option<String>,
-    /// "memcg" (a cgroup memory limit was hit), "global" (the whole machine ran out), or
+    /// "memcg" (a cgroup memory limit was hit), "global" (the whole machine ran out),
+    /// "cpuset" or "mempolicy" (the memory nodes allowed to the allocation ran out), or
     /// "unknown".
     pub constraint: &'static str,
+    /// The cgroup whose limit was hit, relative to the cgroup v2 root (the same path as in
+    /// the v1 memory hierarchy on hybrid nodes): an ancestor of the victim's, e.g. the pod
+    /// when the victim is one of its containers. None unless `constraint` is "memcg".
+    pub constraint_cgroup: Option<String>,
+    /// "kernel": `constraint` and `constraint_cgroup` are the kernel's own decision
+    /// (`oom_kill_process`'s `oom_control`, probe `oom_constraint`); "inferred": that probe
+    /// is not attached, and they were worked out afterwards from the memory controller's
+    /// files of the victim's ancestors.
+    pub constraint_source: &'static str,
     pub oom_score_adj: Option<i32>,
+}
+
+impl OomKill {
+    /// "memcg OOM of /pod" (the limit that was hit, when known), "global OOM", ….
+    pub fn constraint_text(&self) -> String {
+        match &self.constraint_cgroup {
+            Some(at) => format!("{} OOM of {at}", self.constraint),
+            None => format!("{} OOM", self.constraint),
+        }
+    }
 }
 
 /// Turns kernel events into reports: names the cgroup and the constraint.
@@ -140,9 +180,26 @@ impl OomEvents {
         }
         names.refresh_if_unknown(&[cgroup_id]);
         let cgroup = names.name(cgroup_id).map(str::to_owned);
-        let constraint = match &cgroup {
-            Some(path) => constraint(&self.cgroup_root, self.v2_root.as_deref(), path),
-            None => "unknown",
+        let (constraint, constraint_cgroup, constraint_source) = match e.constraint {
+            CONSTRAINT_UNSEEN => {
+                let (kind, at) = match &cgroup {
+                    Some(path) => {
+                        infer_constraint(&self.cgroup_root, self.v2_root.as_deref(), path)
+                    }
+                    None => ("unknown", None),
+                };
+                (kind, at, "inferred")
+            }
+            n => {
+                let kind = CONSTRAINT_NAMES
+                    .get(n as usize - 1)
+                    .copied()
+                    .unwrap_or("unknown");
+                let at = (e.constraint_cgroup != 0)
+                    .then(|| self.memcg_path(e.constraint_cgroup, names))
+                    .flatten();
+                (kind, at, "kernel")
+            }
         };
         OomKill {
             kind: "oom_kill",
@@ -153,8 +210,22 @@ impl OomEvents {
             cgroup_id,
             cgroup,
             constraint,
+            constraint_cgroup,
+            constraint_source,
             oom_score_adj: (e.oom_score_adj != SCORE_ADJ_UNKNOWN).then_some(e.oom_score_adj),
         }
+    }
+
+    /// The path of the memory controller's cgroup `id`: in the v1 memory hierarchy where it
+    /// is mounted (hybrid and v1 nodes: `oom_control.memcg` is a v1 cgroup there), else in the
+    /// unified one. Walks the v1 hierarchy: OOM kills are rare.
+    fn memcg_path(&self, id: u64, names: &mut CgroupNames) -> Option<String> {
+        let v1 = self.cgroup_root.join("memory");
+        if v1.join("memory.limit_in_bytes").exists() {
+            return crate::cgroups::scan(&v1).remove(&id);
+        }
+        names.refresh_if_unknown(&[id]);
+        names.name(id).map(str::to_owned)
     }
 }
 
@@ -175,11 +246,17 @@ fn wall_clock_of_ktime(ktime_ns: u64) -> u64 {
     now_wall.saturating_sub(now_mono.saturating_sub(ktime_ns))
 }
 
-/// Whether a kill in cgroup `path` (relative to the v2 root) came from a cgroup memory limit:
-/// some ancestor (or the cgroup itself) has a limit and shows it was hit (v2 `memory.events`
-/// `oom` > 0; v1 usage watermark `memory.max_usage_in_bytes` at the limit). "global" when no ancestor has a limit; "unknown" when
-/// there is a limit but no sign it was reached, or no memory controller to ask.
-pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'static str {
+/// What a kill in cgroup `path` (relative to the v2 root) was constrained by, worked out
+/// afterwards when the kernel's decision was not seen: the nearest ancestor (or the cgroup
+/// itself) that has a limit and shows it was hit (v2 `memory.events` `oom` > 0; v1 usage
+/// watermark `memory.max_usage_in_bytes` at the limit) is "memcg", with its path. "global"
+/// when no ancestor has a limit; "unknown" when there is a limit but no sign it was reached,
+/// or no memory controller to ask.
+pub fn infer_constraint(
+    cgroup_root: &Path,
+    v2_root: Option<&Path>,
+    path: &str,
+) -> (&'static str, Option<String>) {
     let mut saw_controller = false;
     let mut saw_limit = false;
     for ancestor in ancestors(path) {
@@ -191,7 +268,7 @@ pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'s
                 if max.trim() != "max" {
                     saw_limit = true;
                     if keyed(&dir.join("memory.events"), "oom").unwrap_or(0) > 0 {
-                        return "memcg";
+                        return ("memcg", Some(ancestor));
                     }
                 }
             }
@@ -214,14 +291,14 @@ pub fn constraint(cgroup_root: &Path, v2_root: Option<&Path>, path: &str) -> &'s
                 // The usage watermark reached the limit (within a charge batch). (failcnt is
                 // not reliable for this: it was seen at 0 right after a memcg OOM kill.)
                 if number(&dir.join(peak)).is_some_and(|p| p + V1_SLACK >= limit) {
-                    return "memcg";
+                    return ("memcg", Some(ancestor));
                 }
             }
         }
     }
     match (saw_controller, saw_limit) {
-        (true, false) => "global",
-        _ => "unknown",
+        (true, false) => ("global", None),
+        _ => ("unknown", None),
     }
 }
 
@@ -318,7 +395,10 @@ mod tests {
         );
         write(&v2.join("pod/ctr"), "memory.max", "max\n");
         write(&v2.join("pod/ctr"), "memory.events", "oom 0\noom_kill 1\n");
-        assert_eq!(constraint(root.path(), Some(&v2), "/pod/ctr"), "memcg");
+        assert_eq!(
+            infer_constraint(root.path(), Some(&v2), "/pod/ctr"),
+            ("memcg", Some("/pod".to_owned()))
+        );
     }
 
     #[test]
@@ -326,11 +406,17 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let v2 = root.path().to_path_buf();
         write(&v2.join("a"), "memory.max", "max\n");
-        assert_eq!(constraint(root.path(), Some(&v2), "/a"), "global");
+        assert_eq!(
+            infer_constraint(root.path(), Some(&v2), "/a"),
+            ("global", None)
+        );
         write(&v2.join("b"), "memory.max", "1000000\n");
         write(&v2.join("b"), "memory.events", "oom 0\n");
-        assert_eq!(constraint(root.path(), Some(&v2), "/b"), "unknown");
-        assert_eq!(constraint(root.path(), None, "/c"), "unknown");
+        assert_eq!(
+            infer_constraint(root.path(), Some(&v2), "/b"),
+            ("unknown", None)
+        );
+        assert_eq!(infer_constraint(root.path(), None, "/c"), ("unknown", None));
     }
 
     #[test]
@@ -342,12 +428,18 @@ mod tests {
         let other = root.path().join("memory/other");
         write(&other, "memory.limit_in_bytes", "67108864\n");
         write(&other, "memory.max_usage_in_bytes", "1048576\n");
-        assert_eq!(constraint(root.path(), None, "/other"), "unknown");
+        assert_eq!(
+            infer_constraint(root.path(), None, "/other"),
+            ("unknown", None)
+        );
         write(
             &root.path().join("memory"),
             "memory.limit_in_bytes",
             "9223372036854771712\n",
         );
-        assert_eq!(constraint(root.path(), None, "/test"), "memcg");
+        assert_eq!(
+            infer_constraint(root.path(), None, "/test"),
+            ("memcg", Some("/test".to_owned()))
+        );
     }
 }

@@ -83,12 +83,23 @@ impl KernelBtf {
     }
 
     /// The index of parameter `name` of tracepoint `event`, as a tp_btf or raw tracepoint
-    /// program's `ctx.arg(i)` numbers it. Taken from the kernel function that runs BPF
+    /// program's `ctx.arg(i)` numbers it (see [`KernelBtf::tracepoint_args`]). `None` when the
+    /// event has no parameter of that name, or BTF does not describe the event.
+    pub fn tracepoint_arg(&self, event: &str, name: &str) -> Option<u32> {
+        let position = self
+            .tracepoint_args(event)?
+            .iter()
+            .position(|n| n == name)?;
+        u32::try_from(position).ok()
+    }
+
+    /// The names of tracepoint `event`'s arguments, in the order a tp_btf or raw tracepoint
+    /// program's `ctx.arg(i)` numbers them. Taken from the kernel function that runs BPF
     /// programs for the event, `__bpf_trace_<event>(void *__data, <the event's arguments>)`
     /// (or the perf and ftrace handlers with the same parameters), whose BTF names its
     /// parameters; the `btf_trace_<event>` typedef's prototype has the types only. `None` when
-    /// the event has no parameter of that name, or BTF has none of these functions.
-    pub fn tracepoint_arg(&self, event: &str, name: &str) -> Option<u32> {
+    /// BTF has none of these functions.
+    pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
         let handlers = [
             format!("__bpf_trace_{event}"),
             format!("__traceiter_{event}"),
@@ -107,12 +118,15 @@ impl KernelBtf {
                     _ => None,
                 })
         })?;
-        let position = proto
-            .parameters
-            .iter()
-            .position(|p| self.btf.resolve_name(p).is_ok_and(|n| n == name))?;
         // The first parameter, `__data`, is not among the program's arguments.
-        u32::try_from(position).ok()?.checked_sub(1)
+        Some(
+            proto
+                .parameters
+                .iter()
+                .skip(1)
+                .map(|p| self.btf.resolve_name(p).unwrap_or_default().to_string())
+                .collect(),
+        )
     }
 
     /// Finds a member by name, looking inside anonymous structs and unions; returns its bit
@@ -185,6 +199,38 @@ mod tests {
             in_record.then_some(2)
         );
         assert_eq!(btf.tracepoint_arg("tcp_retransmit_skb", "skb"), Some(1));
+        // signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task,
+        // int group, int result) since 3.x.
+        assert_eq!(
+            btf.tracepoint_args("signal_generate").as_deref(),
+            Some(&["sig", "info", "task", "group", "result"].map(String::from)[..])
+        );
+        // enum oom_constraint, as agent_ebpf::oom::CONSTRAINT_NAMES lists it.
+        for (value, name) in [
+            "CONSTRAINT_NONE",
+            "CONSTRAINT_CPUSET",
+            "CONSTRAINT_MEMORY_POLICY",
+            "CONSTRAINT_MEMCG",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(
+                btf.enum_value("oom_constraint", name).ok(),
+                Some(value as u32)
+            );
+        }
+        assert_eq!(agent_ebpf::oom::CONSTRAINT_NAMES.len(), 4);
+        // mark_victim's first argument is a task (6.8 and backports) or a pid (older): either
+        // way it is named, so the agent can tell which.
+        let victim = btf
+            .tracepoint_args("mark_victim")
+            .expect("mark_victim in BTF");
+        assert!(
+            victim.first().is_some_and(|a| a == "task" || a == "pid"),
+            "mark_victim({})",
+            victim.join(", ")
+        );
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Probe {
     pub name: &'static str,
     pub hooks: &'static [HookPrograms],
     pub tracepoint_fields: &'static [TracepointField],
+    /// Tracepoint arguments its tp_btf and raw tracepoint programs read by position:
+    /// (event, argument name, index). Where the kernel's BTF names another argument at that
+    /// index (an older prototype), those variants are refused and the classic tracepoint,
+    /// which reads fields by name, is used.
+    pub positional_args: &'static [(&'static str, &'static str, u32)],
     /// The attach variants it has, best first.
     pub chain: &'static [Variant],
 }
@@ -95,6 +100,7 @@ pub const RUNQUEUE: Probe = Probe {
             "pid",
         ),
     ],
+    positional_args: &[],
     chain: &TRACEPOINT_CHAIN,
 };
 
@@ -148,6 +154,7 @@ pub const TCP: Probe = Probe {
             "family",
         ),
     ],
+    positional_args: &[],
     chain: &TRACEPOINT_CHAIN,
 };
 
@@ -163,6 +170,39 @@ pub const OOM: Probe = Probe {
             "mark_victim",
             "oom_score_adj",
         ),
+        field(
+            oom::GLOBAL_TP_SIGNAL_SIG,
+            "signal",
+            "signal_generate",
+            "sig",
+        ),
+        field(
+            oom::GLOBAL_TP_SIGNAL_CODE,
+            "signal",
+            "signal_generate",
+            "code",
+        ),
+        field(
+            oom::GLOBAL_TP_SIGNAL_PID,
+            "signal",
+            "signal_generate",
+            "pid",
+        ),
+        field(
+            oom::GLOBAL_TP_SIGNAL_GROUP,
+            "signal",
+            "signal_generate",
+            "group",
+        ),
+    ],
+    // Kernels from 4.13 to 6.8 without the backport have `mark_victim(int pid)`: a pid must
+    // never be read as a task pointer.
+    positional_args: &[
+        ("mark_victim", "task", 0),
+        ("signal_generate", "sig", 0),
+        ("signal_generate", "info", 1),
+        ("signal_generate", "task", 2),
+        ("signal_generate", "group", 3),
     ],
     chain: &TRACEPOINT_CHAIN,
 };
@@ -197,6 +237,7 @@ pub const BLOCK: Probe = Probe {
             "rwbs",
         ),
     ],
+    positional_args: &[],
     chain: &TRACEPOINT_CHAIN,
 };
 
@@ -205,6 +246,7 @@ pub const FLOOR: Probe = Probe {
     name: "runqueue",
     hooks: &runqueue::FLOOR_HOOKS,
     tracepoint_fields: &[],
+    positional_args: &[],
     chain: &TRACEPOINT_CHAIN,
 };
 
@@ -213,8 +255,20 @@ pub const THROTTLE: Probe = Probe {
     name: "throttle",
     hooks: &throttle::HOOKS,
     tracepoint_fields: &[],
+    positional_args: &[],
+    chain: &FUNCTION_CHAIN,
+};
+
+/// The kernel's decision behind each OOM kill (`oom_kill_process`'s `oom_control`): which
+/// cgroup's limit was hit, or none. Optional (kernel function: fentry, else kprobe); without
+/// it the OOM probe still counts and reports kills, and the constraint is inferred.
+pub const OOM_CONSTRAINT: Probe = Probe {
+    name: "oom_constraint",
+    hooks: &oom::DECISION_HOOKS,
+    tracepoint_fields: &[],
+    positional_args: &[],
     chain: &FUNCTION_CHAIN,
 };
 
 /// The agent's probes.
-pub const AGENT: [Probe; 5] = [RUNQUEUE, TCP, OOM, BLOCK, THROTTLE];
+pub const AGENT: [Probe; 6] = [RUNQUEUE, TCP, OOM, OOM_CONSTRAINT, BLOCK, THROTTLE];

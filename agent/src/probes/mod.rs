@@ -84,6 +84,8 @@ pub enum ProbeError {
     Map { name: &'static str, message: String },
     #[error("cgroups are named from the v1 cpu hierarchy, but the programs cannot read it: {0}")]
     CgroupV1(String),
+    #[error("{0}")]
+    Prototype(String),
 }
 
 /// One hook of a probe: what attached (if anything), and the cumulative kernel statistics of
@@ -129,6 +131,9 @@ pub struct Probes {
     /// Whether the kernel struct offsets were resolved from BTF (the tcp and oom programs
     /// need them to name cgroups).
     pub kernel_offsets: Result<(), String>,
+    /// Per probe: tracepoint arguments the kernel's BTF puts elsewhere than its positional
+    /// programs read them (see [`Probe::positional_args`]).
+    prototype_mismatches: Vec<(&'static str, String)>,
     pub hooks: Vec<HookStatus>,
 }
 
@@ -165,9 +170,11 @@ impl Probes {
             .collect();
         // Resolved (and the parsed BTF dropped) before aya parses its own copy, so the two
         // are never in memory together.
+        let mut prototype_mismatches = Vec::new();
         let kernel_offsets = match kernel_offsets(opts.cgroup_v1_cpu) {
-            Ok(offsets) => {
+            Ok((offsets, mismatches)) => {
                 globals.extend(offsets);
+                prototype_mismatches = mismatches;
                 Ok(())
             }
             Err(e) if opts.cgroup_v1_cpu => return Err(ProbeError::CgroupV1(e.to_string())),
@@ -198,6 +205,7 @@ impl Probes {
             btf,
             tracepoint_fields,
             kernel_offsets,
+            prototype_mismatches,
             hooks: Vec::new(),
         })
     }
@@ -275,6 +283,14 @@ impl Probes {
 
     /// Loads and attaches one variant for all `hooks`, or unloads whatever it did and fails.
     pub fn try_attach(&mut self, probe: &Probe, variant: Variant) -> Result<(), ProbeError> {
+        if matches!(variant, Variant::TpBtf | Variant::RawTracepoint)
+            && let Some((_, e)) = self
+                .prototype_mismatches
+                .iter()
+                .find(|(p, _)| *p == probe.name)
+        {
+            return Err(ProbeError::Prototype(e.clone()));
+        }
         if variant == Variant::Tracepoint
             && let Some((_, Err(e))) = self
                 .tracepoint_fields
@@ -452,7 +468,11 @@ fn tracepoint_offsets(probe: &Probe) -> Result<Vec<(&'static str, u32)>, ProbeEr
 /// The kernel struct offsets of `agent_ebpf::kernel::OFFSETS` (bytes) and `BIT_OFFSETS`
 /// (bits), from the kernel's BTF; with `cgroup_v1_cpu`, also the index of the cpu controller
 /// in `css_set.subsys` (`cpu_cgrp_id` in `enum cgroup_subsys_id`) for `CGROUP_V1_SUBSYS`.
-fn kernel_offsets(cgroup_v1_cpu: bool) -> Result<Vec<(&'static str, u32)>, btf::BtfError> {
+/// Kernel struct offsets and tracepoint argument indices for the programs' globals, and the
+/// probes whose positional programs do not fit this kernel's tracepoint prototypes.
+type KernelLayout = (Vec<(&'static str, u32)>, Vec<(&'static str, String)>);
+
+fn kernel_offsets(cgroup_v1_cpu: bool) -> Result<KernelLayout, btf::BtfError> {
     let kernel = btf::KernelBtf::load(std::path::Path::new(btf::VMLINUX))?;
     let bytes = agent_ebpf::kernel::OFFSETS
         .iter()
@@ -484,7 +504,42 @@ fn kernel_offsets(cgroup_v1_cpu: bool) -> Result<Vec<(&'static str, u32)>, btf::
                 };
                 Ok((global, index))
             });
-    bytes.chain(bits).chain(subsys).chain(args).collect()
+    let globals = bytes
+        .chain(bits)
+        .chain(subsys)
+        .chain(args)
+        .collect::<Result<_, _>>()?;
+    let mismatches = catalog::AGENT
+        .iter()
+        .filter_map(|probe| {
+            prototype_mismatch(probe, |event| kernel.tracepoint_args(event))
+                .map(|e| (probe.name, e))
+        })
+        .collect();
+    Ok((globals, mismatches))
+}
+
+/// Why `probe`'s positional programs do not fit the kernel whose tracepoint argument names
+/// `args_of` gives (pure), or `None` when they do. An event BTF does not describe is left to
+/// the attach to judge.
+fn prototype_mismatch(
+    probe: &Probe,
+    args_of: impl Fn(&str) -> Option<Vec<String>>,
+) -> Option<String> {
+    probe
+        .positional_args
+        .iter()
+        .find_map(|&(event, name, index)| {
+            let args = args_of(event)?;
+            let found = args.get(index as usize).map(String::as_str);
+            (found != Some(name)).then(|| {
+                format!(
+                    "tracepoint {event}({}) has no `{name}` at argument {index} (an older \
+                     prototype): its tp_btf and raw tracepoint programs would misread it",
+                    args.join(", ")
+                )
+            })
+        })
 }
 
 /// The probes of a program set.
@@ -492,5 +547,37 @@ pub fn probes_of(set: ProgramSet) -> &'static [Probe] {
     match set {
         ProgramSet::Agent => &catalog::AGENT,
         ProgramSet::Floor => std::slice::from_ref(&catalog::FLOOR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// The OOM probe's positional programs fit `mark_victim(task, uid)` and are refused on
+    /// `mark_victim(pid)`, where they would read a pid as a task pointer; an event BTF does
+    /// not describe is left to the attach.
+    #[test]
+    fn positional_programs_are_refused_on_an_older_prototype() {
+        let signal = ["sig", "info", "task", "group", "result"];
+        let new = |event: &str| match event {
+            "mark_victim" => args(&["task", "uid"]),
+            "signal_generate" => args(&signal),
+            _ => None,
+        };
+        assert_eq!(prototype_mismatch(&catalog::OOM, new), None);
+        let old = |event: &str| match event {
+            "mark_victim" => args(&["pid"]),
+            "signal_generate" => args(&signal),
+            _ => None,
+        };
+        let why = prototype_mismatch(&catalog::OOM, old).expect("refused");
+        assert!(why.contains("mark_victim(pid)"), "{why}");
+        assert_eq!(prototype_mismatch(&catalog::OOM, |_| None), None);
+        assert_eq!(prototype_mismatch(&catalog::TCP, old), None);
     }
 }

@@ -8,7 +8,9 @@
 //!                                                     read B bytes / write B bytes back
 //! nodesat-load tcp-client --connect ADDR --rounds N --size B
 //!                                                     N rounds of write B bytes / read B bytes
-//! nodesat-load alloc --mb N [--oom-score-adj A]       touch N MiB, then sleep forever
+//! nodesat-load alloc --mb N [--oom-score-adj A] [--threads T]
+//!                                                   touch N MiB (split over T threads
+//!                                                   touching at once), then sleep forever
 //! nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]
 //!                                                     for S seconds, write B-byte blocks
 //!                                                     (default 4096) to P sequentially with
@@ -53,7 +55,7 @@ const USAGE: &str = "usage: nodesat-load spin [--cpu N]
        nodesat-load sleeper --period-ms N --work-us M
        nodesat-load tcp-server --listen ADDR --rounds N --size B
        nodesat-load tcp-client --connect ADDR --rounds N --size B
-       nodesat-load alloc --mb N [--oom-score-adj A]
+       nodesat-load alloc --mb N [--oom-score-adj A] [--threads T]
        nodesat-load dio-write --path P --seconds S [--block B] [--cpu N]
        nodesat-load uring-read --path P --seconds S [--block B] [--cpu N]";
 
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
             Err(e) => return usage_error(&e),
         },
         ["alloc", ref options @ ..] => match alloc_options(options) {
-            Ok((mib, adj)) => alloc(mib, adj),
+            Ok((mib, adj, threads)) => alloc(mib, adj, threads),
             Err(e) => return usage_error(&e),
         },
         ["dio-write", ref options @ ..] => match dio_options(options) {
@@ -289,30 +291,37 @@ fn wait_for_eof(stream: &mut TcpStream) -> io::Result<()> {
     }
 }
 
-/// Parses `--mb N [--oom-score-adj A]`.
-fn alloc_options(options: &[&str]) -> Result<(usize, Option<i32>), String> {
-    let parsed = self::options(options, &["--mb", "--oom-score-adj"])?;
+/// Parses `--mb N [--oom-score-adj A] [--threads T]`.
+fn alloc_options(options: &[&str]) -> Result<(usize, Option<i32>, usize), String> {
+    let parsed = self::options(options, &["--mb", "--oom-score-adj", "--threads"])?;
+    let threads = value(&parsed, "--threads")?.unwrap_or(1);
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
     Ok((
         required(&parsed, "--mb")?,
         value(&parsed, "--oom-score-adj")?,
+        threads,
     ))
 }
 
-/// Sets its `oom_score_adj` (if given), allocates `mib` MiB, writes a byte to
-/// every page, prints `allocated` and sleeps forever.
-fn alloc(mib: usize, oom_score_adj: Option<i32>) -> io::Result<()> {
+/// Sets its `oom_score_adj` (if given), allocates `mib` MiB in `threads` threads at once
+/// (each its share), writes a byte to every page, prints `allocated` and sleeps forever.
+fn alloc(mib: usize, oom_score_adj: Option<i32>, threads: usize) -> io::Result<()> {
     if let Some(adj) = oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())?;
     }
     let len = mib
         .checked_mul(1 << 20)
         .ok_or_else(|| io::Error::other("--mb is too large"))?;
-    let mut memory: Vec<u8> = Vec::with_capacity(len);
-    let pages = memory.spare_capacity_mut();
-    for page in pages.chunks_mut(PAGE) {
-        page[0].write(1);
-        black_box(&page[0]);
-    }
+    let share = len / threads;
+    let touchers: Vec<_> = (0..threads)
+        .map(|_| thread::spawn(move || touch(share)))
+        .collect();
+    let memory: Vec<Vec<u8>> = touchers
+        .into_iter()
+        .map(|t| t.join().map_err(|_| io::Error::other("a toucher panicked")))
+        .collect::<io::Result<_>>()?;
     black_box(&memory);
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "allocated")?;
@@ -320,6 +329,17 @@ fn alloc(mib: usize, oom_score_adj: Option<i32>) -> io::Result<()> {
     loop {
         thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Allocates `len` bytes and writes a byte to every page.
+fn touch(len: usize) -> Vec<u8> {
+    let mut memory: Vec<u8> = Vec::with_capacity(len);
+    let pages = memory.spare_capacity_mut();
+    for page in pages.chunks_mut(PAGE) {
+        page[0].write(1);
+        black_box(&page[0]);
+    }
+    black_box(memory)
 }
 
 /// Options of `dio-write`.

@@ -252,6 +252,9 @@ impl RunFigures {
     }
 }
 
+/// The probes that hook kernel functions (fentry, else kprobe) rather than tracepoints.
+const FUNCTION_PROBES: [&str; 2] = ["throttle", "oom_constraint"];
+
 /// The `kernel` line, the PROBE table and the "X will attach with V" summary.
 fn parse_check(lines: &[String], release: &mut Option<String>, probes: &mut Vec<ProbeCheck>) {
     let mut columns: Vec<String> = Vec::new();
@@ -454,9 +457,11 @@ impl Outcome {
                 continue;
             }
             for (probe, variant) in &f.attached {
+                // The probes on kernel functions (fentry, kprobe) and those on tracepoints.
+                let on_functions = FUNCTION_PROBES.contains(&probe.as_str());
                 let want = match forced.as_str() {
-                    "kprobe" if probe == "throttle" => Some("kprobe"),
-                    v @ ("raw_tracepoint" | "tracepoint") if probe != "throttle" => Some(v),
+                    "kprobe" if on_functions => Some("kprobe"),
+                    v @ ("raw_tracepoint" | "tracepoint") if !on_functions => Some(v),
                     _ => None,
                 };
                 if let Some(want) = want

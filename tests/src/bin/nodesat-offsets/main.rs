@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use agent_ebpf::kernel as k;
 use nodesat_tests::Sysctl;
-use nodesat_tests::{LoopDevice, TestCgroup, spawn_in};
+use nodesat_tests::{LoopDevice, NestedCgroup, TestCgroup, spawn_in};
 use serde_json::{Value, json};
 
 const USAGE: &str =
@@ -169,6 +169,19 @@ const SPECS: &[Spec] = &[
             k::KERNFS_NODE_ID,
         ],
         against: "victim's cgroup id vs stat() inode of the directory /proc/PID/task/TID/cgroup names",
+    },
+    Spec {
+        id: "oom-constraint",
+        probe: "oom_constraint",
+        mode: Some(Mode::Unified),
+        variants: KERNEL_FUNCTIONS,
+        offsets: &[
+            k::OOM_CONTROL_MEMCG,
+            k::OOM_CONTROL_CONSTRAINT,
+            k::MEM_CGROUP_CSS,
+            k::CSS_CGROUP,
+        ],
+        against: "the kill's constraint (the kernel's oom_control) vs the pod-level cgroup the test limited, the victim being in its container",
     },
     Spec {
         id: "block-device",
@@ -479,6 +492,9 @@ struct Cgroups {
     tcp4: TestCgroup,
     tcp6: TestCgroup,
     server: TestCgroup,
+    /// The OOM victim's cgroup, a container in `oom` (declared first: removed first).
+    oom_ctr: NestedCgroup,
+    /// A pod-level cgroup with the memory limit.
     oom: TestCgroup,
     io: TestCgroup,
     hog: TestCgroup,
@@ -558,7 +574,7 @@ fn check(o: &Options) -> Value {
                 TCP_BYTES,
             )
         });
-        let oom = s.spawn(|| oom::kill_one(&exe, &cgroups.oom, scratch.path()));
+        let oom = s.spawn(|| oom::kill_one(&exe, &cgroups.oom, &cgroups.oom_ctr, scratch.path()));
         let io = s.spawn(|| match &delayacct {
             Ok(_) => block::run(&exe, &cgroups.io, &disk, IO_WRITE, IO_READ),
             Err(e) => Err(format!("no delay accounting to compare iowait with: {e}")),
@@ -649,11 +665,14 @@ fn tail(lines: &[String], n: usize) -> String {
 fn make_cgroups() -> Result<Cgroups, String> {
     let make =
         |name: &str| TestCgroup::create(name).map_err(|e| format!("creating cgroup {name}: {e}"));
+    let oom = make("offsets-oom")?;
+    let ctr = format!("{}/ctr", oom.name());
     let c = Cgroups {
         tcp4: make("offsets-tcp4")?,
         tcp6: make("offsets-tcp6")?,
         server: make("offsets-server")?,
-        oom: make("offsets-oom")?,
+        oom_ctr: NestedCgroup::create(&ctr).map_err(|e| format!("creating cgroup {ctr}: {e}"))?,
+        oom,
         io: make("offsets-io")?,
         hog: make("offsets-hog")?,
     };
@@ -812,15 +831,22 @@ fn evaluate(
         }));
     }
 
-    let attached: serde_json::Map<String, Value> = ["runqueue", "tcp", "oom", "block", "throttle"]
-        .iter()
-        .map(|p| {
-            (
-                p.to_string(),
-                c.attached(p).map_or(Value::Null, Value::String),
-            )
-        })
-        .collect();
+    let attached: serde_json::Map<String, Value> = [
+        "runqueue",
+        "tcp",
+        "oom",
+        "oom_constraint",
+        "block",
+        "throttle",
+    ]
+    .iter()
+    .map(|p| {
+        (
+            p.to_string(),
+            c.attached(p).map_or(Value::Null, Value::String),
+        )
+    })
+    .collect();
     counts.insert(
         "checks_failed",
         outcomes
@@ -886,7 +912,8 @@ fn compare(
             };
             compare_tcp(id, c, cg, tcp)
         }
-        "oom-ids" | "oom-comm" | "oom-score-adj" | "oom-cgroup" | "oom-cgroup-v1" => {
+        "oom-ids" | "oom-comm" | "oom-score-adj" | "oom-cgroup" | "oom-cgroup-v1"
+        | "oom-constraint" => {
             let Some(Ok(v)) = &t.oom else {
                 return failed(step_error(&t.oom, "the OOM kill"));
             };
@@ -939,6 +966,16 @@ fn id_in(cg: &TestCgroup, mode: Mode) -> u64 {
     match mode {
         Mode::Unified => cg.id(),
         Mode::V1Cpu => fs::metadata(cg.cpu_dir()).map_or(0, |m| m.ino()),
+    }
+}
+
+fn nested_id_in(cg: &NestedCgroup, mode: Mode) -> u64 {
+    match mode {
+        Mode::Unified => cg.id(),
+        Mode::V1Cpu => cg
+            .v1_cpu_path()
+            .and_then(|d| fs::metadata(d).ok())
+            .map_or(0, |m| m.ino()),
     }
 }
 
@@ -1113,6 +1150,21 @@ fn compare_oom(
             format!("oom_score_adj {}", shown("oom_score_adj")),
             format!("oom_score_adj {}", v.oom_score_adj),
         ),
+        "oom-constraint" => pass_if(
+            e["constraint_source"] == "kernel"
+                && e["constraint"] == "memcg"
+                && e["constraint_cgroup"].as_str() == Some(v.limited_path.as_str())
+                && e["cgroup"].as_str() == Some(v.cgroup_path.as_str())
+                && v.limited_path != v.cgroup_path,
+            format!(
+                "{} OOM of {} ({}), victim in {}",
+                shown("constraint"),
+                shown("constraint_cgroup"),
+                shown("constraint_source"),
+                shown("cgroup")
+            ),
+            format!("limit on {}, victim in {}", v.limited_path, v.cgroup_path),
+        ),
         "oom-cgroup" | "oom-cgroup-v1" => {
             // Two figures: the event's cgroup id, and the kill counted per cgroup in the
             // interval reports. The counter is keyed in the kernel only (the event's id falls
@@ -1169,7 +1221,9 @@ fn compare_oom(
                 };
             }
             pass_if(
-                event == Some(want) && want == id_in(&cg.oom, mode) && kills_on(want) == v.kills,
+                event == Some(want)
+                    && want == nested_id_in(&cg.oom_ctr, mode)
+                    && kills_on(want) == v.kills,
                 agent,
                 kernel,
             )

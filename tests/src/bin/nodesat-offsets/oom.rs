@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nodesat_tests::{TestCgroup, spawn_in};
+use nodesat_tests::{NestedCgroup, TestCgroup, spawn_in};
 
 /// The victim thread's name (at most 15 bytes: `TASK_COMM_LEN` - 1).
 pub const THREAD_NAME: &str = "nsat-oom-victim";
@@ -90,15 +90,23 @@ pub struct Victim {
     pub took: Duration,
     /// OOM kills its cgroup's memory controller counted meanwhile (`oom_kill`).
     pub kills: u64,
+    /// The limited (pod-level) cgroup's path relative to the v2 root.
+    pub limited_path: String,
 }
 
-/// Runs the victim in `cgroup` (which has a memory limit) until the OOM killer kills it.
-pub fn kill_one(exe: &Path, cgroup: &TestCgroup, scratch: &Path) -> Result<Victim, String> {
+/// Runs the victim in `ctr`, a container of `cgroup` (which has the memory limit, as a pod
+/// has), until the OOM killer kills it.
+pub fn kill_one(
+    exe: &Path,
+    cgroup: &TestCgroup,
+    ctr: &NestedCgroup,
+    scratch: &Path,
+) -> Result<Victim, String> {
     let go: PathBuf = scratch.join("oom-go");
     let _ = fs::remove_file(&go);
     let mut cmd = Command::new(exe);
     cmd.arg("oom-victim").arg(&go).stdout(Stdio::piped());
-    let mut p = spawn_in(cgroup, cmd).map_err(|e| format!("oom-victim: {e}"))?;
+    let mut p = spawn_in(ctr, cmd).map_err(|e| format!("oom-victim: {e}"))?;
     let pid = p.pid();
     let line = p
         .read_line(Duration::from_secs(30))
@@ -171,10 +179,18 @@ pub fn kill_one(exe: &Path, cgroup: &TestCgroup, scratch: &Path) -> Result<Victi
         cpu_cgroup,
         took: Duration::ZERO,
         kills: 0,
+        limited_path: cgroup.relative_path(),
     };
-    let kills_before = cgroup
-        .memory_oom_kills()
-        .map_err(|e| format!("the memory controller's oom_kill count: {e}"))?;
+    // The container's own count where it has one (v1 `memory.oom_control` counts the
+    // cgroup's own kills only); on cgroup v2 the container has no memory controller of its
+    // own (its pages are charged to the pod), and the pod's `memory.events` counts the kills
+    // below it too.
+    let kills = || {
+        ctr.memory_oom_kills()
+            .or_else(|_| cgroup.memory_oom_kills())
+            .map_err(|e| format!("the memory controller's oom_kill count: {e}"))
+    };
+    let kills_before = kills()?;
     let start = Instant::now();
     fs::write(&go, "").map_err(|e| format!("creating {}: {e}", go.display()))?;
     let status = p
@@ -184,10 +200,7 @@ pub fn kill_one(exe: &Path, cgroup: &TestCgroup, scratch: &Path) -> Result<Victi
             format!("oom-victim (pid {pid}) still alive {DEATH_TIMEOUT:?} after the go")
         })?;
     victim.took = start.elapsed();
-    victim.kills = cgroup
-        .memory_oom_kills()
-        .map_err(|e| format!("the memory controller's oom_kill count: {e}"))?
-        - kills_before;
+    victim.kills = kills()? - kills_before;
     if status.signal() != Some(libc::SIGKILL) {
         return Err(format!(
             "oom-victim (pid {pid}) ended with {status}, not the OOM killer's SIGKILL"
