@@ -3,13 +3,19 @@
 //! histogram per cgroup. These are kernel functions, not tracepoints: fentry where the kernel
 //! allows it, else kprobe. (The totals always come from `cpu.stat`.)
 
-/// `HashMap<u64 cfs_rq address, u64 ktime ns>`: run queues throttled now.
+/// `LruHashMap<u64 cfs_rq address, u64 ktime ns>`: run queues throttled now. LRU, so that the
+/// entries of run queues whose group was destroyed while throttled (never unthrottled) are
+/// evicted by newer ones instead of filling the map.
 pub const MAP_SINCE: &str = "THROTTLE_SINCE";
 pub const SINCE_MAX_ENTRIES: u32 = 16_384;
 
 /// `LruPerCpuHashMap<u64 cgroup id, Log2Hist>`: throttle durations per cgroup.
 pub const MAP_DURATIONS: &str = "THROTTLE_DURATIONS";
 pub const DURATIONS_MAX_ENTRIES: u32 = 4096;
+
+/// `PerCpuArray<u64>` of one element: throttle starts that could not be stored (their
+/// durations are missing from the histograms).
+pub const MAP_ERRORS: &str = "THROTTLE_ERRORS";
 
 /// The programs on each function, by attach variant.
 pub const HOOKS: [crate::HookPrograms; 2] = [

@@ -7,14 +7,17 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, kprobe, map},
-    maps::{HashMap, LruPerCpuHashMap},
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{FEntryContext, ProbeContext},
 };
 
 use super::{hist_add, kernel};
 
 #[map]
-static THROTTLE_SINCE: HashMap<u64, u64> = HashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
+static THROTTLE_SINCE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
+
+#[map]
+static THROTTLE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static THROTTLE_DURATIONS: LruPerCpuHashMap<u64, Log2Hist> =
@@ -25,7 +28,12 @@ static THROTTLE_DURATIONS: LruPerCpuHashMap<u64, Log2Hist> =
 fn throttled(cfs_rq: u64) {
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = THROTTLE_SINCE.insert(&cfs_rq, &now, 0);
+    if THROTTLE_SINCE.insert(&cfs_rq, &now, 0).is_err()
+        && let Some(errors) = THROTTLE_ERRORS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe { *errors += 1 };
+    }
 }
 
 /// unthrottle_cfs_rq(struct cfs_rq *cfs_rq): one throttle ended.

@@ -126,6 +126,7 @@ impl Collector {
         }
         let mut kernel_errors = rq.errors;
         kernel_errors.extend(oom_lost);
+        kernel_errors.extend(self.throttle.errors(ebpf)?);
         let ids: Vec<u64> = cgroups.keys().copied().collect();
         self.names.refresh_if_unknown(&ids);
         self.identities.forget(self.names.ids());

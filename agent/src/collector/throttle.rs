@@ -11,16 +11,26 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_ebpf::{hist::Log2Hist, throttle::MAP_DURATIONS};
+use agent_ebpf::{
+    hist::Log2Hist,
+    throttle::{MAP_DURATIONS, MAP_ERRORS},
+};
 use aya::Ebpf;
 
 use super::maps;
 use crate::cgroups::{Hierarchy, flat_keyed};
 use crate::{
     core::counters::{Counter, Snapshot},
-    probes::ProbeError,
-    report::{ThrottleDurations, Throttling},
+    probes::{ProbeError, catalog::THROTTLE},
+    report::{KernelError, ThrottleDurations, Throttling},
 };
+
+fn errors(ebpf: &Ebpf) -> Result<u64, ProbeError> {
+    Ok(maps::per_cpu_array_sums(ebpf, MAP_ERRORS)?
+        .first()
+        .copied()
+        .unwrap_or(0))
+}
 
 /// The three cumulative counters of `cpu.stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +75,8 @@ pub struct Throttle {
     v1_cpu: Option<PathBuf>,
     prev: Snapshot<u64, CpuStat>,
     prev_durations: Snapshot<u64, Log2Hist>,
+    /// Throttle starts the program could not store, so far.
+    prev_errors: u64,
     /// v1 cpu cgroup id → the id of the same path in `hierarchy`. The throttle probe reads
     /// `cfs_rq->tg`, the cpu controller's cgroup: a v1 id on hybrid nodes.
     cpu_to_key: HashMap<u64, u64>,
@@ -77,6 +89,7 @@ impl Throttle {
             v1_cpu: crate::cgroups::v1_cpu_root(cgroup_root),
             prev: Snapshot::default(),
             prev_durations: Snapshot::default(),
+            prev_errors: 0,
             cpu_to_key: HashMap::new(),
         }
     }
@@ -84,7 +97,20 @@ impl Throttle {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = self.scan();
         self.prev_durations = self.durations(ebpf)?;
+        self.prev_errors = errors(ebpf)?;
         Ok(())
+    }
+
+    /// Throttle starts the program could not store in the interval (`since_insert`).
+    pub fn errors(&mut self, ebpf: &Ebpf) -> Result<Option<KernelError>, ProbeError> {
+        let cur = errors(ebpf)?;
+        let count = cur.delta(&self.prev_errors);
+        self.prev_errors = cur;
+        Ok((count > 0).then_some(KernelError {
+            probe: THROTTLE.name,
+            error: "since_insert",
+            count,
+        }))
     }
 
     /// The interval's throttling per limited cgroup, with the throttle probe's durations

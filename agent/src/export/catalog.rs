@@ -249,7 +249,7 @@ pub const KERNEL_ERRORS: MetricDef = m(
     Node,
     Value::Int,
     &["nodesat.probe", "error.type"],
-    "The programs' other error counters (`kernel_errors`: `enqueue_update`, `latency_update`, `pending_mismatch`).",
+    "The programs' other error counters (`kernel_errors`: `enqueue_update`, `latency_update`, `pending_mismatch`, `since_insert`).",
 );
 pub const ENTITIES_OVERFLOW: MetricDef = m(
     "nodesat.agent.entities.overflow",

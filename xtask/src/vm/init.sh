@@ -114,12 +114,13 @@ for forced in raw_tracepoint tracepoint kprobe; do
 done
 
 # The kernel struct offsets the agent resolved from BTF, each compared with procfs/sysfs
-# (nodesat-offsets: TCP retransmits, an OOM kill, block I/O on nullb2, CFS throttling), with
-# the preferred probe variants and with each fallback forced.
+# (nodesat-offsets: TCP retransmits, an OOM kill, block I/O on nullb2, CFS throttling, and a
+# whole-machine OOM, which this throwaway VM can take), with the preferred probe variants and
+# with each fallback forced.
 for variant in auto raw_tracepoint tracepoint kprobe; do
     begin "offsets-$variant"
     nodesat-offsets --agent /bin/nodesat --probe-variant "$variant" --disk /dev/nullb2 \
-        >/tmp/offsets.out 2>/tmp/offsets.err
+        --global-oom >/tmp/offsets.out 2>/tmp/offsets.err
     rc=$?
     cat /tmp/offsets.out
     echo "-- stderr (last lines)"

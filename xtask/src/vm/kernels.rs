@@ -3,8 +3,10 @@
 //!
 //! A kernel is named by series ("6.1": the newest `linux-image-6.1.*-amd64-unsigned` the apt
 //! sources offer), by release ("6.1.0-50-amd64", "6.12.117+deb12-amd64") or by package
-//! ("linux-image-6.1.0-50-amd64-unsigned"). To add a kernel to the default matrix, add its
-//! series to [`DEFAULT`].
+//! ("linux-image-6.1.0-50-amd64-unsigned"), or as [`NEWEST`]: the newest series Debian
+//! publishes, from trixie-backports (an apt source this module adds, pinned so that nothing is
+//! ever installed from it). To add a kernel to the default matrix, add its series to
+//! [`DEFAULT`].
 
 use std::{
     ffi::OsStr,
@@ -18,8 +20,39 @@ use anyhow::{Context as _, Result, bail};
 
 use super::TempDir;
 
-/// The kernels `cargo xtask vm` boots when no `--kernel` is given.
-pub const DEFAULT: &[&str] = &["6.1", "6.12"];
+/// The kernels `cargo xtask vm` boots when no `--kernel` is given: the two stable series of
+/// bookworm, and Debian's newest.
+pub const DEFAULT: &[&str] = &["6.1", "6.12", NEWEST];
+
+/// The newest kernel series the apt sources offer, trixie-backports included (7.3 in December
+/// 2026).
+pub const NEWEST: &str = "newest";
+
+/// The apt source and pin for [`NEWEST`]: kernels are only ever downloaded from it.
+const NEWEST_SOURCE: (&str, &str) = (
+    "/etc/apt/sources.list.d/nodesat-vm-kernels.sources",
+    "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+);
+const NEWEST_PIN: (&str, &str) = (
+    "/etc/apt/preferences.d/nodesat-vm-kernels",
+    "Package: *\nPin: release n=trixie-backports\nPin-Priority: 1\n",
+);
+
+/// Adds the apt source of [`NEWEST`] (and its pin) if missing, then refreshes the lists.
+fn ensure_newest_source() -> Result<()> {
+    let mut added = false;
+    for (path, text) in [NEWEST_PIN, NEWEST_SOURCE] {
+        if fs::read_to_string(path).ok().as_deref() != Some(text) {
+            fs::write(path, text).with_context(|| format!("writing {path}"))?;
+            eprintln!("xtask: wrote {path} (Debian's newest kernels, download only)");
+            added = true;
+        }
+    }
+    if added {
+        apt_update("a kernel source was added")?;
+    }
+    Ok(())
+}
 
 /// Options the VM needs built in (it has no modules), as `NAME=y` in the package's config.
 const BUILT_IN: &[&str] = &[
@@ -134,7 +167,16 @@ fn resolve(spec: &str) -> Result<(String, Vec<String>)> {
         let release = rest.strip_suffix("-unsigned").unwrap_or(rest);
         return Ok((release.to_owned(), vec![spec.to_owned()]));
     }
-    let release = if is_series(spec) {
+    let release = if spec == NEWEST {
+        ensure_newest_source()?;
+        let releases = generic_releases()?;
+        let series = releases
+            .iter()
+            .map(|r| series_of(r))
+            .max_by_key(|s| version_key(s))
+            .context("no kernel packages known to apt")?;
+        newest_in_series(&series)?
+    } else if is_series(spec) {
         newest_in_series(spec)?
     } else if spec.ends_with("amd64") {
         spec.to_owned()
@@ -186,25 +228,30 @@ fn newest_in_series(series: &str) -> Result<String> {
 }
 
 /// Versions of the generic amd64 kernels apt knows ("6.1.0-56", "6.12.117+deb12"): no rt,
-/// cloud or debug flavours.
+/// cloud or debug flavours; unsigned packages, or signed ones (backports have those only).
 fn generic_releases() -> Result<Vec<String>> {
     let out = Command::new("apt-cache")
         .args(["pkgnames", "linux-image-"])
         .output()
         .context("running apt-cache (is this a Debian machine?)")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let mut releases: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|name| {
-            name.strip_prefix("linux-image-")?
-                .strip_suffix("-amd64-unsigned")
+            let rest = name.strip_prefix("linux-image-")?;
+            rest.strip_suffix("-amd64-unsigned")
+                .or_else(|| rest.strip_suffix("-amd64"))
         })
         .filter(|v| {
-            v.replace("+deb", "+")
-                .chars()
-                .all(|c| c.is_ascii_digit() || ".-+".contains(c))
+            !v.is_empty()
+                && v.replace("+deb", "+")
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ".-+".contains(c))
         })
         .map(str::to_owned)
-        .collect())
+        .collect();
+    releases.sort();
+    releases.dedup();
+    Ok(releases)
 }
 
 /// "6.12.117+deb12" → "6.12"; also a release, "6.1.0-57-amd64" → "6.1", "6.18.44-fc-v1252" →
@@ -275,27 +322,53 @@ fn download(package: &str, cache: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Extracts `./boot/` of the package (not its modules) into `cache/RELEASE/`.
+/// Extracts the kernel and its config into `cache/RELEASE/`: from `./boot/` of the image
+/// package (not its modules), or, where Debian splits the image (7.x: the image package only
+/// depends on the others), from `linux-binary-RELEASE` (the kernel) and `linux-base-RELEASE`
+/// (its config) under `usr/lib/modules/RELEASE/`; the modules are then in
+/// `linux-modules-RELEASE`, which `cache/RELEASE/modules-package` names.
 fn unpack(deb: &Path, release: &str, package: &str, cache: &Path) -> Result<()> {
     let tmp = TempDir::new(cache.join(format!(".unpack-{}", std::process::id())))?;
-    extract(deb, tmp.path(), &["--wildcards", "./boot/*"])
-        .context("delete the package to download it again")?;
-    let boot = tmp.path().join("boot");
-    let find = |prefix: &str| -> Result<PathBuf> {
-        fs::read_dir(&boot)
-            .with_context(|| format!("{} has no boot/", deb.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
-            .with_context(|| format!("{} has no boot/{prefix}*", deb.display()))
-    };
     let staged = tmp.path().join("kernel");
     fs::create_dir(&staged)?;
-    fs::rename(find("vmlinuz-")?, staged.join("vmlinuz"))?;
-    fs::rename(find("config-")?, staged.join("config"))?;
+    if deb_members(deb)?
+        .iter()
+        .any(|m| m.starts_with("./boot/vmlinuz-"))
+    {
+        extract(deb, tmp.path(), &["--wildcards", "./boot/*"])
+            .context("delete the package to download it again")?;
+        let boot = tmp.path().join("boot");
+        let find = |prefix: &str| -> Result<PathBuf> {
+            fs::read_dir(&boot)
+                .with_context(|| format!("{} has no boot/", deb.display()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                })
+                .with_context(|| format!("{} has no boot/{prefix}*", deb.display()))
+        };
+        fs::rename(find("vmlinuz-")?, staged.join("vmlinuz"))?;
+        fs::rename(find("config-")?, staged.join("config"))?;
+    } else {
+        let dir = format!("./usr/lib/modules/{release}");
+        for (part, file) in [("binary", "vmlinuz"), ("base", "config")] {
+            let part_deb = cached_or_download(&format!("linux-{part}-{release}"), cache)?;
+            let member = format!("{dir}/{file}");
+            extract(&part_deb, tmp.path(), &[&member]).with_context(|| {
+                format!(
+                    "{package} has no boot/; {} has no {member}",
+                    part_deb.display()
+                )
+            })?;
+            fs::rename(tmp.path().join(&member), staged.join(file))?;
+        }
+        fs::write(
+            staged.join("modules-package"),
+            format!("linux-modules-{release}\n"),
+        )?;
+    }
     fs::write(staged.join("package"), format!("{package}\n"))?;
     let dir = cache.join(release);
     if dir.exists() {
@@ -303,6 +376,14 @@ fn unpack(deb: &Path, release: &str, package: &str, cache: &Path) -> Result<()> 
     }
     fs::rename(&staged, &dir)?;
     Ok(())
+}
+
+/// The cached .deb of `package`, downloading it first if need be.
+fn cached_or_download(package: &str, cache: &Path) -> Result<PathBuf> {
+    match cached_deb(cache, package) {
+        Some(deb) => Ok(cache.join(deb)),
+        None => download(package, cache),
+    }
 }
 
 /// Loadable modules of a kernel (the VM has none built in that it needs, e.g. a block
@@ -331,12 +412,13 @@ pub fn modules(k: &Kernel, cache: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>
             continue;
         }
         if !file.exists() {
-            let deb = match &k.deb {
-                Some(deb) => cache.join(deb),
-                None => match cached_deb(cache, &k.package) {
-                    Some(deb) => cache.join(deb),
-                    None => download(&k.package, cache)?,
-                },
+            let split = fs::read_to_string(cache.join(&k.release).join("modules-package"))
+                .ok()
+                .map(|p| p.trim().to_owned());
+            let deb = match (&split, &k.deb) {
+                (Some(modules), _) => cached_or_download(modules, cache)?,
+                (None, Some(deb)) => cache.join(deb),
+                (None, None) => cached_or_download(&k.package, cache)?,
             };
             let list = match &members {
                 Some(list) => list,

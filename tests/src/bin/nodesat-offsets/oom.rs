@@ -208,3 +208,67 @@ pub fn kill_one(
     }
     Ok(victim)
 }
+
+/// `oom_score_adj` of the global OOM's victim: the kernel's first choice.
+const GLOBAL_SCORE_ADJ: &str = "1000";
+
+/// Helper mode `oom-global-victim`: makes itself the OOM killer's first choice and touches
+/// memory, 16 MiB at a time, until it is killed (the machine has no swap and no limit holds it:
+/// a global OOM).
+pub fn global_victim() -> io::Result<()> {
+    fs::write("/proc/self/oom_score_adj", GLOBAL_SCORE_ADJ)?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    drop(stdout);
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk: Vec<u8> = Vec::with_capacity(16 << 20);
+        for page in chunk.spare_capacity_mut().chunks_mut(PAGE) {
+            page[0].write(1);
+            std::hint::black_box(&page[0]);
+        }
+        kept.push(std::hint::black_box(chunk));
+    }
+}
+
+/// The global OOM as the kernel counted it.
+#[derive(Debug)]
+pub struct GlobalVictim {
+    pub pid: u32,
+    /// Its cgroup, relative to the v2 root.
+    pub cgroup_path: String,
+    /// `/proc/vmstat` `oom_kill` growth over the run: kills of any kind on the machine.
+    pub kills: u64,
+}
+
+fn vmstat_oom_kill() -> Result<u64, String> {
+    let text = fs::read_to_string("/proc/vmstat").map_err(|e| format!("/proc/vmstat: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .ok_or_else(|| "no oom_kill in /proc/vmstat".to_owned())
+}
+
+/// Runs `oom-global-victim` in `cgroup` (no limit) until the OOM killer kills it. The caller
+/// has made itself (and so its other children, the agent included) unkillable first.
+pub fn kill_global(exe: &Path, cgroup: &TestCgroup) -> Result<GlobalVictim, String> {
+    let before = vmstat_oom_kill()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("oom-global-victim").stdout(Stdio::piped());
+    let mut p = spawn_in(cgroup, cmd).map_err(|e| format!("oom-global-victim: {e}"))?;
+    let pid = p.pid();
+    p.read_line(Duration::from_secs(30))
+        .map_err(|e| format!("oom-global-victim (pid {pid}) did not start: {e}"))?;
+    let status = p
+        .wait_within(DEATH_TIMEOUT)
+        .map_err(|e| format!("waiting for oom-global-victim: {e}"))?
+        .ok_or_else(|| format!("oom-global-victim (pid {pid}) alive after {DEATH_TIMEOUT:?}"))?;
+    if status.signal() != Some(libc::SIGKILL) {
+        return Err(format!("oom-global-victim (pid {pid}) ended with {status}"));
+    }
+    Ok(GlobalVictim {
+        pid,
+        cgroup_path: cgroup.relative_path(),
+        kills: vmstat_oom_kill()? - before,
+    })
+}
