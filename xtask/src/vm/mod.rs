@@ -38,9 +38,11 @@ Boots each kernel in qemu (TCG) with a busybox initramfs and the static nodesat,
 `nodesat check` and a short scenario (a hog capped by cpu.max, busy loops for run-queue waits,
 `nodesat run --output json`), and prints which variant each probe attached with per kernel.
 
-  --kernel NAME    a kernel to boot (repeatable; default: 6.1 6.12). NAME is a series (6.1: the
+  --kernel NAME    a kernel to boot (repeatable; default: 6.1 6.12 newest). NAME is a series (6.1: the
                    newest linux-image-6.1.*-amd64-unsigned in the apt sources), a release
-                   (6.1.0-50-amd64, 6.12.117+deb12-amd64) or a package name
+                   (6.1.0-50-amd64, 6.12.117+deb12-amd64), a package name, or `newest`: the
+                   newest series Debian publishes (trixie-backports, added as a pinned apt
+                   source for downloads only)
   --keep           keep target/vm/work (the initramfs tree and image) for inspection
   --timeout SECS   per-VM limit from start to power-off (default 300)
   --check-readme   rewrite README.md's supported-kernels table (also with --kernel) and fail
