@@ -322,7 +322,9 @@ pub struct OomKill {
     /// The cgroup whose limit was hit (path relative to the v2 root), for `"memcg"`.
     #[serde(default)]
     pub constraint_cgroup: Option<String>,
-    /// `"kernel"` (the kernel's decision, probe `oom_constraint`) or `"inferred"`.
+    /// `"kernel"` (the kernel's decision, probe `oom_constraint`) or `"inferred"` (empty
+    /// from agents older than the field).
+    #[serde(default)]
     pub constraint_source: String,
     pub oom_score_adj: i32,
     /// When the harness read the line (not part of the protocol).
@@ -967,7 +969,8 @@ mod tests {
     #[test]
     fn parses_oom_kill_lines() {
         let line = r#"{"type":"oom_kill","time_unix_ns":17,"pid":1234,"comm":"nodesat-load",
-            "cgroup_id":42,"cgroup":"/nodesat-test-1-mem","constraint":"memcg",
+            "cgroup_id":42,"cgroup":"/nodesat-test-1-mem/ctr","constraint":"memcg",
+            "constraint_cgroup":"/nodesat-test-1-mem","constraint_source":"kernel",
             "oom_score_adj":-500,"total_vm_kb":1}"#
             .replace('\n', " ");
         let Some(Event::OomKill(kill)) = parse_line(&line) else {
@@ -976,8 +979,10 @@ mod tests {
         assert_eq!(kill.pid, 1234);
         assert_eq!(kill.comm, "nodesat-load");
         assert_eq!(kill.cgroup_id, 42);
-        assert_eq!(kill.cgroup.as_deref(), Some("/nodesat-test-1-mem"));
+        assert_eq!(kill.cgroup.as_deref(), Some("/nodesat-test-1-mem/ctr"));
         assert_eq!(kill.constraint, "memcg");
+        assert_eq!(kill.constraint_cgroup.as_deref(), Some("/nodesat-test-1-mem"));
+        assert_eq!(kill.constraint_source, "kernel");
         assert_eq!(kill.oom_score_adj, -500);
         assert!(kill.received.elapsed() < Duration::from_secs(5));
 
