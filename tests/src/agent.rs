@@ -981,7 +981,10 @@ mod tests {
         assert_eq!(kill.cgroup_id, 42);
         assert_eq!(kill.cgroup.as_deref(), Some("/nodesat-test-1-mem/ctr"));
         assert_eq!(kill.constraint, "memcg");
-        assert_eq!(kill.constraint_cgroup.as_deref(), Some("/nodesat-test-1-mem"));
+        assert_eq!(
+            kill.constraint_cgroup.as_deref(),
+            Some("/nodesat-test-1-mem")
+        );
         assert_eq!(kill.constraint_source, "kernel");
         assert_eq!(kill.oom_score_adj, -500);
         assert!(kill.received.elapsed() < Duration::from_secs(5));
