@@ -332,6 +332,15 @@ pub struct OomKill {
     pub received: Instant,
 }
 
+/// The OOM kills `reports` counted on cgroup `id`, summed.
+pub fn oom_kills_of(reports: &[Report], id: u64) -> u64 {
+    reports
+        .iter()
+        .filter_map(|r| r.cgroup(id))
+        .map(|c| c.oom_kills)
+        .sum()
+}
+
 /// Deserializes `null` like an absent field: as `T::default()`.
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where

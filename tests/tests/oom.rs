@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nodesat_tests::{
-    Agent, OomKill, Report, TestCgroup, load_bin, memory_controller, skip, skip_if_unprivileged,
-    spawn_in,
+    Agent, OomKill, TestCgroup, load_bin, memory_controller, oom_kills_of, skip,
+    skip_if_unprivileged, spawn_in,
 };
 
 const TEST: &str = "oom_kills_are_reported_with_comm_and_cgroup";
@@ -123,15 +123,6 @@ fn oom_kill_one(agent: &mut Agent, mem: &TestCgroup, run: u64) -> (u32, Vec<OomK
         kill.time_unix_ns
     );
     (pid, events)
-}
-
-/// Sums the `oom_kills` of cgroup `id` over `reports`.
-fn oom_kills_of(reports: &[Report], id: u64) -> u64 {
-    reports
-        .iter()
-        .filter_map(|r| r.cgroup(id))
-        .map(|c| c.oom_kills)
-        .sum()
 }
 
 #[test]

@@ -26,8 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nodesat_tests::{
-    Agent, NestedCgroup, OomKill, Report, TestCgroup, TestProcess, load_bin, memory_controller,
-    skip, skip_if_unprivileged, spawn_in,
+    Agent, NestedCgroup, OomKill, TestCgroup, TestProcess, load_bin, memory_controller,
+    oom_kills_of, skip, skip_if_unprivileged, spawn_in,
 };
 
 const INTERVAL: &str = "1s";
@@ -42,15 +42,6 @@ const DEATH_TIMEOUT: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(3);
 /// 16-thread processes killed one after the other.
 const VICTIMS: u64 = 5;
-
-/// The kills nodesat counted on cgroup `id` over `reports`.
-fn counted(reports: &[Report], id: u64) -> u64 {
-    reports
-        .iter()
-        .filter_map(|r| r.cgroup(id))
-        .map(|c| c.oom_kills)
-        .sum()
-}
 
 fn alloc(mib: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(load_bin!());
@@ -91,7 +82,7 @@ fn assert_exact(agent: Agent, cgroup: &TestCgroup, kernel: u64, what: &str) -> V
     for k in &events {
         eprintln!("oom_kill event: pid {} comm {:?}", k.pid, k.comm);
     }
-    let in_reports = counted(&stopped.reports, cgroup.id());
+    let in_reports = oom_kills_of(&stopped.reports, cgroup.id());
     // What nodesat counted before it told kills from marks: every mark.
     let spared: u64 = stopped
         .stderr
@@ -320,9 +311,9 @@ fn a_pod_limit_is_the_constraint_and_the_container_the_victim() {
         );
     }
     let counted = (
-        counted(&stopped.reports, hog.id()),
-        counted(&stopped.reports, quiet.id()),
-        counted(&stopped.reports, pod.id()),
+        oom_kills_of(&stopped.reports, hog.id()),
+        oom_kills_of(&stopped.reports, quiet.id()),
+        oom_kills_of(&stopped.reports, pod.id()),
     );
     eprintln!(
         "kernel oom_kill: hog +{}, quiet +{}; nodesat kills: hog {}, quiet {}, pod (own) {}",

@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
 };
 
-use super::{count_add, kernel, tp_field};
+use super::{count_add, count_error, kernel, tp_field};
 
 #[map]
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -174,10 +174,7 @@ fn decision() -> Option<OomDecision> {
 #[inline(always)]
 fn killed(mut event: OomEvent) {
     if !is_kill(event.pid) {
-        if let Some(spared) = OOM_SPARED.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot.
-            unsafe { *spared += 1 };
-        }
+        count_error(&OOM_SPARED, 0);
         return;
     }
     if let Some(d) = decision() {

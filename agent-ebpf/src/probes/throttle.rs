@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 
-use super::{hist_add, kernel};
+use super::{count_error, hist_add, kernel};
 
 #[map]
 static THROTTLE_SINCE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
@@ -28,11 +28,8 @@ static THROTTLE_DURATIONS: LruPerCpuHashMap<u64, Log2Hist> =
 fn throttled(cfs_rq: u64) {
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if THROTTLE_SINCE.insert(&cfs_rq, &now, 0).is_err()
-        && let Some(errors) = THROTTLE_ERRORS.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot.
-        unsafe { *errors += 1 };
+    if THROTTLE_SINCE.insert(&cfs_rq, &now, 0).is_err() {
+        count_error(&THROTTLE_ERRORS, 0);
     }
 }
 

@@ -60,3 +60,11 @@ pub fn per_cpu_array_sums(ebpf: &Ebpf, name: &'static str) -> Result<Vec<u64>, P
         .map(|per_cpu| per_cpu.iter().sum())
         .collect())
 }
+
+/// The one counter of a one-element per-CPU array, summed over CPUs (0 if it is empty).
+pub fn per_cpu_counter(ebpf: &Ebpf, name: &'static str) -> Result<u64, ProbeError> {
+    Ok(per_cpu_array_sums(ebpf, name)?
+        .first()
+        .copied()
+        .unwrap_or(0))
+}

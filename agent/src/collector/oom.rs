@@ -39,7 +39,7 @@ impl Oom {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
         self.prev_lost = lost(ebpf)?;
-        self.prev_spared = first(ebpf, MAP_SPARED)?;
+        self.prev_spared = maps::per_cpu_counter(ebpf, MAP_SPARED)?;
         Ok(())
     }
 
@@ -52,7 +52,7 @@ impl Oom {
         let mut kills = cur.delta_since(&self.prev).into_iter().collect();
         self.prev = cur;
         reattribute(&mut kills, &mut self.found);
-        let spared = first(ebpf, MAP_SPARED)?;
+        let spared = maps::per_cpu_counter(ebpf, MAP_SPARED)?;
         let spared_now = spared.delta(&self.prev_spared);
         self.prev_spared = spared;
         if spared_now > 0 {
@@ -103,15 +103,7 @@ fn reattribute(kills: &mut BTreeMap<u64, u64>, found: &mut BTreeMap<u64, (u64, u
 }
 
 fn lost(ebpf: &Ebpf) -> Result<u64, ProbeError> {
-    first(ebpf, MAP_LOST)
-}
-
-/// The one counter of a one-element per-CPU array, summed over CPUs.
-fn first(ebpf: &Ebpf, map: &'static str) -> Result<u64, ProbeError> {
-    Ok(maps::per_cpu_array_sums(ebpf, map)?
-        .first()
-        .copied()
-        .unwrap_or(0))
+    maps::per_cpu_counter(ebpf, MAP_LOST)
 }
 
 /// One OOM kill as reported (a JSON line of type "oom_kill", or a table line), at once.

@@ -25,13 +25,6 @@ use crate::{
     report::{KernelError, ThrottleDurations, Throttling},
 };
 
-fn errors(ebpf: &Ebpf) -> Result<u64, ProbeError> {
-    Ok(maps::per_cpu_array_sums(ebpf, MAP_ERRORS)?
-        .first()
-        .copied()
-        .unwrap_or(0))
-}
-
 /// The three cumulative counters of `cpu.stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuStat {
@@ -97,13 +90,13 @@ impl Throttle {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = self.scan();
         self.prev_durations = self.durations(ebpf)?;
-        self.prev_errors = errors(ebpf)?;
+        self.prev_errors = maps::per_cpu_counter(ebpf, MAP_ERRORS)?;
         Ok(())
     }
 
     /// Throttle starts the program could not store in the interval (`since_insert`).
     pub fn errors(&mut self, ebpf: &Ebpf) -> Result<Option<KernelError>, ProbeError> {
-        let cur = errors(ebpf)?;
+        let cur = maps::per_cpu_counter(ebpf, MAP_ERRORS)?;
         let count = cur.delta(&self.prev_errors);
         self.prev_errors = cur;
         Ok((count > 0).then_some(KernelError {

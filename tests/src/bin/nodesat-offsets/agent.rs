@@ -204,6 +204,13 @@ impl Collected {
             .filter(move |c| c["cgroup_id"].as_u64() == Some(id))
     }
 
+    /// OOM kills the reports counted on cgroup `id`.
+    pub fn oom_kills_on(&self, id: u64) -> u64 {
+        self.cgroup_entries(id)
+            .filter_map(|e| e["oom_kills"].as_u64())
+            .sum()
+    }
+
     /// Every `disks` entry of every report.
     pub fn disk_entries(&self) -> impl Iterator<Item = &Value> {
         self.intervals

@@ -958,13 +958,7 @@ fn compare(
             };
             // The global OOM's kill, when the classic variant left it on cgroup 0, is not ours.
             let global_on_zero = match &t.global_oom {
-                Some(Ok(_)) => {
-                    let on_its_cgroup: u64 = c
-                        .cgroup_entries(cg.oom_global.id())
-                        .filter_map(|e| e["oom_kills"].as_u64())
-                        .sum();
-                    1 - on_its_cgroup.min(1)
-                }
+                Some(Ok(_)) => 1 - c.oom_kills_on(cg.oom_global.id()).min(1),
                 _ => 0,
             };
             compare_oom(id, variant, c, cg, v, global_on_zero)
@@ -1165,11 +1159,7 @@ fn compare_global_oom(c: &agent::Collected, cg: &Cgroups, g: &oom::GlobalVictim)
         .iter()
         .filter(|e| e["pid"].as_u64() == Some(g.pid.into()))
         .collect();
-    let kills_on = |cgroup: u64| -> u64 {
-        c.cgroup_entries(cgroup)
-            .filter_map(|e| e["oom_kills"].as_u64())
-            .sum()
-    };
+    let kills_on = |cgroup: u64| c.oom_kills_on(cgroup);
     let counted = kills_on(cg.oom_global.id());
     let Some(e) = events.first() else {
         return failed(format!(
@@ -1294,11 +1284,7 @@ fn compare_oom(
             } else {
                 Mode::V1Cpu
             };
-            let kills_on = |cgroup: u64| -> u64 {
-                c.cgroup_entries(cgroup)
-                    .filter_map(|e| e["oom_kills"].as_u64())
-                    .sum()
-            };
+            let kills_on = |cgroup: u64| c.oom_kills_on(cgroup);
             let agent = format!(
                 "event cgroup id {} ({}); kills counted on id {want}: {}, on id 0: {}",
                 shown("cgroup_id"),
