@@ -92,10 +92,13 @@ impl Drop for AlignedBuf {
 }
 
 /// Helper mode `dio PATH WRITE_MS READ_MS`: `O_DIRECT` writes of `BLOCK` bytes for
-/// `WRITE_MS`, then reads for `READ_MS`; prints `done WRITES READS BLKIO_TICKS`, the last
-/// being its own block I/O delay so far (`/proc/self/stat` field 42, in clock ticks; the
-/// kernel accounts it while `kernel.task_delayacct` is 1).
+/// `WRITE_MS`, then reads for `READ_MS`; prints `done WRITES READS BLKIO_TICKS ELAPSED_NS
+/// RUN_NS WAIT_NS`: its own block I/O delay so far (`/proc/self/stat` field 42, in clock
+/// ticks; the kernel accounts it while `kernel.task_delayacct` is 1), the wall time of the
+/// I/O, and its time on a CPU and waiting for one over that stretch (`/proc/self/schedstat`).
 pub fn dio(path: &Path, write: Duration, read: Duration) -> io::Result<()> {
+    let begun = Instant::now();
+    let sched_before = schedstat()?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -118,14 +121,31 @@ pub fn dio(path: &Path, write: Duration, read: Duration) -> io::Result<()> {
         file.read_exact_at(buf.as_mut_slice(), (reads % blocks) * BLOCK as u64)?;
         reads += 1;
     }
+    let elapsed = begun.elapsed().as_nanos() as u64;
+    let (run, wait) = schedstat()?;
+    let (run, wait) = (run - sched_before.0, wait - sched_before.1);
     let stat = fs::read_to_string("/proc/self/stat")?;
     let ticks: u64 = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(39)?.parse().ok())
         .ok_or_else(|| io::Error::other(format!("no field 42 in /proc/self/stat: {stat}")))?;
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "done {writes} {reads} {ticks}")?;
+    writeln!(
+        stdout,
+        "done {writes} {reads} {ticks} {elapsed} {run} {wait}"
+    )?;
     stdout.flush()
+}
+
+/// This process's time on a CPU and waiting on a run queue so far, ns
+/// (`/proc/self/schedstat`).
+fn schedstat() -> io::Result<(u64, u64)> {
+    let text = fs::read_to_string("/proc/self/schedstat")?;
+    let mut f = text.split_whitespace().map(str::parse::<u64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(run)), Some(Ok(wait))) => Ok((run, wait)),
+        _ => Err(io::Error::other(format!("/proc/self/schedstat: {text:?}"))),
+    }
 }
 
 /// What the I/O process did and the kernel's view of it.
@@ -135,6 +155,21 @@ pub struct Io {
     pub reads: u64,
     /// Its block I/O delay (delay accounting), ns.
     pub blkio_delay_ns: u64,
+    /// Wall time of its I/O, ns.
+    pub elapsed_ns: u64,
+    /// Its time on a CPU, and waiting for one, over that stretch (schedstat), ns.
+    pub run_ns: u64,
+    pub runqueue_ns: u64,
+}
+
+impl Io {
+    /// The time it spent blocked: neither on a CPU nor waiting for one. All of it is I/O
+    /// wait for this process, which does nothing but synchronous direct I/O.
+    pub fn blocked_ns(&self) -> u64 {
+        self.elapsed_ns
+            .saturating_sub(self.run_ns)
+            .saturating_sub(self.runqueue_ns)
+    }
 }
 
 /// Runs `dio` on `disk` in `cgroup`.
@@ -169,7 +204,7 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
-    let [writes, reads, ticks] = n[..] else {
+    let [writes, reads, ticks, elapsed_ns, run_ns, runqueue_ns] = n[..] else {
         return Err(format!("dio printed {line:?}"));
     };
     // SAFETY: sysconf has no preconditions.
@@ -178,5 +213,8 @@ pub fn run(
         writes,
         reads,
         blkio_delay_ns: ticks * 1_000_000_000 / hz,
+        elapsed_ns,
+        run_ns,
+        runqueue_ns,
     })
 }
