@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 26] = [
+pub const OFFSETS: [(&str, &str, &str); 27] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (SOCK_STATE, "sock", "__sk_common.skc_state"),
@@ -32,6 +32,7 @@ pub const OFFSETS: [(&str, &str, &str); 26] = [
     (OOM_CONTROL_MEMCG, "oom_control", "memcg"),
     (OOM_CONTROL_CONSTRAINT, "oom_control", "constraint"),
     (MEM_CGROUP_CSS, "mem_cgroup", "css"),
+    (ICSK_PENDING, "inet_connection_sock", "icsk_pending"),
 ];
 
 /// Tracepoint arguments found by name in the kernel's BTF (the parameters of the
@@ -46,11 +47,19 @@ pub const TRACEPOINT_ARGS: [(&str, &str, &str, u32); 1] =
 pub const RETRANSMIT_ERR_ARG: &str = "ARG_RETRANSMIT_ERR";
 
 /// Bitfields: the global holds the member's offset in *bits* from the start of the struct.
-pub const BIT_OFFSETS: [(&str, &str, &str); 1] = [(TASK_IN_IOWAIT_BIT, "task_struct", "in_iowait")];
+pub const BIT_OFFSETS: [(&str, &str, &str); 2] = [
+    (TASK_IN_IOWAIT_BIT, "task_struct", "in_iowait"),
+    (ICSK_CA_STATE_BIT, "inet_connection_sock", "icsk_ca_state"),
+];
 
 pub const SOCK_CGROUP: &str = "OFF_SOCK_CGROUP";
 pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
 pub const SOCK_STATE: &str = "OFF_SOCK_STATE";
+/// `inet_connection_sock.icsk_ca_state` (a 5-bit bitfield; a TCP socket starts with its
+/// `inet_connection_sock`, so the offset applies to the `struct sock *`).
+pub const ICSK_CA_STATE_BIT: &str = "OFF_ICSK_CA_STATE_BIT";
+/// `inet_connection_sock.icsk_pending`: the event the retransmit timer is armed for.
+pub const ICSK_PENDING: &str = "OFF_ICSK_PENDING";
 pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
 pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";

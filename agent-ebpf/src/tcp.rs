@@ -16,6 +16,41 @@ pub const KIND_SYNACK: u8 = 1;
 /// [`TCP_SYN_SENT`].
 pub const KIND_SYN: u8 = 2;
 
+/// `cause` values: why the kernel retransmitted, from the socket's congestion-control state
+/// (`icsk_ca_state`) and retransmit timer (`icsk_pending`) at the event.
+/// Not known: the socket's state could not be read, or the event is a SYN-ACK (its cause is
+/// not in the listener's state: the request's timer, or a duplicate SYN from the peer).
+pub const CAUSE_UNKNOWN: u8 = 0;
+/// `TCP_CA_Loss`: after a retransmission timeout, the timer's retransmit of the first
+/// unacknowledged segment and the slow-start retransmits that follow (also a SYN's timeout,
+/// and the rare path-MTU shrink that marks everything lost).
+pub const CAUSE_RTO: u8 = 1;
+/// `TCP_CA_Recovery`: fast retransmit and recovery, losses inferred from duplicate ACKs, SACK
+/// or RACK.
+pub const CAUSE_FAST: u8 = 2;
+/// A tail loss probe: the timer is armed for `ICSK_TIME_LOSS_PROBE` and the state is not
+/// Recovery or Loss (probes are sent only in Open).
+pub const CAUSE_TLP: u8 = 3;
+/// Any other state (Open, Disorder, CWR) without a loss probe pending.
+pub const CAUSE_OTHER: u8 = 4;
+
+/// `enum tcp_ca_state` (uapi `linux/tcp.h`).
+pub const TCP_CA_RECOVERY: u8 = 3;
+pub const TCP_CA_LOSS: u8 = 4;
+/// `ICSK_TIME_LOSS_PROBE` (`net/inet_connection_sock.h`, 5 since TLP came in 3.10).
+pub const ICSK_TIME_LOSS_PROBE: u8 = 5;
+
+/// The cause of a retransmit from the socket's `icsk_ca_state` and `icsk_pending` (pure).
+pub fn cause(ca_state: Option<u8>, pending: Option<u8>) -> u8 {
+    match (ca_state, pending) {
+        (Some(TCP_CA_LOSS), _) => CAUSE_RTO,
+        (Some(TCP_CA_RECOVERY), _) => CAUSE_FAST,
+        (Some(_), Some(ICSK_TIME_LOSS_PROBE)) => CAUSE_TLP,
+        (Some(_), Some(_)) => CAUSE_OTHER,
+        _ => CAUSE_UNKNOWN,
+    }
+}
+
 /// `TCP_SYN_SENT` in the kernel's `enum tcp_state` (fixed by the ABI: `/proc/net/tcp` shows it).
 pub const TCP_SYN_SENT: u8 = 2;
 
@@ -37,7 +72,9 @@ pub struct TcpKey {
     /// (6.17 and later fire the tracepoint for failed attempts too); 0 for a segment sent, and
     /// on older kernels, whose tracepoint fires only then. 255 stands for any larger errno.
     pub errno: u8,
-    pub _pad: [u8; 4],
+    /// [`CAUSE_RTO`], [`CAUSE_FAST`], [`CAUSE_TLP`], [`CAUSE_OTHER`] or [`CAUSE_UNKNOWN`].
+    pub cause: u8,
+    pub _pad: [u8; 3],
 }
 
 crate::user_pod!(TcpKey);

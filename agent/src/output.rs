@@ -312,6 +312,7 @@ mod tests {
                     tcp_retransmits: vec![TcpRetransmits {
                         family: "ipv4",
                         kind: "data",
+                        cause: "fast",
                         count: i,
                     }],
                     tcp_retransmit_failures: Vec::new(),

@@ -156,7 +156,7 @@ impl Merge for CgroupReport {
             match self
                 .tcp_retransmits
                 .iter_mut()
-                .find(|m| (m.family, m.kind) == (r.family, r.kind))
+                .find(|m| (m.family, m.kind, m.cause) == (r.family, r.kind, r.cause))
             {
                 Some(m) => m.count += r.count,
                 None => self.tcp_retransmits.push(r),
@@ -209,6 +209,10 @@ pub struct TcpRetransmits {
     /// "data" (tcp_retransmit_skb), "syn" (tcp_retransmit_skb of a client's SYN, the socket in
     /// SYN_SENT) or "synack" (tcp_retransmit_synack, on the listener).
     pub kind: &'static str,
+    /// Why the kernel retransmitted, from the socket's state at the event: "rto" (after a
+    /// retransmission timeout), "fast" (fast retransmit / recovery), "tlp" (a tail loss
+    /// probe), "other", or "unknown" (the state was unreadable; always for "synack").
+    pub cause: &'static str,
     pub count: u64,
 }
 

@@ -661,6 +661,7 @@ mod tests {
         c.tcp_retransmits = vec![TcpRetransmits {
             family: "ipv4",
             kind: "data",
+            cause: "fast",
             count: retx,
         }];
         c

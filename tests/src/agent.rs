@@ -256,6 +256,16 @@ impl CgroupReport {
             .sum()
     }
 
+    /// Its TCP retransmits of `kind` and `cause` (`"rto"`, `"fast"`, `"tlp"`,
+    /// `"other"`, `"unknown"`), both families.
+    pub fn retransmits_caused(&self, kind: &str, cause: &str) -> u64 {
+        self.tcp_retransmits
+            .iter()
+            .filter(|r| r.kind == kind && r.cause == cause)
+            .map(|r| r.count)
+            .sum()
+    }
+
     /// All its TCP retransmits.
     pub fn total_retransmits(&self) -> u64 {
         self.tcp_retransmits.iter().map(|r| r.count).sum()
@@ -285,6 +295,10 @@ pub struct TcpRetransmits {
     /// `"data"` (retransmitted segments), `"syn"` (a client's SYNs) or
     /// `"synack"` (SYN-ACKs a listener retransmitted).
     pub kind: String,
+    /// `"rto"`, `"fast"`, `"tlp"`, `"other"` or `"unknown"` (empty from an agent
+    /// that predates it).
+    #[serde(default)]
+    pub cause: String,
     pub count: u64,
 }
 
@@ -803,7 +817,7 @@ mod tests {
             "cgroups":[{"cgroup_id":42,"name":"/a","runqueue":{"events":0,"wait_ns":0,
                 "waiting_tasks":0,"latency_p50_ns":0,"latency_p99_ns":0,"latency_max_ns":0},
                 "tcp_retransmits":[{"family":"ipv4","kind":"data","count":3},
-                    {"family":"ipv6","kind":"data","count":4},
+                    {"family":"ipv6","kind":"data","cause":"tlp","count":4},
                     {"family":"ipv4","kind":"synack","count":1,"new":0}],
                 "oom_kills":2},
                 {"cgroup_id":0,"name":null,"tcp_retransmits":[{"family":"ipv6","kind":"data","count":5}]},
@@ -817,6 +831,8 @@ mod tests {
         assert_eq!(a.retransmits("ipv4", "data"), 3);
         assert_eq!(a.retransmits("ipv6", "data"), 4);
         assert_eq!(a.retransmits("ipv4", "synack"), 1);
+        assert_eq!(a.retransmits_caused("data", "tlp"), 4);
+        assert_eq!(a.retransmits_caused("data", ""), 3);
         assert_eq!(a.retransmits("ipv6", "synack"), 0);
         assert_eq!(a.total_retransmits(), 8);
         assert_eq!(a.oom_kills, 2);

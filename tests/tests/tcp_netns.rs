@@ -83,8 +83,19 @@ impl Counted {
     }
 }
 
-/// `RetransSegs`, `TCPSynRetrans` and `TCPRetransFail` of one namespace.
-fn kernel_counts(pair: &NetnsPair, side: Side) -> [u64; 3] {
+/// The counters read in each namespace, in the order of [`kernel_counts`].
+const COUNTERS: [&str; 7] = [
+    "RetransSegs",
+    "TCPSynRetrans",
+    "TCPRetransFail",
+    "TCPFastRetrans",
+    "TCPSlowStartRetrans",
+    "TCPTimeouts",
+    "TCPLossProbes",
+];
+
+/// [`COUNTERS`] of one namespace: `RetransSegs` (`Tcp`), the rest `TcpExt`.
+fn kernel_counts(pair: &NetnsPair, side: Side) -> [u64; 7] {
     let segs = pair
         .counter(side, "/proc/net/snmp", "Tcp", "RetransSegs")
         .expect("RetransSegs");
@@ -92,11 +103,51 @@ fn kernel_counts(pair: &NetnsPair, side: Side) -> [u64; 3] {
         pair.counter(side, "/proc/net/netstat", "TcpExt", name)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     };
-    [segs, ext("TCPSynRetrans"), ext("TCPRetransFail")]
+    let mut all = [segs, 0, 0, 0, 0, 0, 0];
+    for (i, name) in COUNTERS.iter().enumerate().skip(1) {
+        all[i] = ext(name);
+    }
+    all
 }
 
-fn delta(after: [u64; 3], before: [u64; 3]) -> [u64; 3] {
-    [0, 1, 2].map(|i| after[i] - before[i])
+fn delta(after: [u64; 7], before: [u64; 7]) -> [u64; 7] {
+    std::array::from_fn(|i| after[i] - before[i])
+}
+
+/// One side's data retransmits by cause against its namespace's counters, exactly: `fast` +
+/// `other` are the retransmit queue's outside Loss (`TCPFastRetrans`); `rto` the queue's in
+/// Loss (`TCPSlowStartRetrans`) plus at most one per timeout (`TCPTimeouts`); `tlp` at most
+/// `TCPLossProbes` (which counts probes of new data too).
+fn check_causes(what: &str, reports: &[Report], cgroup_id: u64, kernel: [u64; 7]) {
+    let n = |cause: &str| -> u64 {
+        reports
+            .iter()
+            .flat_map(|r| r.cgroups.iter().filter(|cg| cg.cgroup_id == cgroup_id))
+            .map(|cg| cg.retransmits_caused("data", cause))
+            .sum()
+    };
+    let (rto, fast, tlp, other, unknown) =
+        (n("rto"), n("fast"), n("tlp"), n("other"), n("unknown"));
+    let [_, _, _, fast_k, slow_start, timeouts, probes] = kernel;
+    eprintln!(
+        "{what} data by cause: rto {rto}, fast {fast}, tlp {tlp}, other {other}, unknown {unknown}; \
+         kernel TCPFastRetrans {fast_k}, TCPSlowStartRetrans {slow_start}, TCPTimeouts {timeouts}, \
+         TCPLossProbes {probes}"
+    );
+    assert_eq!(unknown, 0, "{what}: retransmits of unknown cause");
+    assert_eq!(
+        fast + other,
+        fast_k,
+        "{what}: fast + other against TCPFastRetrans"
+    );
+    assert!(
+        (slow_start..=slow_start + timeouts).contains(&rto),
+        "{what}: rto {rto} outside TCPSlowStartRetrans {slow_start} + up to TCPTimeouts {timeouts}"
+    );
+    assert!(
+        tlp <= probes,
+        "{what}: tlp {tlp} above TCPLossProbes {probes}"
+    );
 }
 
 /// Whether this kernel's `tcp_retransmit_skb` has an `err` (6.17 and later): its record, the
@@ -241,12 +292,8 @@ fn exchange(variant: &str) -> bool {
     let w = Counted::of(&stopped.reports, worker.id());
     let kernel_client = delta(client1, client0);
     let kernel_server = delta(server1, server0);
-    eprintln!(
-        "client:   nodesat {c:?}; kernel [RetransSegs, TCPSynRetrans, TCPRetransFail] {kernel_client:?}"
-    );
-    eprintln!(
-        "listener: nodesat {l:?}; kernel [RetransSegs, TCPSynRetrans, TCPRetransFail] {kernel_server:?}"
-    );
+    eprintln!("client:   nodesat {c:?}; kernel {COUNTERS:?} {kernel_client:?}");
+    eprintln!("listener: nodesat {l:?}; kernel {COUNTERS:?} {kernel_server:?}");
     eprintln!("worker:   nodesat {w:?}");
     let mine = [client.id(), listener.id(), worker.id()];
     for r in &stopped.reports {
@@ -308,6 +355,8 @@ fn exchange(variant: &str) -> bool {
         (0, 0),
         "the worker's cgroup: its accepted socket belongs to the listener's cgroup"
     );
+    check_causes("client", &stopped.reports, client.id(), kernel_client);
+    check_causes("listener", &stopped.reports, listener.id(), kernel_server);
     if has_err {
         assert!(
             c.failures.get("EBUSY").copied().unwrap_or(0)

@@ -65,6 +65,10 @@ static OFF_OOM_CONTROL_CONSTRAINT: u32 = UNKNOWN;
 static OFF_MEM_CGROUP_CSS: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_TCP_SKB_CB_GSO_SEGS: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_ICSK_CA_STATE_BIT: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_ICSK_PENDING: u32 = UNKNOWN;
 
 /// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
 #[inline(always)]
@@ -112,6 +116,26 @@ pub fn sock_cgroup_id(sk: u64) -> Option<u64> {
 #[inline(always)]
 pub fn sock_state(sk: u64) -> Option<u8> {
     read(sk, &OFF_SOCK_STATE)
+}
+
+/// `inet_csk(sk)->icsk_ca_state`: a 5-bit bitfield at a bit offset from BTF. Two bytes are
+/// read so that a field straddling a byte boundary reads whole.
+#[inline(always)]
+pub fn sock_ca_state(sk: u64) -> Option<u8> {
+    let bit = global(&OFF_ICSK_CA_STATE_BIT);
+    if sk == 0 || bit == UNKNOWN {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    let word: u16 =
+        unsafe { bpf_probe_read_kernel((sk + u64::from(bit / 8)) as *const u16) }.ok()?;
+    Some(((u16::from_le(word) >> (bit % 8)) & 0x1f) as u8)
+}
+
+/// `inet_csk(sk)->icsk_pending`.
+#[inline(always)]
+pub fn sock_pending(sk: u64) -> Option<u8> {
+    read(sk, &OFF_ICSK_PENDING)
 }
 
 /// `sk->__sk_common.skc_family`.

@@ -1,7 +1,8 @@
 //! TCP retransmit programs; see `agent_ebpf::tcp`.
 
 use agent_ebpf::tcp::{
-    KIND_DATA, KIND_SYN, KIND_SYNACK, RETRANSMITS_MAX_ENTRIES, TCP_SYN_SENT, TcpKey,
+    CAUSE_UNKNOWN, KIND_DATA, KIND_SYN, KIND_SYNACK, RETRANSMITS_MAX_ENTRIES, TCP_SYN_SENT, TcpKey,
+    cause,
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -54,7 +55,12 @@ fn retransmitted(sk: u64, family: Option<u16>, state: Option<u8>, kind: u8, err:
         } else {
             err.unsigned_abs().min(255) as u8
         },
-        _pad: [0; 4],
+        cause: if kind == KIND_SYNACK {
+            CAUSE_UNKNOWN
+        } else {
+            cause(kernel::sock_ca_state(sk), kernel::sock_pending(sk))
+        },
+        _pad: [0; 3],
     };
     count_add(&TCP_RETRANSMITS, &key, segs);
 }

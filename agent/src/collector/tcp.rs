@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use agent_ebpf::tcp::{AF_INET, AF_INET6, KIND_SYN, KIND_SYNACK, MAP_RETRANSMITS, TcpKey};
+use agent_ebpf::tcp::{
+    AF_INET, AF_INET6, CAUSE_FAST, CAUSE_OTHER, CAUSE_RTO, CAUSE_TLP, KIND_SYN, KIND_SYNACK,
+    MAP_RETRANSMITS, TcpKey,
+};
 use aya::Ebpf;
 
 use super::maps;
@@ -87,6 +90,17 @@ pub fn kind_name(kind: u8) -> &'static str {
     }
 }
 
+/// The name of a retransmit's cause (`agent_ebpf::tcp::cause`).
+pub fn cause_name(cause: u8) -> &'static str {
+    match cause {
+        CAUSE_RTO => "rto",
+        CAUSE_FAST => "fast",
+        CAUSE_TLP => "tlp",
+        CAUSE_OTHER => "other",
+        _ => "unknown",
+    }
+}
+
 /// Errnos with which `__tcp_retransmit_skb` returns before it counts `RetransSegs` (kernels
 /// 6.17 and later fire the tracepoint for these too; older ones fire it only for a segment
 /// sent): the original still in the host's queues (`EBUSY`), beyond the peer's window
@@ -123,21 +137,22 @@ pub fn summarize(
 ) -> BTreeMap<u64, TcpFigures> {
     let mut per_cgroup: BTreeMap<u64, TcpFigures> = BTreeMap::new();
     let mut deltas: Vec<(TcpKey, u64)> = cur.delta_since(prev).into_iter().collect();
-    deltas.sort_by_key(|(k, _)| (k.cgroup, k.family, k.kind, k.errno));
+    deltas.sort_by_key(|(k, _)| (k.cgroup, k.family, k.kind, k.cause, k.errno));
     for (key, count) in deltas {
         let figures = per_cgroup.entry(key.cgroup).or_default();
         let family = family_name(key.family);
         if counted_by_kernel(key.errno) {
-            let kind = kind_name(key.kind);
+            let (kind, cause) = (kind_name(key.kind), cause_name(key.cause));
             match figures
                 .retransmits
                 .iter_mut()
-                .find(|r| (r.family, r.kind) == (family, kind))
+                .find(|r| (r.family, r.kind, r.cause) == (family, kind, cause))
             {
                 Some(r) => r.count += count,
                 None => figures.retransmits.push(TcpRetransmits {
                     family,
                     kind,
+                    cause,
                     count,
                 }),
             }
@@ -175,8 +190,55 @@ mod tests {
             family,
             kind,
             errno,
-            _pad: [0; 4],
+            cause: agent_ebpf::tcp::CAUSE_UNKNOWN,
+            _pad: [0; 3],
         }
+    }
+
+    fn caused(cgroup: u64, kind: u8, cause: u8) -> TcpKey {
+        TcpKey {
+            cause,
+            ..key(cgroup, AF_INET, kind)
+        }
+    }
+
+    #[test]
+    fn the_cause_follows_the_sockets_state_and_timer() {
+        use agent_ebpf::tcp::{CAUSE_UNKNOWN, ICSK_TIME_LOSS_PROBE, cause};
+        // Loss (4) and Recovery (3) decide, whatever the timer is armed for.
+        assert_eq!(cause(Some(4), Some(1)), CAUSE_RTO);
+        assert_eq!(cause(Some(4), Some(ICSK_TIME_LOSS_PROBE)), CAUSE_RTO);
+        assert_eq!(cause(Some(3), Some(ICSK_TIME_LOSS_PROBE)), CAUSE_FAST);
+        // Open (0) with the loss-probe timer firing: a tail loss probe.
+        assert_eq!(cause(Some(0), Some(ICSK_TIME_LOSS_PROBE)), CAUSE_TLP);
+        assert_eq!(cause(Some(1), Some(1)), CAUSE_OTHER);
+        assert_eq!(cause(Some(0), None), CAUSE_UNKNOWN);
+        assert_eq!(cause(None, Some(ICSK_TIME_LOSS_PROBE)), CAUSE_UNKNOWN);
+    }
+
+    #[test]
+    fn retransmits_are_split_by_cause() {
+        let cur = Snapshot::from_per_cpu([
+            (caused(5, KIND_DATA, CAUSE_RTO), vec![2u64, 1]),
+            (caused(5, KIND_DATA, CAUSE_FAST), vec![4, 0]),
+            (caused(5, KIND_DATA, CAUSE_TLP), vec![1, 0]),
+            (caused(5, KIND_SYN, CAUSE_RTO), vec![1, 0]),
+        ]);
+        let s = summarize(&cur, &Snapshot::default());
+        let got: Vec<(&str, &str, u64)> = s[&5]
+            .retransmits
+            .iter()
+            .map(|r| (r.kind, r.cause, r.count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("data", "rto", 3),
+                ("data", "fast", 4),
+                ("data", "tlp", 1),
+                ("syn", "rto", 1)
+            ]
+        );
     }
 
     fn triples(r: &[TcpRetransmits]) -> Vec<(&str, &str, u64)> {

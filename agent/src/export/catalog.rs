@@ -127,8 +127,12 @@ pub const TCP_RETRANSMITS: MetricDef = m(
     Counter,
     Workload,
     Value::Int,
-    &["network.type", "nodesat.tcp.retransmit.kind"],
-    "TCP segments retransmitted by sockets the workload owns, as the kernel's `RetransSegs` counts them in the socket's network namespace; `network.type` is `ipv4` or `ipv6`, `nodesat.tcp.retransmit.kind` is `data`, `syn` (a client's SYN) or `synack` (a listener's SYN-ACK).",
+    &[
+        "network.type",
+        "nodesat.tcp.retransmit.kind",
+        "nodesat.tcp.retransmit.cause",
+    ],
+    "TCP segments retransmitted by sockets the workload owns, as the kernel's `RetransSegs` counts them in the socket's network namespace; `network.type` is `ipv4` or `ipv6`, `nodesat.tcp.retransmit.kind` is `data`, `syn` (a client's SYN) or `synack` (a listener's SYN-ACK); `nodesat.tcp.retransmit.cause` is `rto` (after a retransmission timeout), `fast` (fast retransmit / recovery), `tlp` (a tail loss probe), `other`, or `unknown` (always for `synack`).",
 );
 pub const TCP_RETRANSMIT_FAILURES: MetricDef = m(
     "nodesat.tcp.retransmit.failures",
@@ -233,6 +237,15 @@ pub const PROBE_RUN_TIME: MetricDef = m(
     &["nodesat.probe", "nodesat.probe.hook"],
     "Time the hook's program ran (same condition).",
 );
+pub const PROBE_RECURSION_MISSES: MetricDef = m(
+    "nodesat.agent.probe.recursion_misses",
+    "{event}",
+    Counter,
+    Node,
+    Value::Int,
+    &["nodesat.probe", "nodesat.probe.hook"],
+    "Events of the hook the kernel did not run the program for, because it was already running on that CPU (`recursion_misses` of the program's fdinfo, kernels 5.12 and later): events the figures lack.",
+);
 pub const EVENTS_LOST: MetricDef = m(
     "nodesat.agent.events.lost",
     "{event}",
@@ -333,6 +346,7 @@ pub const CATALOG: &[MetricDef] = &[
     PROBE_ATTACHED,
     PROBE_RUN_COUNT,
     PROBE_RUN_TIME,
+    PROBE_RECURSION_MISSES,
     EVENTS_LOST,
     KERNEL_ERRORS,
     ENTITIES_OVERFLOW,
@@ -380,6 +394,7 @@ pub const PROMETHEUS_LABELS: &[(&str, &str)] = &[
     ("cpu.logical_number", "cpu"),
     ("network.type", "family"),
     ("nodesat.tcp.retransmit.kind", "retransmit_kind"),
+    ("nodesat.tcp.retransmit.cause", "retransmit_cause"),
     ("system.device", "device"),
     ("nodesat.disk.device", "major_minor"),
     ("disk.io.direction", "direction"),

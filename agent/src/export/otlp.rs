@@ -534,6 +534,7 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
             vec![
                 ("network.type", r.family.to_owned()),
                 ("nodesat.tcp.retransmit.kind", r.kind.to_owned()),
+                ("nodesat.tcp.retransmit.cause", r.cause.to_owned()),
             ],
             Obs::Delta(r.count),
         ));
@@ -612,7 +613,12 @@ fn node_observations(r: &Report, agent: &AgentTotals) -> Vec<(MetricDef, Attrs, 
             Obs::Gauge(if h.attached { 1.0 } else { 0.0 }),
         ));
         v.push((cat::PROBE_RUN_COUNT, ph.clone(), Obs::Total(h.run_count)));
-        v.push((cat::PROBE_RUN_TIME, ph, Obs::Total(h.run_time_ns)));
+        v.push((cat::PROBE_RUN_TIME, ph.clone(), Obs::Total(h.run_time_ns)));
+        v.push((
+            cat::PROBE_RECURSION_MISSES,
+            ph,
+            Obs::Total(h.recursion_misses),
+        ));
     }
     for e in &r.kernel_errors {
         if e.error == "events_lost" {

@@ -76,6 +76,7 @@ fn pod_container(id: u64) -> CgroupReport {
     c.tcp_retransmits = vec![TcpRetransmits {
         family: "ipv4",
         kind: "data",
+        cause: "fast",
         count: 7,
     }];
     c.throttling = Some(Throttling {
@@ -141,6 +142,7 @@ fn report(n: u64, cgroups: Vec<CgroupReport>) -> Report {
             error: None,
             run_count: 1000 * (n + 1),
             run_time_ns: 50_000 * (n + 1),
+            recursion_misses: n,
             program: None,
         }],
         node: NodeTotals::default(),
@@ -295,6 +297,10 @@ fn mapping_resources_attributes_and_exact_buckets() {
     assert_eq!(
         str_attr(&retx.attributes, "nodesat.tcp.retransmit.kind").as_deref(),
         Some("data")
+    );
+    assert_eq!(
+        str_attr(&retx.attributes, "nodesat.tcp.retransmit.cause").as_deref(),
+        Some("fast")
     );
 
     // throttle durations: slots 20 and 22 → buckets 19..=21 at scale 0

@@ -314,7 +314,8 @@ fn text_carries_the_catalogue_with_identity_labels_and_cumulative_buckets() {
             &[
                 ("pod_uid", "uid-11"),
                 ("family", "ipv4"),
-                ("retransmit_kind", "data")
+                ("retransmit_kind", "data"),
+                ("retransmit_cause", "fast")
             ]
         ),
         "7"

@@ -129,6 +129,14 @@ const SPECS: &[Spec] = &[
         against: "retransmits of kind syn (socket in SYN_SENT) on the SYN client's cgroup and none elsewhere, syn + synack vs /proc/net/netstat TCPSynRetrans",
     },
     Spec {
+        id: "tcp-cause",
+        probe: "tcp",
+        mode: None,
+        variants: TRACEPOINTS,
+        offsets: &[k::ICSK_CA_STATE_BIT, k::ICSK_PENDING],
+        against: "data retransmits by cause vs /proc/net/netstat: fast + other = TCPFastRetrans (tcp_xmit_retransmit_queue outside Loss); TCPSlowStartRetrans <= rto <= TCPSlowStartRetrans + TCPTimeouts (the queue in Loss, and the timer's one each); tlp <= TCPLossProbes",
+    },
+    Spec {
         id: "tcp-segments",
         probe: "tcp",
         mode: None,
@@ -490,6 +498,8 @@ struct TcpTruth {
     failed_segments: u64,
     /// TCPSynRetrans growth: SYNs and SYN-ACKs retransmitted.
     kernel_syn: u64,
+    /// Growth of [`tcp::cause_counters`].
+    kernel_causes: [u64; 4],
     exchanges: tcp::Exchanges,
 }
 
@@ -585,6 +595,7 @@ fn check(o: &Options) -> Value {
     let retrans_before = tcp::retrans_segs();
     let fail_before = tcp::retrans_fail();
     let syn_before = tcp::syn_retrans();
+    let causes_before = tcp::cause_counters();
     let disk_before = disk.stat();
 
     let mut truth = Truth::default();
@@ -615,6 +626,10 @@ fn check(o: &Options) -> Value {
                 kernel_segments: tcp::retrans_segs()? - retrans_before.clone()?,
                 failed_segments: tcp::retrans_fail()? - fail_before.clone()?,
                 kernel_syn: tcp::syn_retrans()? - syn_before.clone()?,
+                kernel_causes: {
+                    let (after, before) = (tcp::cause_counters()?, causes_before.clone()?);
+                    [0, 1, 2, 3].map(|i| after[i] - before[i])
+                },
                 exchanges,
             })
         }));
@@ -936,7 +951,7 @@ fn compare(
     t: &Truth,
 ) -> Outcome {
     match id {
-        "tcp-cgroup" | "tcp-family" | "tcp-state" | "tcp-segments" => {
+        "tcp-cgroup" | "tcp-family" | "tcp-state" | "tcp-cause" | "tcp-segments" => {
             let Some(Ok(tcp)) = &t.tcp else {
                 return failed(step_error(&t.tcp, "the TCP exchanges"));
             };
@@ -1130,6 +1145,45 @@ fn compare_tcp(id: &str, c: &agent::Collected, cg: &Cgroups, tcp: &TcpTruth) -> 
                     "{syn_v4} syn on id {v4} (the SYN client's), {syn_elsewhere} syn elsewhere, {synack} synack"
                 ),
                 format!("TCPSynRetrans +{}", tcp.kernel_syn),
+            )
+        }
+        "tcp-cause" => {
+            // Data retransmits only (SYNs are counted in TCPSynRetrans), all cgroups: the
+            // kernel's counters are the whole namespace's.
+            let mut by = BTreeMap::<String, u64>::new();
+            for r in &c.intervals {
+                for cg in r["cgroups"].as_array().into_iter().flatten() {
+                    for t in cg["tcp_retransmits"].as_array().into_iter().flatten() {
+                        if t["kind"] == "data" {
+                            let cause = t["cause"].as_str().unwrap_or("?").to_owned();
+                            *by.entry(cause).or_default() += t["count"].as_u64().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            let n = |k: &str| by.get(k).copied().unwrap_or(0);
+            let (rto, fast, tlp, other) = (n("rto"), n("fast"), n("tlp"), n("other"));
+            let unknown: u64 = by
+                .iter()
+                .filter(|(k, _)| !["rto", "fast", "tlp", "other"].contains(&k.as_str()))
+                .map(|(_, v)| v)
+                .sum();
+            let [fast_k, slow_start, timeouts, probes] = tcp.kernel_causes;
+            // Others' sockets on a shared host move the counters too: a small slack.
+            let slack = 2.max(kernel / 50);
+            pass_if(
+                fast > 0
+                    && unknown == 0
+                    && within(fast + other, fast_k, 0.05, 2)
+                    && rto + slack >= slow_start
+                    && rto <= slow_start + timeouts + slack
+                    && tlp <= probes + slack,
+                format!(
+                    "data segments: {rto} rto, {fast} fast, {tlp} tlp, {other} other, {unknown} unknown"
+                ),
+                format!(
+                    "TCPFastRetrans +{fast_k}, TCPSlowStartRetrans +{slow_start}, TCPTimeouts +{timeouts}, TCPLossProbes +{probes}{quiet}"
+                ),
             )
         }
         _ => {

@@ -253,3 +253,18 @@ pub fn retrans_fail() -> Result<u64, String> {
     nodesat_tests::proc_net_counter("/proc/net/netstat", "TcpExt", "TCPRetransFail")
         .map_err(|e| format!("reading /proc/net/netstat: {e}"))
 }
+
+/// The `TcpExt` counters of `/proc/net/netstat` that split retransmits by cause:
+/// `[TCPFastRetrans, TCPSlowStartRetrans, TCPTimeouts, TCPLossProbes]`.
+pub fn cause_counters() -> Result<[u64; 4], String> {
+    let read = |name| {
+        nodesat_tests::proc_net_counter("/proc/net/netstat", "TcpExt", name)
+            .map_err(|e| format!("reading {name} in /proc/net/netstat: {e}"))
+    };
+    Ok([
+        read("TCPFastRetrans")?,
+        read("TCPSlowStartRetrans")?,
+        read("TCPTimeouts")?,
+        read("TCPLossProbes")?,
+    ])
+}
