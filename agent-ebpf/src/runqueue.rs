@@ -38,6 +38,43 @@ pub const ERR_LATENCY_UPDATE: u32 = 1;
 pub const ERR_PENDING_MISMATCH: u32 = 2;
 pub const ERRORS_LEN: u32 = 3;
 
+/// `Array<Mismatch>` of [`MISMATCH_SLOTS`]: the last pending mismatches, written only while
+/// the global [`GLOBAL_DEBUG_MISMATCHES`] is 1 (`--debug-runqueue on`); CPU `c` writes its
+/// record `seq` into slot `(c % MISMATCH_CPUS) * 8 + seq % 8`.
+pub const MAP_MISMATCHES: &str = "RUNQ_MISMATCHES";
+pub const MISMATCH_SLOTS: u32 = 64;
+pub const MISMATCH_CPUS: u32 = 8;
+/// `PerCpuArray<u64>` of one element: mismatches each CPU recorded so far (its last `seq`).
+pub const MAP_MISMATCH_SEQ: &str = "RUNQ_MISMATCH_SEQ";
+pub const GLOBAL_DEBUG_MISMATCHES: &str = "DEBUG_MISMATCHES";
+
+/// One pending mismatch: at a switch on `cpu`, the task leaving it (`prev`) was not the one
+/// whose wait was parked when it last started there (`parked`). Task keys are what the
+/// variant keys tasks by (a `task_struct` address, or a pid for classic tracepoints); the pids
+/// and comms are read in the kernel (0 and empty where unreadable).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    /// 1 for the CPU's first record; 0 for a slot never written.
+    pub seq: u64,
+    pub now_ns: u64,
+    pub parked: u64,
+    pub prev: u64,
+    pub next: u64,
+    pub parked_pid: u32,
+    /// The current task's (prev's) pid and thread group id, from the helper.
+    pub prev_pid: u32,
+    pub prev_tgid: u32,
+    pub cpu: u32,
+    /// 1 when prev stays runnable (preempted or yielded).
+    pub prev_runnable: u32,
+    pub _pad: u32,
+    pub parked_comm: [u8; 16],
+    pub prev_comm: [u8; 16],
+}
+
+crate::user_pod!(Mismatch);
+
 /// Globals (`#[no_mangle]` statics) the agent sets at load time: byte offsets of the classic
 /// tracepoint fields, read from tracefs `format` files, so none is compiled in.
 pub const GLOBAL_TP_SWITCH_PREV_PID: &str = "TP_SWITCH_PREV_PID";

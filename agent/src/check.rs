@@ -106,6 +106,7 @@ pub fn check(config: &Config) -> i32 {
         max_cgroups: config.max_cgroups,
         mount_tracefs: true,
         cgroup_v1_cpu: matches!(hierarchy, Some(cgroups::Hierarchy::V1Cpu(_))),
+        debug_runqueue: false,
     };
     let mut loaded = match Probes::load(&opts) {
         Ok(p) => p,

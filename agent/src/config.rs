@@ -53,6 +53,8 @@ pub struct Config {
     /// The whole drain after SIGTERM or SIGINT (final collection, OTLP delivery, the kubelet
     /// thread): what is not done by then is given up, counted and logged.
     pub shutdown_timeout: Duration,
+    /// Record and log each run-queue `pending_mismatch` (a debugging aid; see docs/metrics.md).
+    pub debug_runqueue: bool,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -158,6 +160,10 @@ pub struct Flags {
     /// [default: 5s; env NODESAT_SHUTDOWN_TIMEOUT].
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
+    /// Log each run-queue pending_mismatch the kernel programs record (task, CPU, what ran
+    /// instead): on or off [default: off; env NODESAT_DEBUG_RUNQUEUE].
+    #[arg(long, value_name = "on|off")]
+    pub debug_runqueue: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -218,7 +224,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 28] = [
+const KEYS: [Key; 29] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -244,6 +250,11 @@ const KEYS: [Key; 28] = [
         "shutdown_timeout",
         "--shutdown-timeout",
         "NODESAT_SHUTDOWN_TIMEOUT",
+    ),
+    key(
+        "debug_runqueue",
+        "--debug-runqueue",
+        "NODESAT_DEBUG_RUNQUEUE",
     ),
     // ── export (crate::export::config) ──
     key(
@@ -338,6 +349,7 @@ impl Flags {
             "health_listen" => self.health_listen.as_ref(),
             "prometheus_listen" => self.prometheus_listen.as_ref(),
             "shutdown_timeout" => self.shutdown_timeout.as_ref(),
+            "debug_runqueue" => self.debug_runqueue.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -425,6 +437,9 @@ impl Config {
                 Duration::from_secs(5),
                 parse_shutdown_timeout,
             )?,
+            debug_runqueue: parse(raw, "debug_runqueue", false, |s| {
+                one_of(s, &[("on", true), ("off", false)])
+            })?,
             export: crate::export::config::from_raw(raw)?,
         })
     }

@@ -115,6 +115,17 @@ pub struct Report {
     /// How many cgroups were summed into [`Report::other`] (0 when absent).
     #[serde(default, deserialize_with = "null_as_default")]
     pub entities_overflow: usize,
+    /// The programs' error counters that grew in the interval (empty when absent).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub kernel_errors: Vec<KernelErrorReport>,
+}
+
+/// One kernel error counter's growth, in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KernelErrorReport {
+    pub probe: String,
+    pub error: String,
+    pub count: u64,
 }
 
 impl Report {

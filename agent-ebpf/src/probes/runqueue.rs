@@ -5,13 +5,13 @@ use agent_ebpf::{
     iowait::{self, IowaitSince, SINCE_MAX_ENTRIES},
     runqueue::{
         ENQUEUED_AT_MAX_ENTRIES, ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH,
-        ERRORS_LEN, LATENCY_MAX_CGROUPS, Pending,
+        ERRORS_LEN, LATENCY_MAX_CGROUPS, MISMATCH_CPUS, MISMATCH_SLOTS, Mismatch, Pending,
     },
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
@@ -71,6 +71,16 @@ static IOWAIT_TIME: LruPerCpuHashMap<u64, u64> =
 
 #[map]
 static IOWAIT_CPU: Array<u64> = Array::with_max_entries(iowait::MAX_CPUS, 0);
+
+#[map]
+static RUNQ_MISMATCHES: Array<Mismatch> = Array::with_max_entries(MISMATCH_SLOTS, 0);
+
+#[map]
+static RUNQ_MISMATCH_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1: record each pending mismatch in RUNQ_MISMATCHES (`--debug-runqueue on`).
+#[unsafe(no_mangle)]
+static DEBUG_MISMATCHES: u32 = 0;
 
 // Field offsets of the classic tracepoint records, set by the agent from tracefs at load time.
 // 0 (the common header) means "not set": the classic programs then do nothing.
@@ -232,6 +242,15 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
             record(cgroup, pending.wait_ns);
         } else {
             count_error(&RUNQ_ERRORS, ERR_PENDING_MISMATCH);
+            if global(&DEBUG_MISMATCHES) == 1 {
+                record_mismatch(
+                    now,
+                    pending.task,
+                    S::key(prev),
+                    S::key(next),
+                    prev_state == PrevState::Runnable,
+                );
+            }
         }
         pending.task = 0;
         pending.wait_ns = 0;
@@ -268,6 +287,57 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     }
     pending.task = S::key(next);
     pending.wait_ns = wait;
+}
+
+/// Keys at or above this are kernel addresses (`task_struct` pointers); below, pids.
+const KERNEL_ADDRESSES: u64 = 0xffff_0000_0000_0000;
+
+/// Writes a mismatch record into the next slot of RUNQ_MISMATCHES (debugging only).
+#[inline(always)]
+fn record_mismatch(now: u64, parked: u64, prev: u64, next: u64, prev_runnable: bool) {
+    let Some(seq) = RUNQ_MISMATCH_SEQ.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU's program instance touches it.
+    let seq = unsafe {
+        *seq += 1;
+        *seq
+    };
+    // SAFETY: helper with no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let per_cpu = u64::from(MISMATCH_SLOTS / MISMATCH_CPUS);
+    let index = u64::from(cpu % MISMATCH_CPUS) * per_cpu + seq % per_cpu;
+    let Some(slot) = RUNQ_MISMATCHES.get_ptr_mut(index as u32) else {
+        return;
+    };
+    let (parked_pid, parked_comm) = if parked >= KERNEL_ADDRESSES {
+        (
+            kernel::task_pid(parked).unwrap_or(0),
+            kernel::task_comm(parked).unwrap_or([0; 16]),
+        )
+    } else {
+        (parked as u32, [0; 16])
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a valid map value; CPUs beyond MISMATCH_CPUS share slots, where a record may
+    // tear, which only costs a debugging line.
+    unsafe {
+        *slot = Mismatch {
+            seq,
+            now_ns: now,
+            parked,
+            prev,
+            next,
+            parked_pid,
+            prev_pid: pid_tgid as u32,
+            prev_tgid: (pid_tgid >> 32) as u32,
+            cpu,
+            prev_runnable: u32::from(prev_runnable),
+            _pad: 0,
+            parked_comm,
+            prev_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        }
+    };
 }
 
 /// Adds one wait to a cgroup's histogram on this CPU.

@@ -2,7 +2,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
 use crate::{
@@ -42,6 +42,14 @@ where
         }
     }
     Ok(Snapshot::from_per_cpu(entries))
+}
+
+/// Every element of a (shared, not per-CPU) array.
+pub fn array<V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<V>, ProbeError> {
+    let array: Array<&MapData, V> = Array::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    (0..array.len())
+        .map(|i| array.get(&i, 0).map_err(map_err(name)))
+        .collect()
 }
 
 /// Every element of a per-CPU array of counters, one value per possible CPU each.

@@ -44,7 +44,7 @@ impl Collector {
         config: &Config,
     ) -> Result<Collector, ProbeError> {
         let cgroup_root = config.cgroup_root.as_path();
-        let mut runqueue = runqueue::Runqueue::default();
+        let mut runqueue = runqueue::Runqueue::new(config.debug_runqueue);
         runqueue.baseline(probes.ebpf())?;
         let mut tcp = tcp::Tcp::new(
             names

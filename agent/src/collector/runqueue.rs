@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use agent_ebpf::{
     hist::Log2Hist,
-    runqueue::{MAP_CPU_WAIT, MAP_ERRORS, MAP_LATENCY},
+    runqueue::{MAP_CPU_WAIT, MAP_ERRORS, MAP_LATENCY, MAP_MISMATCH_SEQ, MAP_MISMATCHES, Mismatch},
 };
 use aya::Ebpf;
 
@@ -43,6 +43,8 @@ pub struct Interval {
 #[derive(Debug, Default)]
 pub struct Runqueue {
     prev: Reading,
+    /// With `--debug-runqueue on`: the last mismatch record logged, per CPU.
+    debug_seen: Option<HashMap<u32, u64>>,
 }
 
 /// Reads the maps (the only part of this module that touches the kernel).
@@ -58,6 +60,14 @@ pub fn read(ebpf: &Ebpf) -> Result<Reading, ProbeError> {
 }
 
 impl Runqueue {
+    /// With `debug`, each interval logs the mismatches the programs recorded since the last.
+    pub fn new(debug: bool) -> Runqueue {
+        Runqueue {
+            debug_seen: debug.then(HashMap::new),
+            ..Runqueue::default()
+        }
+    }
+
     /// Takes the reading that the first interval is measured from.
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
         self.prev = read(ebpf)?;
@@ -65,12 +75,82 @@ impl Runqueue {
     }
 
     pub fn collect(&mut self, ebpf: &Ebpf, elapsed: Duration) -> Result<Interval, ProbeError> {
+        if let Some(seen) = &mut self.debug_seen {
+            log_mismatches(ebpf, seen)?;
+        }
         let cur = read(ebpf)?;
         let online = aya::util::online_cpus().unwrap_or_default();
         let interval = summarize(&cur, &self.prev, elapsed, &online);
         self.prev = cur;
         Ok(interval)
     }
+}
+
+/// Logs the mismatch records newer than `seen` (per CPU) and moves `seen` on.
+fn log_mismatches(ebpf: &Ebpf, seen: &mut HashMap<u32, u64>) -> Result<(), ProbeError> {
+    let slots = maps::array::<Mismatch>(ebpf, MAP_MISMATCHES)?;
+    let recorded = maps::per_cpu_array(ebpf, MAP_MISMATCH_SEQ)?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let fresh = new_mismatches(&slots, seen);
+    for m in &fresh {
+        tracing::info!("{}", describe_mismatch(m));
+    }
+    let logged = fresh.len() as u64;
+    let mut total_new = 0;
+    for (cpu, &n) in recorded.iter().enumerate() {
+        let last = seen.entry(cpu as u32).or_insert(0);
+        total_new += n.saturating_sub(*last);
+        *last = (*last).max(n);
+    }
+    if total_new > logged {
+        tracing::info!(
+            "{} pending mismatch record(s) overwritten before they were read",
+            total_new - logged
+        );
+    }
+    Ok(())
+}
+
+/// The records newer than what `seen` holds for their CPU, oldest first (pure).
+pub fn new_mismatches(slots: &[Mismatch], seen: &HashMap<u32, u64>) -> Vec<Mismatch> {
+    let mut fresh: Vec<Mismatch> = slots
+        .iter()
+        .copied()
+        .filter(|m| m.seq > seen.get(&m.cpu).copied().unwrap_or(0))
+        .collect();
+    fresh.sort_by_key(|m| (m.now_ns, m.cpu, m.seq));
+    fresh
+}
+
+fn comm(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}
+
+/// One mismatch, for the log (pure).
+pub fn describe_mismatch(m: &Mismatch) -> String {
+    format!(
+        "pending mismatch #{} on cpu {} at {} ns: parked pid {} ({:?}, key {:#x}), but pid {} \
+         (tgid {}, {:?}, key {:#x}, {}) left the CPU; next key {:#x}",
+        m.seq,
+        m.cpu,
+        m.now_ns,
+        m.parked_pid,
+        comm(&m.parked_comm),
+        m.parked,
+        m.prev_pid,
+        m.prev_tgid,
+        comm(&m.prev_comm),
+        m.prev,
+        if m.prev_runnable == 1 {
+            "still runnable"
+        } else {
+            "going to sleep"
+        },
+        m.next
+    )
 }
 
 /// The interval's figures from two readings `elapsed` apart (pure).
@@ -135,6 +215,26 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mismatch_records_are_taken_newest_unseen_in_order() {
+        let rec = |seq: u64| Mismatch {
+            seq,
+            now_ns: seq * 10,
+            cpu: 1,
+            parked_pid: 42,
+            prev_pid: 7,
+            parked_comm: *b"kworker/1:1\0\0\0\0\0",
+            ..Mismatch::default()
+        };
+        // Slot seq % 4; slot 2 never written (seq 0).
+        let slots = [rec(4), rec(5), Mismatch::default(), rec(3)];
+        let fresh = new_mismatches(&slots, &HashMap::from([(1, 3)]));
+        assert_eq!(fresh.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+        let line = describe_mismatch(&fresh[0]);
+        assert!(line.contains("parked pid 42 (\"kworker/1:1\""), "{line}");
+        assert!(line.contains("on cpu 1"), "{line}");
+    }
     use crate::core::histogram::from_values;
 
     fn reading(latency: Vec<(u64, Vec<Log2Hist>)>, cpu_wait: Vec<u64>) -> Reading {

@@ -160,6 +160,8 @@ pub struct LoadOptions {
     /// Key figures by the task's v1 cpu cgroup instead of its unified one (see
     /// `agent_ebpf::kernel::CGROUP_V1_SUBSYS`).
     pub cgroup_v1_cpu: bool,
+    /// Record each run-queue pending mismatch (`agent_ebpf::runqueue::MAP_MISMATCHES`).
+    pub debug_runqueue: bool,
 }
 
 impl Probes {
@@ -200,6 +202,9 @@ impl Probes {
                 Err(e.to_string())
             }
         };
+        if opts.debug_runqueue {
+            globals.push((agent_ebpf::runqueue::GLOBAL_DEBUG_MISMATCHES, 1));
+        }
         let btf = Btf::from_sys_fs().ok();
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
