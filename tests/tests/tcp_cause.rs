@@ -37,10 +37,14 @@ const LINK_DOWN_AFTER: Duration = Duration::from_millis(300);
 const LINK_DOWN_FOR: Duration = Duration::from_millis(800);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Segments nodesat may miss of one side's exchange. In about one run in three here (6.18,
-/// every variant, and the agent before causes were counted alike) one side's figures lack the
-/// same 12 segments (11 `fast`, 1 `tlp`) of the 713 its namespace counted, while tracefs shows
-/// the tracepoint firing for every one of them and no program reports a recursion miss. Not
-/// understood yet; the test bounds it instead of hiding it, and prints it.
+/// every variant, and the agent before causes were counted alike) one side's figures lack up
+/// to 12 of the 713 segments its namespace counted. tracefs shows the tracepoint firing for
+/// each of them, but the missing ones are the events that fired in softirq on top of one of
+/// the `tokio-rt-worker` threads of a process outside our pid namespace (the same threads
+/// whose switch-outs the kernel never traces, see `runqueue_mismatch`): 4 such events in a
+/// run that missed 12 segments, 1 in a run that missed 1, where the program's run count was
+/// one short of the traced events and no recursion miss was counted. A property of this
+/// host, bounded here instead of hidden, and printed.
 const MISSED: u64 = 16;
 
 /// `[RetransSegs, TCPSynRetrans, TCPFastRetrans, TCPSlowStartRetrans, TCPTimeouts,
