@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 27] = [
+pub const OFFSETS: [(&str, &str, &str); 28] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (SOCK_STATE, "sock", "__sk_common.skc_state"),
@@ -33,6 +33,7 @@ pub const OFFSETS: [(&str, &str, &str); 27] = [
     (OOM_CONTROL_CONSTRAINT, "oom_control", "constraint"),
     (MEM_CGROUP_CSS, "mem_cgroup", "css"),
     (ICSK_PENDING, "inet_connection_sock", "icsk_pending"),
+    (TASK_STATE, "task_struct", "__state|state"),
 ];
 
 /// Tracepoint arguments found by name in the kernel's BTF (the parameters of the
@@ -81,6 +82,9 @@ pub const QUEUE_DISK: &str = "OFF_QUEUE_DISK";
 pub const GENDISK_MAJOR: &str = "OFF_GENDISK_MAJOR";
 pub const GENDISK_FIRST_MINOR: &str = "OFF_GENDISK_FIRST_MINOR";
 pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";
+/// `task_struct.__state` (`state` before 5.14): the task's live state, `TASK_RUNNING` (0) for a
+/// task that stays runnable.
+pub const TASK_STATE: &str = "OFF_TASK_STATE";
 pub const CFS_RQ_TG: &str = "OFF_CFS_RQ_TG";
 pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";
 /// `oom_control.memcg`: the cgroup whose limit the OOM is about (NULL: not a cgroup OOM).

@@ -325,6 +325,7 @@ mod tests {
                         throttled_pct: 95.0,
                         durations: None,
                     }),
+                    throttled_local_ns: (i == 0).then_some(1_500_000_000),
                 })
                 .collect(),
             other: None,
@@ -346,6 +347,7 @@ mod tests {
                 oom_kills: 0,
             },
             kernel_errors: vec![],
+            maps: vec![],
         }
     }
 

@@ -36,6 +36,17 @@ pub struct Report {
     pub node: NodeTotals,
     /// Kernel-side error counters in the interval (map full, unexpected state), by name.
     pub kernel_errors: Vec<KernelError>,
+    /// How full the programs' hashes of in-flight state are (tasks waiting, requests in
+    /// flight, run queues throttled), at the collection.
+    pub maps: Vec<MapFill>,
+}
+
+/// One hash of in-flight state: entries now, and its capacity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u32,
+    pub max_entries: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +71,10 @@ pub struct CgroupReport {
     pub iowait_ns: u64,
     /// CFS throttling, for cgroups with a CPU limit (`None` without one).
     pub throttling: Option<Throttling>,
+    /// Time its own tasks were throttled, whichever level's limit did it (cgroup v2
+    /// `cpu.stat.local` `throttled_usec`, kernels 6.8 and later), ns: for cgroups with a CPU
+    /// limit and those under one (a container in a limited pod); `None` elsewhere.
+    pub throttled_local_ns: Option<u64>,
 }
 
 /// CFS bandwidth throttling of one cgroup over one interval.
@@ -133,6 +148,7 @@ impl CgroupReport {
             oom_kills: 0,
             iowait_ns: 0,
             throttling: None,
+            throttled_local_ns: None,
         }
     }
 
@@ -174,6 +190,10 @@ impl Merge for CgroupReport {
         }
         self.oom_kills += o.oom_kills;
         self.iowait_ns += o.iowait_ns;
+        self.throttled_local_ns = match (self.throttled_local_ns, o.throttled_local_ns) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
         self.throttling = match (self.throttling.take(), o.throttling) {
             (Some(x), Some(y)) => {
                 let periods = x.periods + y.periods;

@@ -706,6 +706,7 @@ mod tests {
                 oom_kills: 0,
             },
             kernel_errors: vec![],
+            maps: vec![],
         }
     }
 

@@ -118,6 +118,17 @@ pub struct Report {
     /// The programs' error counters that grew in the interval (empty when absent).
     #[serde(default, deserialize_with = "null_as_default")]
     pub kernel_errors: Vec<KernelErrorReport>,
+    /// How full the programs' hashes of in-flight state were (empty when absent).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub maps: Vec<MapFill>,
+}
+
+/// One hash of in-flight state, in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: u32,
+    pub max_entries: u32,
 }
 
 /// One kernel error counter's growth, in a [`Report`].

@@ -69,6 +69,8 @@ static OFF_TCP_SKB_CB_GSO_SEGS: u32 = UNKNOWN;
 static OFF_ICSK_CA_STATE_BIT: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_ICSK_PENDING: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_TASK_STATE: u32 = UNKNOWN;
 
 /// Reads a `T` at `base + offset`, where `offset` is a global resolved at load time.
 #[inline(always)]
@@ -168,6 +170,13 @@ pub fn current_cgroup_id() -> u64 {
     }
     // SAFETY: helper with no preconditions.
     task_cgroup_id(unsafe { bpf_get_current_task() } as u64).unwrap_or(0)
+}
+
+/// `task->__state` (an `unsigned int`; `long state` before 5.14, whose low 32 bits are the
+/// same on little-endian).
+#[inline(always)]
+pub fn task_state(task: u64) -> Option<u32> {
+    read(task, &OFF_TASK_STATE)
 }
 
 #[inline(always)]

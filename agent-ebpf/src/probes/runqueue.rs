@@ -18,6 +18,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
+/// `BPF_NOEXIST` map update flag, and the error an update with it returns for a key present.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = -17;
+
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -100,8 +104,11 @@ trait TaskState {
     fn set_enqueued(task: Self::Task, now: u64);
     /// Takes (and clears) the time the task became runnable.
     fn take_enqueued(task: Self::Task) -> Option<u64>;
-    /// The task was woken at `now`: it is runnable from now on; returns its iowait, if it was
-    /// blocked in one (and clears it).
+    /// The task went to sleep (or died): it has no start time any more.
+    fn clear_enqueued(task: Self::Task);
+    /// The task was woken at `now`: it is runnable from now on, unless it already was (a
+    /// preempted task still queued, woken by `ttwu_runnable()`: its start time stays); returns
+    /// its iowait, if it was blocked in one (and clears it).
     fn woken(task: Self::Task, now: u64) -> Option<IowaitSince>;
     /// The task blocked in iowait.
     fn set_iowait(task: Self::Task, since: IowaitSince);
@@ -125,12 +132,19 @@ impl TaskState for InTaskStorage {
         let since = core::mem::take(&mut t.enqueued_at);
         (since != 0).then_some(since)
     }
+    fn clear_enqueued(task: *mut c_void) {
+        if let Some(t) = SCHED_TASK_TIMES.get(task, false) {
+            t.enqueued_at = 0;
+        }
+    }
     fn woken(task: *mut c_void, now: u64) -> Option<IowaitSince> {
         let Some(t) = SCHED_TASK_TIMES.get(task, true) else {
             count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE);
             return None;
         };
-        t.enqueued_at = now;
+        if t.enqueued_at == 0 {
+            t.enqueued_at = now;
+        }
         let io = core::mem::take(&mut t.iowait);
         (io.since_ns != 0).then_some(io)
     }
@@ -160,8 +174,15 @@ impl TaskState for InHashMap {
         let _ = RUNQ_ENQUEUED_AT.remove(&task);
         Some(since)
     }
+    fn clear_enqueued(task: u64) {
+        let _ = RUNQ_ENQUEUED_AT.remove(&task);
+    }
     fn woken(task: u64, now: u64) -> Option<IowaitSince> {
-        Self::set_enqueued(task, now);
+        // BPF_NOEXIST: a start time a preemption set stays.
+        match RUNQ_ENQUEUED_AT.insert(&task, &now, BPF_NOEXIST) {
+            Ok(()) | Err(EEXIST) => {}
+            Err(_) => count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE),
+        }
         // SAFETY: the value is copied out before the entry is removed.
         let io = *unsafe { IOWAIT_SINCE.get(&task) }?;
         let _ = IOWAIT_SINCE.remove(&task);
@@ -261,7 +282,12 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         if bpf_get_current_pid_tgid() as u32 != 0 {
             S::set_enqueued(prev, now);
         }
-    } else if current_in_iowait() {
+    } else {
+        // A sleeping (or dying) task leaves no start time behind: a wakeup that came while it
+        // still ran (woken before it slept) must not date its next wait, nor outlive it.
+        S::clear_enqueued(prev);
+    }
+    if prev_state == PrevState::Sleeping && current_in_iowait() {
         // The kernel's rule, whatever the sleep state: io_schedule() sleeps uninterruptibly,
         // but io_uring waits for completions interruptibly with `in_iowait` set, and TASK_IDLE
         // is a state of its own. (One kernel read per sleep.)
@@ -352,14 +378,33 @@ fn record(cgroup: u64, wait_ns: u64) {
 // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 //              unsigned int prev_state); sched_wakeup{,_new}(struct task_struct *p).
 
-/// TASK_RUNNING is 0; a preempted task is runnable whatever its state says.
+/// How `prev` (the current task) leaves the CPU, as bcc's runqlat decides it: runnable when
+/// preempted, else when its live state is `TASK_RUNNING` (0). The live `task->__state`, not the
+/// tracepoint's `prev_state`: kernels without the 2025 fix trace a task whose sleep a pending
+/// signal cancelled (it stays runnable) with its sleeping state. The traced state stands in
+/// where the live one cannot be read.
 #[inline(always)]
-fn prev_state(preempt: u64, prev_state: u64) -> PrevState {
-    if preempt & 0xff != 0 || prev_state as u32 == 0 {
+fn leaving(preempted: bool, traced_running: bool) -> PrevState {
+    if preempted {
+        return PrevState::Runnable;
+    }
+    // SAFETY: helper with no preconditions.
+    let current = unsafe { bpf_get_current_task() };
+    let running = match kernel::task_state(current) {
+        Some(state) => state == 0,
+        None => traced_running,
+    };
+    if running {
         PrevState::Runnable
     } else {
         PrevState::Sleeping
     }
+}
+
+/// tp_btf and raw tracepoint arguments: TASK_RUNNING is 0.
+#[inline(always)]
+fn prev_state(preempt: u64, prev_state: u64) -> PrevState {
+    leaving(preempt & 0xff != 0, prev_state as u32 == 0)
 }
 
 #[btf_tracepoint(function = "sched_switch")]
@@ -418,11 +463,16 @@ pub fn runq_switch_tp(ctx: TracePointContext) -> i32 {
         return 0;
     };
     // The classic field reports a preempted task as TASK_REPORT_MAX (0x100) and a runnable one
-    // as 0; the low bits are sleeping states (0x2: D; TASK_IDLE as 0x80).
-    let prev_state = if state as u64 & 0xff == 0 {
+    // as 0; the low bits are sleeping states (0x2: D; TASK_IDLE as 0x80). prev is the current
+    // task, so its live state is read as for the other variants.
+    // Preempted: only a bit above the state bits (TASK_REPORT_MAX, 0x100 since 4.14).
+    let state = state as u64;
+    let prev_state = if state & 0xff != 0 {
+        leaving(false, false)
+    } else if state != 0 {
         PrevState::Runnable
     } else {
-        PrevState::Sleeping
+        leaving(false, true)
     };
     switched::<InHashMap>(prev as u64, prev_state, next as u64);
     0

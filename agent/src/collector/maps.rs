@@ -2,7 +2,7 @@
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 
 use crate::{
@@ -42,6 +42,25 @@ where
         }
     }
     Ok(Snapshot::from_per_cpu(entries))
+}
+
+/// How many entries a (plain or LRU, not per-CPU) hash holds now, and its capacity. The keys
+/// are listed (one syscall each), at most twice the capacity: entries come and go meanwhile.
+pub fn hash_fill<K: Pod, V: Pod>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<(u32, u32), ProbeError> {
+    let m = map(ebpf, name)?;
+    let hash: HashMap<&MapData, K, V> = HashMap::try_from(m).map_err(map_err(name))?;
+    let capacity = match m {
+        aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
+            d.info().map(|i| i.max_entries()).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let limit = 2 * capacity.max(1) as usize;
+    let entries = hash.keys().take(limit).filter(Result::is_ok).count();
+    Ok((entries.min(capacity as usize) as u32, capacity))
 }
 
 /// Every element of a (shared, not per-CPU) array.

@@ -115,8 +115,11 @@ impl Collector {
         for (id, ns) in io.cgroups {
             entry(&mut cgroups, id).iowait_ns = ns;
         }
-        for (id, t) in throttled {
+        for (id, t) in throttled.throttling {
             entry(&mut cgroups, id).throttling = Some(t);
+        }
+        for (id, ns) in throttled.local_ns {
+            entry(&mut cgroups, id).throttled_local_ns = Some(ns);
         }
         let mut cpus = rq.cpus;
         for c in &mut cpus {
@@ -188,8 +191,47 @@ impl Collector {
             probes: probes.hook_stats(),
             node,
             kernel_errors,
+            maps: map_fills(ebpf),
         })
     }
+}
+
+/// How full the hashes of in-flight state are; a map that cannot be read is left out (and
+/// logged at debug).
+fn map_fills(ebpf: &aya::Ebpf) -> Vec<crate::report::MapFill> {
+    use agent_ebpf::{block, iowait::IowaitSince, runqueue, throttle};
+    let fills = [
+        (
+            runqueue::MAP_ENQUEUED_AT,
+            maps::hash_fill::<u64, u64>(ebpf, runqueue::MAP_ENQUEUED_AT),
+        ),
+        (
+            agent_ebpf::iowait::MAP_SINCE,
+            maps::hash_fill::<u64, IowaitSince>(ebpf, agent_ebpf::iowait::MAP_SINCE),
+        ),
+        (
+            block::MAP_ISSUED,
+            maps::hash_fill::<u64, u64>(ebpf, block::MAP_ISSUED),
+        ),
+        (
+            throttle::MAP_SINCE,
+            maps::hash_fill::<u64, u64>(ebpf, throttle::MAP_SINCE),
+        ),
+    ];
+    fills
+        .into_iter()
+        .filter_map(|(map, fill)| match fill {
+            Ok((entries, max_entries)) => Some(crate::report::MapFill {
+                map,
+                entries,
+                max_entries,
+            }),
+            Err(e) => {
+                tracing::debug!("{map}: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// "cpu.stat", plus the throttle probe's variant when it is attached.

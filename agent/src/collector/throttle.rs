@@ -67,6 +67,8 @@ pub struct Throttle {
     /// The v1 cpu controller, for limits set there (hybrid nodes; pure v1 is `hierarchy`).
     v1_cpu: Option<PathBuf>,
     prev: Snapshot<u64, CpuStat>,
+    /// `cpu.stat.local` `throttled_usec` (as ns) of limited cgroups and those under one.
+    prev_local: Snapshot<u64, u64>,
     prev_durations: Snapshot<u64, Log2Hist>,
     /// Throttle starts the program could not store, so far.
     prev_errors: u64,
@@ -81,6 +83,7 @@ impl Throttle {
             hierarchy: hierarchy.cloned(),
             v1_cpu: crate::cgroups::v1_cpu_root(cgroup_root),
             prev: Snapshot::default(),
+            prev_local: Snapshot::default(),
             prev_durations: Snapshot::default(),
             prev_errors: 0,
             cpu_to_key: HashMap::new(),
@@ -88,7 +91,7 @@ impl Throttle {
     }
 
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
-        self.prev = self.scan();
+        (self.prev, self.prev_local) = self.scan();
         self.prev_durations = self.durations(ebpf)?;
         self.prev_errors = maps::per_cpu_counter(ebpf, MAP_ERRORS)?;
         Ok(())
@@ -107,15 +110,24 @@ impl Throttle {
     }
 
     /// The interval's throttling per limited cgroup, with the throttle probe's durations
-    /// where it recorded some.
-    pub fn collect(&mut self, ebpf: &Ebpf) -> Result<BTreeMap<u64, Throttling>, ProbeError> {
-        let cur = self.scan();
+    /// where it recorded some; and the local throttled time (`cpu.stat.local`) of limited
+    /// cgroups and those under one, where the kernel has it.
+    pub fn collect(&mut self, ebpf: &Ebpf) -> Result<Collected, ProbeError> {
+        let (cur, local) = self.scan();
         let mut out: BTreeMap<u64, Throttling> = cur
             .delta_since(&self.prev)
             .into_iter()
             .map(|(id, d)| (id, throttling(&d)))
             .collect();
         self.prev = cur;
+        // Limited cgroups always; those under one when they were throttled.
+        let local_ns = local
+            .values
+            .iter()
+            .map(|(id, v)| (*id, v.delta(self.prev_local.values.get(id).unwrap_or(&0))))
+            .filter(|(id, d)| *d > 0 || out.contains_key(id))
+            .collect();
+        self.prev_local = local;
         let durations = self.durations(ebpf)?;
         for (id, h) in durations.delta_since(&self.prev_durations) {
             if let Some(t) = out.get_mut(&id) {
@@ -123,7 +135,10 @@ impl Throttle {
             }
         }
         self.prev_durations = durations;
-        Ok(out)
+        Ok(Collected {
+            throttling: out,
+            local_ns,
+        })
     }
 
     /// The probe's duration histograms, keyed like the rest of the figures.
@@ -138,17 +153,31 @@ impl Throttle {
         })
     }
 
-    /// Reads `cpu.stat` of every cgroup with a CPU limit, keyed by its id in `hierarchy`.
-    fn scan(&mut self) -> Snapshot<u64, CpuStat> {
+    /// Reads `cpu.stat` of every cgroup with a CPU limit, keyed by its id in `hierarchy`, and
+    /// (v2) `cpu.stat.local` of those and every cgroup under one.
+    fn scan(&mut self) -> (Snapshot<u64, CpuStat>, Snapshot<u64, u64>) {
         let mut values = HashMap::new();
+        let mut local = HashMap::new();
         self.cpu_to_key.clear();
         match &self.hierarchy {
             Some(Hierarchy::Unified(v2)) => {
-                walk(v2, &mut |dir, _rel| {
-                    if let Some(stat) = read_v2(dir)
-                        && let Ok(m) = std::fs::metadata(dir)
-                    {
+                // Directories at or under a limit (parents are visited before children).
+                let mut limited: std::collections::HashSet<PathBuf> = Default::default();
+                walk(v2, &mut |dir, rel| {
+                    let stat = read_v2(dir);
+                    let under = stat.is_some() || rel.parent().is_some_and(|p| limited.contains(p));
+                    if !under {
+                        return;
+                    }
+                    limited.insert(rel.to_path_buf());
+                    let Ok(m) = std::fs::metadata(dir) else {
+                        return;
+                    };
+                    if let Some(stat) = stat {
                         values.insert(m.ino(), stat);
+                    }
+                    if let Some(ns) = read_v2_local(dir) {
+                        local.insert(m.ino(), ns);
                     }
                 });
                 if let Some(v1) = &self.v1_cpu {
@@ -173,8 +202,16 @@ impl Throttle {
             }),
             None => {}
         }
-        Snapshot { values }
+        (Snapshot { values }, Snapshot { values: local })
     }
+}
+
+/// What one collection of throttling gives.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub throttling: BTreeMap<u64, Throttling>,
+    /// `cpu.stat.local` throttled time in the interval, ns, by cgroup.
+    pub local_ns: BTreeMap<u64, u64>,
 }
 
 pub fn throttling(d: &CpuStat) -> Throttling {
@@ -222,6 +259,13 @@ pub fn read_v2(dir: &Path) -> Option<CpuStat> {
     })
 }
 
+/// v2 `cpu.stat.local` `throttled_usec` as ns: the time this cgroup's own tasks were throttled
+/// by any level's limit (kernels 6.8 and later; `None` before).
+pub fn read_v2_local(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat.local")).ok()?;
+    Some(flat_keyed(&stat, "throttled_usec")? * 1000)
+}
+
 /// v1: `cpu.cfs_quota_us` is -1 when unlimited.
 pub fn read_v1(dir: &Path) -> Option<CpuStat> {
     let quota: i64 = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"))
@@ -247,6 +291,39 @@ mod tests {
     fn write(dir: &Path, file: &str, text: &str) {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn local_throttled_time_of_limited_cgroups_and_those_under_one() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let pod = d.path().join("pod");
+        write(&pod, "cpu.max", "20000 100000\n");
+        write(
+            &pod,
+            "cpu.stat",
+            "nr_periods 50\nnr_throttled 40\nthrottled_usec 3000\n",
+        );
+        write(&pod, "cpu.stat.local", "throttled_usec 100\n");
+        // A container without a limit of its own, throttled by the pod's.
+        let ctr = pod.join("ctr");
+        write(&ctr, "cpu.max", "max 100000\n");
+        write(&ctr, "cpu.stat.local", "throttled_usec 2900\n");
+        // Not under any limit: left out.
+        let free = d.path().join("free");
+        write(&free, "cpu.max", "max 100000\n");
+        write(&free, "cpu.stat.local", "throttled_usec 7\n");
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let mut t = Throttle::new(d.path(), Some(&Hierarchy::Unified(d.path().to_path_buf())));
+        let (stats, local) = t.scan();
+        assert!(stats.values.contains_key(&ino(&pod)));
+        assert!(!stats.values.contains_key(&ino(&ctr)));
+        assert_eq!(local.values.get(&ino(&pod)), Some(&100_000));
+        assert_eq!(local.values.get(&ino(&ctr)), Some(&2_900_000));
+        assert_eq!(local.values.get(&ino(&free)), None);
+        // Kernels before 6.8 have no cpu.stat.local.
+        std::fs::remove_file(ctr.join("cpu.stat.local")).unwrap();
+        assert_eq!(read_v2_local(&ctr), None);
     }
 
     #[test]

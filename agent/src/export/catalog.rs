@@ -197,6 +197,15 @@ pub const CPU_THROTTLED_TIME: MetricDef = m(
     &[],
     "Time the workload's run queues spent throttled (`cpu.stat`).",
 );
+pub const CPU_THROTTLED_LOCAL_TIME: MetricDef = m(
+    "nodesat.cpu.throttled.local_time",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &[],
+    "Time the workload's own tasks were throttled, whichever level's limit did it (cgroup v2 `cpu.stat.local` `throttled_usec`, kernels 6.8 and later): for workloads with a CPU limit and those under one, so a container throttled by its pod's limit shows it.",
+);
 pub const CPU_THROTTLE_DURATION: MetricDef = m(
     "nodesat.cpu.throttle.duration",
     "ns",
@@ -301,6 +310,15 @@ pub const EXPORT_DELIVERED: MetricDef = m(
     &[],
     "Batches the OTLP receiver accepted (in full, or in part: a partial success counts here, its rejected points are logged). With `export.failures` and `export.queue.dropped`, every batch is accounted for.",
 );
+pub const MAP_ENTRIES: MetricDef = m(
+    "nodesat.agent.map.entries",
+    "{entry}",
+    Gauge,
+    Node,
+    Value::Int,
+    &["nodesat.map.name"],
+    "Entries in one of the programs' hashes of in-flight state at the collection (`RUNQ_ENQUEUED_AT`: runnable tasks, `IOWAIT_SINCE`: tasks in iowait, both for the raw and classic tracepoint variants; `BLOCK_ISSUED`: block requests in flight; `THROTTLE_SINCE`: run queues throttled now). It should stay near the number of such things on the node; one that climbs towards the map's capacity leaks.",
+);
 pub const EXPORT_QUEUE_DEPTH: MetricDef = m(
     "nodesat.agent.export.queue.depth",
     "{batch}",
@@ -342,6 +360,7 @@ pub const CATALOG: &[MetricDef] = &[
     CPU_PERIODS,
     CPU_THROTTLED_PERIODS,
     CPU_THROTTLED_TIME,
+    CPU_THROTTLED_LOCAL_TIME,
     CPU_THROTTLE_DURATION,
     PROBE_ATTACHED,
     PROBE_RUN_COUNT,
@@ -354,6 +373,7 @@ pub const CATALOG: &[MetricDef] = &[
     EXPORT_QUEUE_DROPPED,
     EXPORT_DELIVERED,
     EXPORT_QUEUE_DEPTH,
+    MAP_ENTRIES,
     KUBELET_FAILURES,
     KUBELET_POD_LIST_AGE,
 ];
@@ -401,6 +421,7 @@ pub const PROMETHEUS_LABELS: &[(&str, &str)] = &[
     ("nodesat.probe", "probe"),
     ("nodesat.probe.hook", "hook"),
     ("nodesat.probe.variant", "variant"),
+    ("nodesat.map.name", "map"),
     ("error.type", "error"),
     ("nodesat.export.reason", "reason"),
 ];

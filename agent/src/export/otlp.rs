@@ -569,6 +569,9 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
             ));
         }
     }
+    if let Some(ns) = c.throttled_local_ns {
+        v.push((cat::CPU_THROTTLED_LOCAL_TIME, Vec::new(), Obs::Delta(ns)));
+    }
     v
 }
 
@@ -618,6 +621,13 @@ fn node_observations(r: &Report, agent: &AgentTotals) -> Vec<(MetricDef, Attrs, 
             cat::PROBE_RECURSION_MISSES,
             ph,
             Obs::Total(h.recursion_misses),
+        ));
+    }
+    for m in &r.maps {
+        v.push((
+            cat::MAP_ENTRIES,
+            vec![("nodesat.map.name", m.map.to_owned())],
+            Obs::Gauge(f64::from(m.entries)),
         ));
     }
     for e in &r.kernel_errors {

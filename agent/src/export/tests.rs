@@ -151,6 +151,11 @@ fn report(n: u64, cgroups: Vec<CgroupReport>) -> Report {
             error: "events_lost",
             count: 2,
         }],
+        maps: vec![crate::report::MapFill {
+            map: "RUNQ_ENQUEUED_AT",
+            entries: 12,
+            max_entries: 65_536,
+        }],
     }
 }
 

@@ -38,8 +38,24 @@ impl KernelBtf {
         Ok(self.bit_offset(ty, path)? / 8)
     }
 
-    /// The bit offset of member `path` from the start of `struct ty` (for bitfields).
+    /// The bit offset of member `path` from the start of `struct ty` (for bitfields). `path`
+    /// may list alternatives for kernels that renamed a member, `"__state|state"`: the first
+    /// one the struct has.
     pub fn bit_offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
+        let mut last = None;
+        for alternative in path.split('|') {
+            match self.bit_offset_of(ty, alternative) {
+                Ok(bits) => return Ok(bits),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| BtfError::NoMember {
+            ty: ty.to_owned(),
+            path: path.to_owned(),
+        }))
+    }
+
+    fn bit_offset_of(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         let no_member = || BtfError::NoMember {
             ty: ty.to_owned(),
             path: path.to_owned(),

@@ -3,6 +3,9 @@
 //! ```text
 //! nodesat-load spin [--cpu N]                         busy loop forever (on CPU N)
 //! nodesat-load sleeper --period-ms N --work-us M      every N ms, ~M µs of work, then sleep
+//! nodesat-load thread-churn --seconds S               S seconds of short-lived thread pairs
+//!                                                     handing a token back and forth, then
+//!                                                     exiting; prints `pairs <n>`
 //! nodesat-load tcp-server --listen ADDR --rounds N --size B
 //!                                                     accept one connection, N rounds of
 //!                                                     read B bytes / write B bytes back
@@ -53,6 +56,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: nodesat-load spin [--cpu N]
        nodesat-load sleeper --period-ms N --work-us M
+       nodesat-load thread-churn --seconds S
        nodesat-load tcp-server --listen ADDR --rounds N --size B
        nodesat-load tcp-client --connect ADDR --rounds N --size B
        nodesat-load alloc --mb N [--oom-score-adj A] [--threads T]
@@ -79,6 +83,14 @@ fn main() -> ExitCode {
             Ok((period, work)) => sleeper(period, work),
             Err(e) => return usage_error(&e),
         },
+        ["thread-churn", ref options @ ..] => {
+            match self::options(options, &["--seconds"])
+                .and_then(|p| required::<u64>(&p, "--seconds"))
+            {
+                Ok(s) => thread_churn(Duration::from_secs(s)),
+                Err(e) => return usage_error(&e),
+            }
+        }
         ["tcp-server", ref options @ ..] => match tcp_options(options, "--listen") {
             Ok(o) => tcp_server(&o),
             Err(e) => return usage_error(&e),
@@ -199,6 +211,45 @@ fn sleeper_options(options: &[&str]) -> Result<(Duration, Duration), String> {
         return Err("--period-ms must be > 0".into());
     }
     Ok((period, work))
+}
+
+/// For `seconds`: pairs of threads hand a token back and forth [`HANDOFFS`] times through a
+/// mutex and condition variable, then exit, and a new pair starts. Each handoff wakes a thread
+/// that may still be on its CPU, about to sleep (a wakeup the scheduler counts while the task
+/// runs), and every thread ends by exiting: the pattern that leaves a start time behind in a
+/// program that records wakeups without clearing them when the task sleeps or dies.
+fn thread_churn(seconds: Duration) -> io::Result<()> {
+    const HANDOFFS: u32 = 200;
+    let start = Instant::now();
+    let mut pairs = 0u64;
+    while start.elapsed() < seconds {
+        let token = std::sync::Arc::new((std::sync::Mutex::new(0u32), std::sync::Condvar::new()));
+        let threads: Vec<_> = (0..2u32)
+            .map(|me| {
+                let token = token.clone();
+                std::thread::spawn(move || {
+                    let (turn, cv) = &*token;
+                    let mut t = turn.lock().unwrap();
+                    while *t < 2 * HANDOFFS {
+                        while *t % 2 != me && *t < 2 * HANDOFFS {
+                            t = cv.wait(t).unwrap();
+                        }
+                        if *t < 2 * HANDOFFS {
+                            *t += 1;
+                            cv.notify_all();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .map_err(|_| io::Error::other("a churn thread panicked"))?;
+        }
+        pairs += 1;
+    }
+    println!("pairs {pairs}");
+    Ok(())
 }
 
 /// Every `period`, busy-works for `work`, then sleeps until the next period
