@@ -150,6 +150,18 @@ pub fn skip(test: &str, reason: &str) -> bool {
     true
 }
 
+/// [`skip`]s the test (and returns `true`) when one of `tools` (e.g. `["ip", "nft"]`) does
+/// not run with `-V`.
+#[track_caller]
+pub fn skip_without_tools(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if std::process::Command::new(tool).arg("-V").output().is_err() {
+            return skip(test, &format!("no `{tool}` on PATH"));
+        }
+    }
+    false
+}
+
 fn require_privileged() -> bool {
     std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1")
 }

@@ -271,6 +271,50 @@ impl NetnsPair {
         })
     }
 
+    /// Starts `load tcp-server` (the `nodesat-load` binary) in the server's namespace and
+    /// `cgroup`, to echo `rounds` messages of `size` bytes; returns it and the address it
+    /// listens on.
+    pub fn start_echo_server(
+        &self,
+        load: &std::path::Path,
+        cgroup: &crate::TestCgroup,
+        rounds: u32,
+        size: u32,
+    ) -> io::Result<(crate::TestProcess, String)> {
+        let listen = format!("{}:0", self.addr(Side::Server));
+        let mut cmd = self.command(Side::Server, load);
+        cmd.args(["tcp-server", "--listen", &listen])
+            .args(["--rounds", &rounds.to_string(), "--size", &size.to_string()])
+            .stdout(std::process::Stdio::piped());
+        let mut server = crate::spawn_in(cgroup, cmd)?;
+        let line = server.read_line(Duration::from_secs(10))?;
+        let addr = line
+            .strip_prefix("listening ")
+            .ok_or_else(|| io::Error::other(format!("the server printed {line:?}")))?
+            .to_owned();
+        Ok((server, addr))
+    }
+
+    /// Starts `load tcp-client` in the client's namespace and `cgroup`, against `addr` (see
+    /// [`NetnsPair::start_echo_server`]).
+    pub fn start_echo_client(
+        &self,
+        load: &std::path::Path,
+        cgroup: &crate::TestCgroup,
+        addr: &str,
+        rounds: u32,
+        size: u32,
+    ) -> io::Result<crate::TestProcess> {
+        let mut cmd = self.command(Side::Client, load);
+        cmd.args(["tcp-client", "--connect", addr]).args([
+            "--rounds",
+            &rounds.to_string(),
+            "--size",
+            &size.to_string(),
+        ]);
+        crate::spawn_in(cgroup, cmd)
+    }
+
     /// `program args…` to run in `side`'s namespace (`ip netns exec`, which execs it: the
     /// process keeps its pid and cgroup).
     pub fn command(&self, side: Side, program: &std::path::Path) -> std::process::Command {

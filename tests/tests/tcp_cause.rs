@@ -18,12 +18,12 @@
 //!   but no loss probe to the kernel;
 //! - all data retransmits + `TCPSynRetrans` = `RetransSegs`.
 
-use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged, spawn_in,
+    Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged,
+    skip_without_tools,
 };
 
 const TEST: &str = "retransmit_causes_match_each_namespaces_counters";
@@ -114,11 +114,8 @@ fn retransmit_causes_match_each_namespaces_counters() {
     if skip_if_unprivileged(TEST) {
         return;
     }
-    for tool in ["ip", "nft"] {
-        if std::process::Command::new(tool).arg("-V").output().is_err() {
-            skip(TEST, &format!("no `{tool}` on PATH"));
-            return;
-        }
+    if skip_without_tools(TEST, &["ip", "nft"]) {
+        return;
     }
     for variant in VARIANTS {
         eprintln!("── --probe-variant {variant}");
@@ -159,20 +156,10 @@ fn phase(what: &'static str, link_down: bool) -> Result<Phase, String> {
     let pair = NetnsPair::create().map_err(|e| format!("cannot create network namespaces: {e}"))?;
     let client = TestCgroup::create(&format!("tcp-cause-{what}-client")).expect("cgroup");
     let server = TestCgroup::create(&format!("tcp-cause-{what}-server")).expect("cgroup");
-    let listen = format!("{}:0", pair.addr(Side::Server));
-    let mut server_cmd = pair.command(Side::Server, std::path::Path::new(load_bin!()));
-    server_cmd
-        .args(["tcp-server", "--listen", &listen])
-        .args(["--rounds", &ROUNDS.to_string(), "--size", &SIZE.to_string()])
-        .stdout(Stdio::piped());
-    let mut server_process = spawn_in(&server, server_cmd).expect("server");
-    let line = server_process
-        .read_line(Duration::from_secs(10))
-        .expect("listening line");
-    let addr = line
-        .strip_prefix("listening ")
-        .expect("listening <addr>")
-        .to_owned();
+    let load = std::path::Path::new(load_bin!());
+    let (mut server_process, addr) = pair
+        .start_echo_server(load, &server, ROUNDS, SIZE)
+        .expect("server");
     let port = addr.rsplit(':').next().expect("port").to_owned();
     pair.nft(Side::Server, &drop_rule("dport", &port))
         .expect("nft");
@@ -181,14 +168,9 @@ fn phase(what: &'static str, link_down: bool) -> Result<Phase, String> {
     let before = [Side::Client, Side::Server].map(|side| kernel_counts(&pair, side));
 
     let start = Instant::now();
-    let mut client_cmd = pair.command(Side::Client, std::path::Path::new(load_bin!()));
-    client_cmd.args(["tcp-client", "--connect", &addr]).args([
-        "--rounds",
-        &ROUNDS.to_string(),
-        "--size",
-        &SIZE.to_string(),
-    ]);
-    let mut client_process = spawn_in(&client, client_cmd).expect("client");
+    let mut client_process = pair
+        .start_echo_client(load, &client, &addr, ROUNDS, SIZE)
+        .expect("client");
     if link_down {
         thread::sleep(LINK_DOWN_AFTER);
         pair.set_link(Side::Server, false).expect("link down");

@@ -18,12 +18,12 @@
 //! `RetransSegs` and `TCPSynRetrans` of that namespace (read with `ip netns exec`).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nodesat_tests::{
-    Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged, spawn_in,
+    Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged,
+    skip_without_tools,
 };
 
 const TEST: &str = "retransmits_match_each_network_namespace_and_failed_attempts_are_apart";
@@ -173,11 +173,8 @@ fn retransmits_match_each_network_namespace_and_failed_attempts_are_apart() {
     if skip_if_unprivileged(TEST) {
         return;
     }
-    for tool in ["ip", "tc"] {
-        if std::process::Command::new(tool).arg("-V").output().is_err() {
-            skip(TEST, &format!("no `{tool}` (iproute2) on PATH"));
-            return;
-        }
+    if skip_without_tools(TEST, &["ip", "tc"]) {
+        return;
     }
     for variant in VARIANTS {
         eprintln!("── --probe-variant {variant}");
@@ -228,20 +225,10 @@ fn exchange(variant: &str) -> bool {
     let client0 = kernel_counts(&pair, Side::Client);
     let server0 = kernel_counts(&pair, Side::Server);
 
-    let listen = format!("{}:0", pair.addr(Side::Server));
-    let mut server_cmd = pair.command(Side::Server, std::path::Path::new(load_bin!()));
-    server_cmd
-        .args(["tcp-server", "--listen", &listen])
-        .args(["--rounds", &ROUNDS.to_string(), "--size", &SIZE.to_string()])
-        .stdout(Stdio::piped());
-    let mut server = spawn_in(&listener, server_cmd).expect("server");
-    let line = server
-        .read_line(Duration::from_secs(10))
-        .expect("listening line");
-    let addr = line
-        .strip_prefix("listening ")
-        .expect("listening <addr>")
-        .to_owned();
+    let load = std::path::Path::new(load_bin!());
+    let (mut server, addr) = pair
+        .start_echo_server(load, &listener, ROUNDS, SIZE)
+        .expect("server");
     // Listening socket made: the server now works from another cgroup.
     worker.add_pid(server.pid()).expect("move the server");
     // One in DROP_OUTPUT_EVERY of the server's data packets is dropped as it leaves (the table
@@ -260,14 +247,9 @@ fn exchange(variant: &str) -> bool {
 
     pair.set_link(Side::Server, false).expect("link down");
     let start = Instant::now();
-    let mut client_cmd = pair.command(Side::Client, std::path::Path::new(load_bin!()));
-    client_cmd.args(["tcp-client", "--connect", &addr]).args([
-        "--rounds",
-        &ROUNDS.to_string(),
-        "--size",
-        &SIZE.to_string(),
-    ]);
-    let mut client_process = spawn_in(&client, client_cmd).expect("client");
+    let mut client_process = pair
+        .start_echo_client(load, &client, &addr, ROUNDS, SIZE)
+        .expect("client");
     thread::sleep(LINK_DOWN_FOR);
     pair.set_link(Side::Server, true).expect("link up");
 
