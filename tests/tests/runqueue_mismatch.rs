@@ -178,11 +178,13 @@ fn every_pending_mismatch_is_a_switch_out_the_kernel_did_not_trace() {
         logged.len(),
         "every logged mismatch is a whole record: {logged:?}"
     );
-    // The last interval's records are logged at the final collection too; records can only be
-    // fewer than the counter if some were overwritten (logged as such).
+    // The records and the reports' counter cover slightly different stretches: records start
+    // when the programs attach, the counter at the agent's baseline reading just after (a CI
+    // run logged 14 against 13), and the final collection reads the records before the
+    // counter. Overwritten records (64 slots) would be logged as such.
     assert!(
-        mismatches.len() as u64 <= counted,
-        "more records than the counter: {} > {counted}",
+        (mismatches.len() as u64).abs_diff(counted) <= 3,
+        "{} records against a counter of {counted}",
         mismatches.len()
     );
 
