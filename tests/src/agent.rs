@@ -429,6 +429,9 @@ pub struct ProbeReport {
     pub error: Option<String>,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Events the kernel skipped the program for (it was already running on that CPU).
+    #[serde(default)]
+    pub recursion_misses: u64,
 }
 
 /// One line of the agent's stdout.

@@ -29,6 +29,8 @@
 //!   and deleted on drop, with its `/sys/block` counters ([`BlockStat`]);
 //!   [`proc_stat_cpu_times`]: the kernel's per-CPU busy, idle and iowait
 //!   time;
+//! * [`trace::BpfStats`] / [`trace::TraceInstance`]: the kernel's own count of BPF program
+//!   runs, and a private tracefs instance recording a tracepoint's events;
 //! * the `nodesat-load` binary (see [`load_bin!`]): CPU, TCP, memory and
 //!   direct-I/O load generators.
 //!
@@ -57,6 +59,7 @@ pub mod net;
 pub mod nft;
 pub mod process;
 pub mod prometheus;
+pub mod trace;
 
 use std::path::Path;
 

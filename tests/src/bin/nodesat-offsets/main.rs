@@ -483,27 +483,6 @@ fn release() -> String {
         .unwrap_or_default()
 }
 
-/// BPF run-time statistics on while this lives (`BPF_ENABLE_STATS`: the kernel counts while
-/// any such file descriptor is open, so an enabled sysctl is left as it was).
-struct BpfStats(#[allow(dead_code)] Option<std::os::fd::OwnedFd>);
-
-fn bpf_stats() -> Result<BpfStats, String> {
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    let attr = [0u32; 2]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
-    // SAFETY: the kernel reads `size` bytes of `attr`.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), 8usize) };
-    if fd < 0 {
-        return Err(format!(
-            "BPF_ENABLE_STATS: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a new file descriptor we own.
-    Ok(BpfStats(Some(unsafe {
-        std::os::fd::FromRawFd::from_raw_fd(fd as i32)
-    })))
-}
-
 /// What the provocations left to compare with.
 #[derive(Default)]
 struct Truth {
@@ -579,10 +558,13 @@ fn check(o: &Options) -> Value {
         Ok(d) => d,
         Err(e) => return fatal(&kernel, o, format!("tempdir: {e}")),
     };
-    let _stats = bpf_stats().unwrap_or_else(|e| {
-        errors.push(format!("cannot count BPF program runs: {e}"));
-        BpfStats(None)
-    });
+    let _stats = nodesat_tests::trace::BpfStats::enable()
+        .map_err(|e| {
+            errors.push(format!(
+                "cannot count BPF program runs: BPF_ENABLE_STATS: {e}"
+            ))
+        })
+        .ok();
     let delayacct = Sysctl::set("/proc/sys/kernel/task_delayacct", "1");
     let cgroups = match make_cgroups() {
         Ok(c) => c,
