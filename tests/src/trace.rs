@@ -118,6 +118,30 @@ impl TracedEvent {
     }
 }
 
+/// How many of a tracepoint's `traced` events (recorded by a [`TraceInstance`] while the agent
+/// ran) the agent's program for `hook` was not run for: the events less the program's run
+/// count in the agent's final `report` (BPF run-time statistics must be on, see
+/// [`BpfStats`]). Other traffic on the host, if any, is in both counts. Prints both, and the
+/// tasks the events fired on.
+pub fn events_not_run_for(traced: &[TracedEvent], report: &crate::Report, hook: &str) -> u64 {
+    let runs = report
+        .probes
+        .iter()
+        .find(|p| p.hook == hook)
+        .map_or(0, |p| p.run_count);
+    let skipped = (traced.len() as u64).saturating_sub(runs);
+    let mut tasks = std::collections::BTreeMap::<&str, u32>::new();
+    for e in traced {
+        *tasks.entry(e.task.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "{hook}: {} events traced, the program ran {runs} times: {skipped} not run for; events \
+         by the task they fired on: {tasks:?}",
+        traced.len()
+    );
+    skipped
+}
+
 /// The events named `event` in a tracefs `trace` text (pure).
 pub fn parse_events(text: &str, event: &str) -> Vec<TracedEvent> {
     let marker = format!(" {event}: ");

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use nodesat_tests::{
     Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged,
     skip_without_tools,
-    trace::{BpfStats, TraceInstance, parse_events},
+    trace::{BpfStats, TraceInstance, events_not_run_for, parse_events},
 };
 
 const TEST: &str = "retransmit_causes_match_each_namespaces_counters";
@@ -247,25 +247,10 @@ fn exchange(variant: &str) -> bool {
         overrun, 0,
         "the trace lost events: its count cannot be compared"
     );
-    let traced = parse_events(&text, "tcp_retransmit_skb");
-    let runs = stopped
-        .final_report()
-        .expect("a final report")
-        .probes
-        .iter()
-        .find(|p| p.hook == "tcp_retransmit_skb")
-        .map_or(0, |p| p.run_count);
-    // Events the kernel emitted without running the program (host traffic, if any, is in
-    // both counts).
-    let skipped = (traced.len() as u64).saturating_sub(runs);
-    let mut tasks = std::collections::BTreeMap::<&str, u32>::new();
-    for e in &traced {
-        *tasks.entry(e.task.as_str()).or_default() += 1;
-    }
-    eprintln!(
-        "{} events traced, the program ran {runs} times: {skipped} not run for; events by \
-         the task they fired on: {tasks:?}",
-        traced.len()
+    let skipped = events_not_run_for(
+        &parse_events(&text, "tcp_retransmit_skb"),
+        stopped.final_report().expect("a final report"),
+        "tcp_retransmit_skb",
     );
     let allowed = skipped * MESSAGE_SEGS;
     let mut missed_in_all = 0;

@@ -15,7 +15,10 @@
 //!   `cgroup_sk_clone`), so the server's retransmits land on `listener`, none on `worker`.
 //!
 //! Exact: in its own namespace nothing else sends TCP, so the per-cgroup sums must equal
-//! `RetransSegs` and `TCPSynRetrans` of that namespace (read with `ip netns exec`).
+//! `RetransSegs` and `TCPSynRetrans` of that namespace (read with `ip netns exec`). Unless the
+//! kernel emitted events without running the program for them (a tracefs instance counts the
+//! events, BPF run-time statistics the runs; see `tcp_cause`): then nodesat may lack up to
+//! one message's segments per such event, and no more.
 
 use std::collections::BTreeMap;
 use std::thread;
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use nodesat_tests::{
     Agent, NetnsPair, Report, Side, TestCgroup, load_bin, skip, skip_if_unprivileged,
     skip_without_tools,
+    trace::{BpfStats, TraceInstance, events_not_run_for, parse_events},
 };
 
 const TEST: &str = "retransmits_match_each_network_namespace_and_failed_attempts_are_apart";
@@ -43,6 +47,9 @@ const LINK_DOWN_FOR: Duration = Duration::from_millis(1500);
 /// retransmission, `tcp_transmit_skb` fails (`EPERM`) after the kernel counted it in
 /// `RetransSegs` (and in `TCPRetransFail`), so nodesat must count it too.
 const DROP_OUTPUT_EVERY: u32 = 2;
+/// The most segments one retransmitted skb can carry: one message's, at the smallest MSS a
+/// veth link gives.
+const MESSAGE_SEGS: u64 = SIZE.div_ceil(1448) as u64;
 /// Longest the exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -117,8 +124,9 @@ fn delta(after: [u64; 7], before: [u64; 7]) -> [u64; 7] {
 /// One side's data retransmits by cause against its namespace's counters, exactly: `fast` +
 /// `other` are the retransmit queue's outside Loss (`TCPFastRetrans`); `rto` the queue's in
 /// Loss (`TCPSlowStartRetrans`) plus at most one per timeout (`TCPTimeouts`); `tlp` at most
-/// `TCPLossProbes` (which counts probes of new data too).
-fn check_causes(what: &str, reports: &[Report], cgroup_id: u64, kernel: [u64; 7]) {
+/// `TCPLossProbes` (which counts probes of new data too). Up to `slack` segments may be
+/// missing (events the program was not run for).
+fn check_causes(what: &str, reports: &[Report], cgroup_id: u64, kernel: [u64; 7], slack: u64) {
     let n = |cause: &str| -> u64 {
         reports
             .iter()
@@ -135,13 +143,13 @@ fn check_causes(what: &str, reports: &[Report], cgroup_id: u64, kernel: [u64; 7]
          TCPLossProbes {probes}"
     );
     assert_eq!(unknown, 0, "{what}: retransmits of unknown cause");
-    assert_eq!(
-        fast + other,
-        fast_k,
-        "{what}: fast + other against TCPFastRetrans"
+    assert!(
+        (fast_k.saturating_sub(slack)..=fast_k).contains(&(fast + other)),
+        "{what}: fast + other {} against TCPFastRetrans {fast_k} (slack {slack})",
+        fast + other
     );
     assert!(
-        (slow_start..=slow_start + timeouts).contains(&rto),
+        (slow_start.saturating_sub(slack)..=slow_start + timeouts).contains(&rto),
         "{what}: rto {rto} outside TCPSlowStartRetrans {slow_start} + up to TCPTimeouts {timeouts}"
     );
     assert!(
@@ -176,6 +184,14 @@ fn retransmits_match_each_network_namespace_and_failed_attempts_are_apart() {
     if skip_without_tools(TEST, &["ip", "tc"]) {
         return;
     }
+    if nodesat_tests::trace::tracefs().is_none() {
+        skip(
+            TEST,
+            "tracefs is not mounted: the kernel's own count of events is needed",
+        );
+        return;
+    }
+    let _stats = BpfStats::enable().expect("BPF_ENABLE_STATS (program run counts)");
     for variant in VARIANTS {
         eprintln!("── --probe-variant {variant}");
         if !exchange(variant) {
@@ -224,6 +240,8 @@ fn exchange(variant: &str) -> bool {
     eprintln!("tcp_retransmit_skb has `err` (failed attempts fire it): {has_err}");
     let client0 = kernel_counts(&pair, Side::Client);
     let server0 = kernel_counts(&pair, Side::Server);
+    let trace = TraceInstance::start(&["tcp/tcp_retransmit_skb"], 4096)
+        .expect("tracefs instance for tcp_retransmit_skb");
 
     let load = std::path::Path::new(load_bin!());
     let (mut server, addr) = pair
@@ -266,8 +284,22 @@ fn exchange(variant: &str) -> bool {
     thread::sleep(Duration::from_secs(2));
     let client1 = kernel_counts(&pair, Side::Client);
     let server1 = kernel_counts(&pair, Side::Server);
+    let (text, overrun) = trace.stop();
     let stopped = agent.stop_and_collect();
     stopped.assert_clean_stop();
+    assert_eq!(
+        overrun, 0,
+        "the trace lost events: its count cannot be compared"
+    );
+    let skipped = events_not_run_for(
+        &parse_events(&text, "tcp_retransmit_skb"),
+        stopped.final_report().expect("a final report"),
+        "tcp_retransmit_skb",
+    );
+    let slack = skipped * MESSAGE_SEGS;
+    // Exactly the kernel's, less at most `slack`.
+    let within =
+        |nodesat: u64, kernel: u64| (kernel.saturating_sub(slack)..=kernel).contains(&nodesat);
 
     let c = Counted::of(&stopped.reports, client.id());
     let l = Counted::of(&stopped.reports, listener.id());
@@ -303,29 +335,34 @@ fn exchange(variant: &str) -> bool {
         0,
         "SYN-ACKs on the client, which has no listener"
     );
-    assert_eq!(
+    assert!(
+        within(c.retransmits(), kernel_client[0]),
+        "client retransmits {} against its namespace's RetransSegs {} (slack {slack})",
         c.retransmits(),
-        kernel_client[0],
-        "client retransmits against its namespace's RetransSegs"
+        kernel_client[0]
     );
-    assert_eq!(
+    assert!(
+        within(c.kind("syn"), kernel_client[1]),
+        "client SYN retransmits {} against its namespace's TCPSynRetrans {} (slack {slack})",
         c.kind("syn"),
-        kernel_client[1],
-        "client SYN retransmits against its namespace's TCPSynRetrans"
+        kernel_client[1]
     );
     assert!(
         l.kind("data") > 0,
         "no data retransmits on the listener's cgroup: {l:?}"
     );
-    assert_eq!(
+    assert!(
+        within(l.retransmits(), kernel_server[0]),
+        "server retransmits {} (on the listener's cgroup) against its namespace's RetransSegs \
+         {} (slack {slack})",
         l.retransmits(),
-        kernel_server[0],
-        "server retransmits (on the listener's cgroup) against its namespace's RetransSegs"
+        kernel_server[0]
     );
-    assert_eq!(
+    assert!(
+        within(l.kind("synack"), kernel_server[1]),
+        "server SYN-ACK retransmits {} against its namespace's TCPSynRetrans {} (slack {slack})",
         l.kind("synack"),
-        kernel_server[1],
-        "server SYN-ACK retransmits against its namespace's TCPSynRetrans"
+        kernel_server[1]
     );
     assert!(
         kernel_server[2] > 0,
@@ -337,8 +374,20 @@ fn exchange(variant: &str) -> bool {
         (0, 0),
         "the worker's cgroup: its accepted socket belongs to the listener's cgroup"
     );
-    check_causes("client", &stopped.reports, client.id(), kernel_client);
-    check_causes("listener", &stopped.reports, listener.id(), kernel_server);
+    check_causes(
+        "client",
+        &stopped.reports,
+        client.id(),
+        kernel_client,
+        slack,
+    );
+    check_causes(
+        "listener",
+        &stopped.reports,
+        listener.id(),
+        kernel_server,
+        slack,
+    );
     if has_err {
         assert!(
             c.failures.get("EBUSY").copied().unwrap_or(0)
