@@ -1,7 +1,7 @@
 //! Block I/O request latency per device and direction: from block_rq_issue to
 //! block_rq_complete, as a log2 histogram.
 
-/// `LruPerCpuHashMap<DiskKey, Log2Hist>`: request latency.
+/// `LruHashMap<DiskKey, Log2Hist>`: request latency.
 pub const MAP_LATENCY: &str = "BLOCK_LATENCY";
 pub const LATENCY_MAX_ENTRIES: u32 = 1024;
 

@@ -1,4 +1,5 @@
-//! Log2 latency histograms, recorded per CPU in the kernel and merged in userspace.
+//! Log2 latency histograms: in the kernel one per key, shared by all CPUs (atomic adds), so
+//! their memory does not grow with the CPU count; userspace reads each whole.
 
 /// Number of slots in a [`Log2Hist`].
 pub const HIST_SLOTS: usize = 32;

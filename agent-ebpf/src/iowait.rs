@@ -5,7 +5,7 @@
 //! The scheduler programs of the run-queue probe do this too, on the same hooks, so the
 //! scheduler is hooked once.
 
-/// `LruPerCpuHashMap<u64 cgroup id, u64 ns>`: iowait time per cgroup.
+/// `LruHashMap<u64 cgroup id, u64 ns>`: iowait time per cgroup.
 pub const MAP_TIME: &str = "IOWAIT_TIME";
 pub const TIME_MAX_ENTRIES: u32 = 4096;
 

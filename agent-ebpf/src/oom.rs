@@ -17,7 +17,7 @@
 pub const MAP_EVENTS: &str = "OOM_EVENTS";
 pub const EVENTS_BYTES: u32 = 64 * 1024;
 
-/// `LruPerCpuHashMap<u64 cgroup id, u64>`: OOM kills per victim cgroup.
+/// `LruHashMap<u64 cgroup id, u64>`: OOM kills per victim cgroup.
 pub const MAP_KILLS: &str = "OOM_KILLS";
 pub const KILLS_MAX_ENTRIES: u32 = 4096;
 

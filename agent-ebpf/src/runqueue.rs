@@ -4,7 +4,7 @@
 //! Kernel side (programs named `runq_*`): on sched_wakeup / sched_wakeup_new, and on
 //! sched_switch for a preempted task, the time the task became runnable is stored in
 //! [`MAP_ENQUEUED_AT`]. When sched_switch picks it, its wait is added to the CPU's total
-//! ([`MAP_CPU_WAIT`]) and parked in [`MAP_PENDING`]. At the next sched_switch on that CPU the
+//! ([`MAP_CPU`]) and parked there too. At the next sched_switch on that CPU the
 //! same task is `prev`, which is the current task, so `bpf_get_current_cgroup_id()` names its
 //! own cgroup: the wait goes into that cgroup's histogram ([`MAP_LATENCY`]). This needs no
 //! kernel struct offsets and works identically for every attach variant.
@@ -16,21 +16,17 @@ use crate::HookPrograms;
 pub const MAP_ENQUEUED_AT: &str = "RUNQ_ENQUEUED_AT";
 pub const ENQUEUED_AT_MAX_ENTRIES: u32 = 65_536;
 
-/// `PerCpuArray<Pending>` of one element: the wait of the task running on this CPU, not yet
-/// attributed to its cgroup.
-pub const MAP_PENDING: &str = "RUNQ_PENDING";
+/// `PerCpuArray<RunqCpu>` of one element: each CPU's own state (the wait of the task running
+/// on it, not yet attributed to its cgroup; its run queue's total wait; the error counters),
+/// one lookup per switch for all of it.
+pub const MAP_CPU: &str = "RUNQ_CPU";
 
-/// `LruPerCpuHashMap<u64 cgroup id, Log2Hist>`: run-queue latency per cgroup (v2 id).
+/// `LruHashMap<u64 cgroup id, Log2Hist>`: run-queue latency per cgroup (v2 id).
 pub const MAP_LATENCY: &str = "RUNQ_LATENCY";
 /// Default capacity of [`MAP_LATENCY`]; the agent can change it at load time.
 pub const LATENCY_MAX_CGROUPS: u32 = 4096;
 
-/// `PerCpuArray<u64>` of one element: total ns tasks waited on this CPU's run queue.
-pub const MAP_CPU_WAIT: &str = "RUNQ_CPU_WAIT";
-
-/// `PerCpuArray<u64>` of [`ERRORS_LEN`] counters, indexed by the `ERR_*` constants.
-pub const MAP_ERRORS: &str = "RUNQ_ERRORS";
-/// The enqueue time could not be stored.
+/// Indexes of [`RunqCpu::errors`]. The enqueue time could not be stored.
 pub const ERR_ENQUEUE_UPDATE: u32 = 0;
 /// A cgroup's histogram could not be created.
 pub const ERR_LATENCY_UPDATE: u32 = 1;
@@ -82,15 +78,21 @@ pub const GLOBAL_TP_SWITCH_PREV_STATE: &str = "TP_SWITCH_PREV_STATE";
 pub const GLOBAL_TP_SWITCH_NEXT_PID: &str = "TP_SWITCH_NEXT_PID";
 pub const GLOBAL_TP_WAKEUP_PID: &str = "TP_WAKEUP_PID";
 
-/// A wait measured when a task was switched in, attributed when it is switched out.
+/// One CPU's state ([`MAP_CPU`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pending {
-    pub task: u64,
+pub struct RunqCpu {
+    /// The key of the task whose wait was measured when it was switched in here, 0 when none:
+    /// the wait is attributed when that task is switched out.
+    pub pending_task: u64,
+    pub pending_wait_ns: u64,
+    /// Total ns tasks waited on this CPU's run queue.
     pub wait_ns: u64,
+    /// Error counters, by `ERR_*`.
+    pub errors: [u64; ERRORS_LEN as usize],
 }
 
-crate::user_pod!(Pending);
+crate::user_pod!(RunqCpu);
 
 /// The programs on each hook, by attach variant.
 pub const HOOKS: [HookPrograms; 3] = [

@@ -4,7 +4,7 @@
 //! cgroup comes from the socket itself: `sk->sk_cgrp_data.cgroup->kn->id`, read through
 //! offsets the agent resolves from the kernel's BTF at start-up ([`crate::kernel`]).
 
-/// `LruPerCpuHashMap<TcpKey, u64>`: retransmitted segments (what the kernel's TcpRetransSegs
+/// `LruHashMap<TcpKey, u64>`: retransmitted segments (what the kernel's TcpRetransSegs
 /// counts: a GSO skb retransmitted at once counts its segments; a SYN-ACK counts one).
 pub const MAP_RETRANSMITS: &str = "TCP_RETRANSMITS";
 pub const RETRANSMITS_MAX_ENTRIES: u32 = 8192;

@@ -9,7 +9,7 @@
 pub const MAP_SINCE: &str = "THROTTLE_SINCE";
 pub const SINCE_MAX_ENTRIES: u32 = 16_384;
 
-/// `LruPerCpuHashMap<u64 cgroup id, Log2Hist>`: throttle durations per cgroup.
+/// `LruHashMap<u64 cgroup id, Log2Hist>`: throttle durations per cgroup.
 pub const MAP_DURATIONS: &str = "THROTTLE_DURATIONS";
 pub const DURATIONS_MAX_ENTRIES: u32 = 4096;
 

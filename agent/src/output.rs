@@ -348,6 +348,7 @@ mod tests {
             },
             kernel_errors: vec![],
             maps: vec![],
+            map_memory: vec![],
         }
     }
 

@@ -39,6 +39,17 @@ pub struct Report {
     /// How full the programs' hashes of in-flight state are (tasks waiting, requests in
     /// flight, run queues throttled), at the collection.
     pub maps: Vec<MapFill>,
+    /// Every map's memory, measured once the object was loaded (it does not change after).
+    pub map_memory: Vec<MapMemory>,
+}
+
+/// The memory one of the programs' maps takes, as the kernel accounts it (`memlock` of its
+/// fdinfo; charged to the agent's memory cgroup on kernels 5.11 and later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapMemory {
+    pub map: String,
+    pub bytes: u64,
+    pub max_entries: u32,
 }
 
 /// One hash of in-flight state: entries now, and its capacity.

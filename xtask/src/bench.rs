@@ -34,6 +34,8 @@ use crate::{cmd, run, workspace_root};
 const USAGE: &str =
     "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--cgroups N] [--cycles N]
                          [--baseline-only | --retransmit-only | --cycle-only]
+       cargo xtask bench --scale [--cpus N,N,...] [--cgroups N] [--cycles N] [--kernel NAME]
+                         [--before BIN]
 
 Measures the overhead of nodesat's scheduler hooks under a context-switch storm (two processes
 pinned to CPU 0 ping-ponging a byte over pipes), as throughput relative to a baseline storm.
@@ -58,7 +60,17 @@ share of one core, RSS), exporting OTLP to a local sink, with N extra active cgr
 a process waking every 100 ms) against a baseline run without them.
 
 Prints tables on stdout and writes the figures to target/bench/runqueue.json,
-target/bench/retransmit.json, target/bench/io.json and target/bench/cycle.json.";
+target/bench/retransmit.json, target/bench/io.json and target/bench/cycle.json.
+
+--scale measures, instead, what the agent costs as the number of possible CPUs grows: a Debian
+kernel (--kernel, default: the newest series) boots under qemu with one vCPU online and N
+possible (-smp 1,maxcpus=N) for each N of --cpus (default 2,16,64,128); in each, --cgroups
+cgroups (default 500) get a process waking every 100 ms, and the agent runs --cycles 2 s
+collection cycles (default 5). Per N: the BPF maps' memory (the kernel's memlock figure),
+resident memory and on-CPU time per cycle, as a table with ratios to the first row; with
+--before BIN (a static agent binary, e.g. built from an earlier commit for
+x86_64-unknown-linux-musl) that agent is measured in the same guests too. Writes
+target/bench/scale.json.";
 
 /// The probe variants `--all-variants` measures.
 const VARIANTS: [&str; 3] = ["tp_btf", "raw_tracepoint", "tracepoint"];
@@ -77,12 +89,15 @@ pub struct Options {
     pub cycle_only: bool,
     pub cgroups: usize,
     pub cycles: u32,
+    pub scale: bool,
+    pub cpus: Vec<u32>,
+    pub kernel: Option<String>,
+    pub before: Option<PathBuf>,
 }
 
-impl Options {
-    /// Parses the arguments; `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut opts = Options {
+impl Default for Options {
+    fn default() -> Self {
+        Options {
             duration: Duration::from_secs(5),
             repeat: 3,
             all_variants: false,
@@ -91,7 +106,18 @@ impl Options {
             cycle_only: false,
             cgroups: 500,
             cycles: 6,
-        };
+            scale: false,
+            cpus: vec![2, 16, 64, 128],
+            kernel: None,
+            before: None,
+        }
+    }
+}
+
+impl Options {
+    /// Parses the arguments; `None` when help was asked for.
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut opts = Options::default();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || {
@@ -125,6 +151,19 @@ impl Options {
                         bail!("--cycles must be at least 2");
                     }
                 }
+                "--scale" => opts.scale = true,
+                "--cpus" => {
+                    opts.cpus = value()?
+                        .split(',')
+                        .map(|n| n.trim().parse::<u32>())
+                        .collect::<Result<_, _>>()
+                        .context("--cpus N,N,...")?;
+                    if opts.cpus.iter().any(|&n| n == 0 || n > 255) {
+                        bail!("--cpus: each count must be 1 to 255");
+                    }
+                }
+                "--kernel" => opts.kernel = Some(value()?.clone()),
+                "--before" => opts.before = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown bench argument {other:?}\n{USAGE}"),
             }
@@ -214,6 +253,23 @@ pub fn bench(args: &[String]) -> Result<()> {
         return Ok(());
     };
     install_interrupt_handler()?;
+    if opts.scale {
+        crate::vm::scale(&crate::vm::ScaleOptions {
+            cpus: opts.cpus.clone(),
+            cgroups: opts.cgroups,
+            cycles: if args.iter().any(|a| a == "--cycles") {
+                opts.cycles
+            } else {
+                5
+            },
+            kernel: opts
+                .kernel
+                .clone()
+                .unwrap_or_else(|| crate::vm::NEWEST_KERNEL.to_owned()),
+            before: opts.before.clone(),
+        })?;
+        return Ok(());
+    }
     if opts.cycle_only {
         let bin = build_agent()?;
         return measure_cycle(&bin, &opts);
@@ -437,12 +493,7 @@ while :; do echo '{"type":"interval"}'; sleep 0.2 & wait $!; done
         let opts = Options {
             duration: Duration::from_millis(300),
             repeat: 1,
-            all_variants: false,
-            baseline_only: false,
-            retransmit_only: false,
-            cycle_only: false,
-            cgroups: 500,
-            cycles: 6,
+            ..Options::default()
         };
 
         let run = measure(&bin, Config::Agent, "auto", &opts, "test").unwrap();

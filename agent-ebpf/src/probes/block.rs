@@ -7,7 +7,7 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap},
+    maps::{HashMap, LruHashMap},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
@@ -17,8 +17,8 @@ use super::{hist_add, kernel, tp_field};
 static BLOCK_ISSUED: HashMap<u64, u64> = HashMap::with_max_entries(ISSUED_MAX_ENTRIES, 0);
 
 #[map]
-static BLOCK_LATENCY: LruPerCpuHashMap<DiskKey, Log2Hist> =
-    LruPerCpuHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
+static BLOCK_LATENCY: LruHashMap<DiskKey, Log2Hist> =
+    LruHashMap::with_max_entries(LATENCY_MAX_ENTRIES, 0);
 
 // Classic tracepoint field offsets, from tracefs; 0 = unknown.
 #[unsafe(no_mangle)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
@@ -20,8 +20,7 @@ use super::{count_add, count_error, kernel, tp_field};
 static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
-static OOM_KILLS: LruPerCpuHashMap<u64, u64> =
-    LruPerCpuHashMap::with_max_entries(KILLS_MAX_ENTRIES, 0);
+static OOM_KILLS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(KILLS_MAX_ENTRIES, 0);
 
 #[map]
 static OOM_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -5,7 +5,7 @@ use agent_ebpf::{
     iowait::{self, IowaitSince, SINCE_MAX_ENTRIES},
     runqueue::{
         ENQUEUED_AT_MAX_ENTRIES, ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH,
-        ERRORS_LEN, LATENCY_MAX_CGROUPS, MISMATCH_CPUS, MISMATCH_SLOTS, Mismatch, Pending,
+        LATENCY_MAX_CGROUPS, MISMATCH_CPUS, MISMATCH_SLOTS, Mismatch, RunqCpu,
     },
 };
 use aya_ebpf::{
@@ -14,12 +14,11 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
-/// `BPF_NOEXIST` map update flag, and the error an update with it returns for a key present.
-const BPF_NOEXIST: u64 = 1;
+/// The error an update with `BPF_NOEXIST` returns for a key present.
 const EEXIST: i32 = -17;
 
 use core::{
@@ -28,7 +27,7 @@ use core::{
 };
 
 use super::{
-    count_add, count_error, global, hist_add, kernel, kernel::OFF_TASK_IN_IOWAIT_BIT,
+    BPF_NOEXIST, count_add, global, hist_add, kernel, kernel::OFF_TASK_IN_IOWAIT_BIT,
     task_storage::TaskStorage, tp_field,
 };
 
@@ -57,21 +56,15 @@ static RUNQ_ENQUEUED_AT: HashMap<u64, u64> = HashMap::with_max_entries(ENQUEUED_
 static IOWAIT_SINCE: HashMap<u64, IowaitSince> = HashMap::with_max_entries(SINCE_MAX_ENTRIES, 0);
 
 #[map]
-static RUNQ_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+static RUNQ_CPU: PerCpuArray<RunqCpu> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static RUNQ_LATENCY: LruPerCpuHashMap<u64, Log2Hist> =
-    LruPerCpuHashMap::with_max_entries(LATENCY_MAX_CGROUPS, 0);
+static RUNQ_LATENCY: LruHashMap<u64, Log2Hist> =
+    LruHashMap::with_max_entries(LATENCY_MAX_CGROUPS, 0);
 
 #[map]
-static RUNQ_CPU_WAIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static RUNQ_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERRORS_LEN, 0);
-
-#[map]
-static IOWAIT_TIME: LruPerCpuHashMap<u64, u64> =
-    LruPerCpuHashMap::with_max_entries(iowait::TIME_MAX_ENTRIES, 0);
+static IOWAIT_TIME: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(iowait::TIME_MAX_ENTRIES, 0);
 
 #[map]
 static IOWAIT_CPU: Array<u64> = Array::with_max_entries(iowait::MAX_CPUS, 0);
@@ -96,6 +89,15 @@ static TP_SWITCH_PREV_STATE: u32 = 0;
 static TP_SWITCH_NEXT_PID: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_WAKEUP_PID: u32 = 0;
+
+/// Counts an enqueue time that could not be stored (off the hot path: only on failure).
+#[inline(always)]
+fn enqueue_failed() {
+    if let Some(cpu) = RUNQ_CPU.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU's program instance touches it.
+        unsafe { (*cpu).errors[ERR_ENQUEUE_UPDATE as usize] += 1 };
+    }
+}
 
 /// Where per-task times are kept between hooks.
 trait TaskState {
@@ -124,7 +126,7 @@ impl TaskState for InTaskStorage {
     fn set_enqueued(task: *mut c_void, now: u64) {
         match SCHED_TASK_TIMES.get(task, true) {
             Some(t) => t.enqueued_at = now,
-            None => count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE),
+            None => enqueue_failed(),
         }
     }
     fn take_enqueued(task: *mut c_void) -> Option<u64> {
@@ -139,7 +141,7 @@ impl TaskState for InTaskStorage {
     }
     fn woken(task: *mut c_void, now: u64) -> Option<IowaitSince> {
         let Some(t) = SCHED_TASK_TIMES.get(task, true) else {
-            count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE);
+            enqueue_failed();
             return None;
         };
         if t.enqueued_at == 0 {
@@ -165,7 +167,7 @@ impl TaskState for InHashMap {
     type Task = u64;
     fn set_enqueued(task: u64, now: u64) {
         if RUNQ_ENQUEUED_AT.insert(&task, &now, 0).is_err() {
-            count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE);
+            enqueue_failed();
         }
     }
     fn take_enqueued(task: u64) -> Option<u64> {
@@ -181,7 +183,7 @@ impl TaskState for InHashMap {
         // BPF_NOEXIST: a start time a preemption set stays.
         match RUNQ_ENQUEUED_AT.insert(&task, &now, BPF_NOEXIST) {
             Ok(()) | Err(EEXIST) => {}
-            Err(_) => count_error(&RUNQ_ERRORS, ERR_ENQUEUE_UPDATE),
+            Err(_) => enqueue_failed(),
         }
         // SAFETY: the value is copied out before the entry is removed.
         let io = *unsafe { IOWAIT_SINCE.get(&task) }?;
@@ -249,32 +251,39 @@ enum PrevState {
 fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(pending) = RUNQ_PENDING.get_ptr_mut(0) else {
+    let Some(cpu) = RUNQ_CPU.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
-    let pending = unsafe { &mut *pending };
-    let cgroup = kernel::current_cgroup_id();
+    let cpu = unsafe { &mut *cpu };
+    // The current cgroup is looked up only when a figure needs it (in the v1 mode it costs
+    // four kernel reads), never on every switch.
 
     // The task leaving the CPU is the one whose wait was parked when it started: it is the
     // current task, so the current cgroup is its own.
-    if pending.task != 0 {
-        if pending.task == S::key(prev) {
-            record(cgroup, pending.wait_ns);
+    if cpu.pending_task != 0 {
+        if cpu.pending_task == S::key(prev) {
+            if !hist_add(
+                &RUNQ_LATENCY,
+                &kernel::current_cgroup_id(),
+                cpu.pending_wait_ns,
+            ) {
+                cpu.errors[ERR_LATENCY_UPDATE as usize] += 1;
+            }
         } else {
-            count_error(&RUNQ_ERRORS, ERR_PENDING_MISMATCH);
+            cpu.errors[ERR_PENDING_MISMATCH as usize] += 1;
             if global(&DEBUG_MISMATCHES) == 1 {
                 record_mismatch(
                     now,
-                    pending.task,
+                    cpu.pending_task,
                     S::key(prev),
                     S::key(next),
                     prev_state == PrevState::Runnable,
                 );
             }
         }
-        pending.task = 0;
-        pending.wait_ns = 0;
+        cpu.pending_task = 0;
+        cpu.pending_wait_ns = 0;
     }
 
     if prev_state == PrevState::Runnable {
@@ -295,7 +304,7 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
             prev,
             IowaitSince {
                 since_ns: now,
-                cgroup,
+                cgroup: kernel::current_cgroup_id(),
                 // SAFETY: helper with no preconditions.
                 cpu: unsafe { bpf_get_smp_processor_id() },
                 _pad: 0,
@@ -307,12 +316,9 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         return;
     };
     let wait = now.saturating_sub(since);
-    if let Some(cpu_wait) = RUNQ_CPU_WAIT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe { *cpu_wait += wait };
-    }
-    pending.task = S::key(next);
-    pending.wait_ns = wait;
+    cpu.wait_ns += wait;
+    cpu.pending_task = S::key(next);
+    cpu.pending_wait_ns = wait;
 }
 
 /// Keys at or above this are kernel addresses (`task_struct` pointers); below, pids.
@@ -364,14 +370,6 @@ fn record_mismatch(now: u64, parked: u64, prev: u64, next: u64, prev_runnable: b
             prev_comm: bpf_get_current_comm().unwrap_or([0; 16]),
         }
     };
-}
-
-/// Adds one wait to a cgroup's histogram on this CPU.
-#[inline(always)]
-fn record(cgroup: u64, wait_ns: u64) {
-    if !hist_add(&RUNQ_LATENCY, &cgroup, wait_ns) {
-        count_error(&RUNQ_ERRORS, ERR_LATENCY_UPDATE);
-    }
 }
 
 // --- tp_btf and raw tracepoint: arguments are the kernel's own (typed pointers) ---

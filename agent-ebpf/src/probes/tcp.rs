@@ -6,15 +6,15 @@ use agent_ebpf::tcp::{
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::LruPerCpuHashMap,
+    maps::LruHashMap,
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
 use super::{count_add, global, kernel, tp_field};
 
 #[map]
-static TCP_RETRANSMITS: LruPerCpuHashMap<TcpKey, u64> =
-    LruPerCpuHashMap::with_max_entries(RETRANSMITS_MAX_ENTRIES, 0);
+static TCP_RETRANSMITS: LruHashMap<TcpKey, u64> =
+    LruHashMap::with_max_entries(RETRANSMITS_MAX_ENTRIES, 0);
 
 // Classic tracepoint field offsets, from tracefs; 0 = unknown.
 #[unsafe(no_mangle)]

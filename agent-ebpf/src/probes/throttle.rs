@@ -7,7 +7,7 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, kprobe, map},
-    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, ProbeContext},
 };
 
@@ -20,8 +20,8 @@ static THROTTLE_SINCE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(SINCE
 static THROTTLE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-static THROTTLE_DURATIONS: LruPerCpuHashMap<u64, Log2Hist> =
-    LruPerCpuHashMap::with_max_entries(DURATIONS_MAX_ENTRIES, 0);
+static THROTTLE_DURATIONS: LruHashMap<u64, Log2Hist> =
+    LruHashMap::with_max_entries(DURATIONS_MAX_ENTRIES, 0);
 
 /// throttle_cfs_rq(struct cfs_rq *cfs_rq): the run queue is throttled from now.
 #[inline(always)]

@@ -20,12 +20,12 @@ pub struct Block {
 
 impl Block {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
-        self.prev = maps::per_cpu_hash(ebpf, MAP_LATENCY)?;
+        self.prev = maps::hash(ebpf, MAP_LATENCY)?;
         Ok(())
     }
 
     pub fn collect(&mut self, ebpf: &Ebpf) -> Result<Vec<DiskReport>, ProbeError> {
-        let cur = maps::per_cpu_hash(ebpf, MAP_LATENCY)?;
+        let cur = maps::hash(ebpf, MAP_LATENCY)?;
         let disks = summarize(&cur, &self.prev, disk_name);
         self.prev = cur;
         Ok(disks)
@@ -84,12 +84,12 @@ mod tests {
             _pad: [0; 3],
         };
         let loop0 = 7 << 20;
-        let cur = Snapshot::from_per_cpu([
+        let cur = Snapshot::from_iter([
             (
                 key(loop0, OP_WRITE),
-                vec![from_values([100_000, 200_000]), from_values([150_000])],
+                from_values([100_000, 200_000, 150_000]),
             ),
-            (key(loop0, OP_READ), vec![from_values([50_000])]),
+            (key(loop0, OP_READ), from_values([50_000])),
         ]);
         let d = summarize(&cur, &Snapshot::default(), |ma, mi| {
             Some(format!("dev{ma}-{mi}"))

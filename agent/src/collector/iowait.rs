@@ -51,14 +51,14 @@ fn cpu_times(ebpf: &Ebpf) -> Result<Vec<u64>, ProbeError> {
 
 impl Iowait {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
-        self.prev = maps::per_cpu_hash(ebpf, MAP_TIME)?;
+        self.prev = maps::hash(ebpf, MAP_TIME)?;
         self.prev_cpu = cpu_times(ebpf)?;
         self.prev_proc_stat = proc_stat_iowait_ns(&read_proc_stat());
         Ok(())
     }
 
     pub fn collect(&mut self, ebpf: &Ebpf) -> Result<Interval, ProbeError> {
-        let cur = maps::per_cpu_hash(ebpf, MAP_TIME)?;
+        let cur = maps::hash(ebpf, MAP_TIME)?;
         let cur_cpu = cpu_times(ebpf)?;
         let cur_proc_stat = proc_stat_iowait_ns(&read_proc_stat());
         let interval = Interval {

@@ -1,14 +1,11 @@
-//! Reading per-CPU maps into the core's snapshots (the only place collectors touch aya maps).
+//! Reading maps into the core's snapshots (the only place collectors touch aya maps).
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 
-use crate::{
-    core::counters::{Counter, Snapshot},
-    probes::ProbeError,
-};
+use crate::{core::counters::Snapshot, probes::ProbeError};
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> ProbeError {
     move |e| ProbeError::Map {
@@ -24,24 +21,24 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, Pro
     })
 }
 
-/// Every key of a per-CPU hash (plain or LRU), its values merged across CPUs.
-pub fn per_cpu_hash<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<Snapshot<K, V>, ProbeError>
+/// Every key of a (plain or LRU, not per-CPU) hash of counters, with its value.
+pub fn hash<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<Snapshot<K, V>, ProbeError>
 where
     K: Pod + Eq + std::hash::Hash,
-    V: Pod + Counter,
+    V: Pod,
 {
-    let hash: PerCpuHashMap<&MapData, K, V> =
-        PerCpuHashMap::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    let hash: HashMap<&MapData, K, V> =
+        HashMap::try_from(map(ebpf, name)?).map_err(map_err(name))?;
     let mut entries = Vec::new();
     for item in hash.iter() {
         match item {
-            Ok((key, per_cpu)) => entries.push((key, per_cpu.to_vec())),
+            Ok(entry) => entries.push(entry),
             // Evicted between listing its key and reading it.
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(map_err(name)(e)),
         }
     }
-    Ok(Snapshot::from_per_cpu(entries))
+    Ok(entries.into_iter().collect())
 }
 
 /// How many entries a (plain or LRU, not per-CPU) hash holds now, and its capacity. The keys
@@ -78,6 +75,13 @@ pub fn per_cpu_array(ebpf: &Ebpf, name: &'static str) -> Result<Vec<Vec<u64>>, P
     (0..array.len())
         .map(|i| array.get(&i, 0).map(|v| v.to_vec()).map_err(map_err(name)))
         .collect()
+}
+
+/// The one element of a per-CPU array, one value per possible CPU.
+pub fn per_cpu_value<V: Pod>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<V>, ProbeError> {
+    let array: PerCpuArray<&MapData, V> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(map_err(name))?;
+    array.get(&0, 0).map(|v| v.to_vec()).map_err(map_err(name))
 }
 
 /// The elements of a per-CPU array of counters, each summed over CPUs.

@@ -192,6 +192,7 @@ impl Collector {
             node,
             kernel_errors,
             maps: map_fills(ebpf),
+            map_memory: probes.map_memory.clone(),
         })
     }
 }

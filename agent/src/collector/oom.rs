@@ -37,7 +37,7 @@ pub struct Oom {
 
 impl Oom {
     pub fn baseline(&mut self, ebpf: &Ebpf) -> Result<(), ProbeError> {
-        self.prev = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
+        self.prev = maps::hash(ebpf, MAP_KILLS)?;
         self.prev_lost = lost(ebpf)?;
         self.prev_spared = maps::per_cpu_counter(ebpf, MAP_SPARED)?;
         Ok(())
@@ -48,7 +48,7 @@ impl Oom {
         &mut self,
         ebpf: &Ebpf,
     ) -> Result<(BTreeMap<u64, u64>, Option<KernelError>), ProbeError> {
-        let cur = maps::per_cpu_hash(ebpf, MAP_KILLS)?;
+        let cur = maps::hash(ebpf, MAP_KILLS)?;
         let mut kills = cur.delta_since(&self.prev).into_iter().collect();
         self.prev = cur;
         reattribute(&mut kills, &mut self.found);

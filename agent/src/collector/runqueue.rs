@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 
 use agent_ebpf::{
     hist::Log2Hist,
-    runqueue::{MAP_CPU_WAIT, MAP_ERRORS, MAP_LATENCY, MAP_MISMATCH_SEQ, MAP_MISMATCHES, Mismatch},
+    runqueue::{
+        ERRORS_LEN, MAP_CPU, MAP_LATENCY, MAP_MISMATCH_SEQ, MAP_MISMATCHES, Mismatch, RunqCpu,
+    },
 };
 use aya::Ebpf;
 
@@ -49,13 +51,13 @@ pub struct Runqueue {
 
 /// Reads the maps (the only part of this module that touches the kernel).
 pub fn read(ebpf: &Ebpf) -> Result<Reading, ProbeError> {
+    let cpus: Vec<RunqCpu> = maps::per_cpu_value(ebpf, MAP_CPU)?;
     Ok(Reading {
-        latency: maps::per_cpu_hash(ebpf, MAP_LATENCY)?,
-        cpu_wait: maps::per_cpu_array(ebpf, MAP_CPU_WAIT)?
-            .into_iter()
-            .next()
-            .unwrap_or_default(),
-        errors: maps::per_cpu_array_sums(ebpf, MAP_ERRORS)?,
+        latency: maps::hash(ebpf, MAP_LATENCY)?,
+        cpu_wait: cpus.iter().map(|c| c.wait_ns).collect(),
+        errors: (0..ERRORS_LEN as usize)
+            .map(|i| cpus.iter().map(|c| c.errors[i]).sum())
+            .collect(),
     })
 }
 
@@ -237,9 +239,9 @@ mod tests {
     }
     use crate::core::histogram::from_values;
 
-    fn reading(latency: Vec<(u64, Vec<Log2Hist>)>, cpu_wait: Vec<u64>) -> Reading {
+    fn reading(latency: Vec<(u64, Log2Hist)>, cpu_wait: Vec<u64>) -> Reading {
         Reading {
-            latency: Snapshot::from_per_cpu(latency),
+            latency: Snapshot::from_iter(latency),
             cpu_wait,
             errors: vec![0; 3],
         }
@@ -247,17 +249,11 @@ mod tests {
 
     #[test]
     fn waiting_tasks_is_wait_time_over_interval() {
-        let prev = reading(vec![(7, vec![from_values([1_000])])], vec![0, 0]);
+        let prev = reading(vec![(7, from_values([1_000]))], vec![0, 0]);
         // 7 waited 1 s more over a 0.5 s interval, spread over both CPUs: 2 tasks waiting on
         // average.
         let cur = reading(
-            vec![(
-                7,
-                vec![
-                    from_values([1_000, 500_000_000]),
-                    from_values([500_000_000]),
-                ],
-            )],
+            vec![(7, from_values([1_000, 500_000_000, 500_000_000]))],
             vec![750_000_000, 250_000_000],
         );
         let i = summarize(&cur, &prev, Duration::from_millis(500), &[0, 1]);
@@ -274,8 +270,8 @@ mod tests {
 
     #[test]
     fn idle_cgroups_are_left_out_and_offline_cpus_skipped() {
-        let prev = reading(vec![(7, vec![from_values([1_000])])], vec![5, 5, 5]);
-        let cur = reading(vec![(7, vec![from_values([1_000])])], vec![5, 5, 5]);
+        let prev = reading(vec![(7, from_values([1_000]))], vec![5, 5, 5]);
+        let cur = reading(vec![(7, from_values([1_000]))], vec![5, 5, 5]);
         let i = summarize(&cur, &prev, Duration::from_secs(1), &[0, 2]);
         assert!(i.cgroups.is_empty());
         assert_eq!(i.cpus.iter().map(|c| c.cpu).collect::<Vec<_>>(), vec![0, 2]);

@@ -62,7 +62,7 @@ impl Tcp {
     }
 
     fn read(&self, ebpf: &Ebpf) -> Result<Snapshot<TcpKey, u64>, ProbeError> {
-        let raw: Snapshot<TcpKey, u64> = maps::per_cpu_hash(ebpf, MAP_RETRANSMITS)?;
+        let raw: Snapshot<TcpKey, u64> = maps::hash(ebpf, MAP_RETRANSMITS)?;
         let Some(to) = self.all_to else {
             return Ok(raw);
         };
@@ -218,11 +218,11 @@ mod tests {
 
     #[test]
     fn retransmits_are_split_by_cause() {
-        let cur = Snapshot::from_per_cpu([
-            (caused(5, KIND_DATA, CAUSE_RTO), vec![2u64, 1]),
-            (caused(5, KIND_DATA, CAUSE_FAST), vec![4, 0]),
-            (caused(5, KIND_DATA, CAUSE_TLP), vec![1, 0]),
-            (caused(5, KIND_SYN, CAUSE_RTO), vec![1, 0]),
+        let cur = Snapshot::from_iter([
+            (caused(5, KIND_DATA, CAUSE_RTO), 3u64),
+            (caused(5, KIND_DATA, CAUSE_FAST), 4),
+            (caused(5, KIND_DATA, CAUSE_TLP), 1),
+            (caused(5, KIND_SYN, CAUSE_RTO), 1),
         ]);
         let s = summarize(&cur, &Snapshot::default());
         let got: Vec<(&str, &str, u64)> = s[&5]
@@ -247,12 +247,12 @@ mod tests {
 
     #[test]
     fn groups_by_cgroup_family_and_kind() {
-        let prev = Snapshot::from_per_cpu([(key(5, AF_INET, KIND_DATA), vec![3u64, 1])]);
-        let cur = Snapshot::from_per_cpu([
-            (key(5, AF_INET, KIND_DATA), vec![5u64, 2]),
-            (key(5, AF_INET6, KIND_SYNACK), vec![0, 1]),
-            (key(9, AF_INET6, KIND_DATA), vec![4, 0]),
-            (key(9, AF_INET6, KIND_SYN), vec![1, 1]),
+        let prev = Snapshot::from_iter([(key(5, AF_INET, KIND_DATA), 4u64)]);
+        let cur = Snapshot::from_iter([
+            (key(5, AF_INET, KIND_DATA), 7u64),
+            (key(5, AF_INET6, KIND_SYNACK), 1),
+            (key(9, AF_INET6, KIND_DATA), 4),
+            (key(9, AF_INET6, KIND_SYN), 2),
         ]);
         let s = summarize(&cur, &prev);
         assert_eq!(
@@ -270,20 +270,17 @@ mod tests {
     fn attempts_the_kernel_did_not_count_are_failures_apart() {
         use nix::errno::Errno;
         let e = |x: Errno| x as i32 as u8;
-        let cur = Snapshot::from_per_cpu([
-            (key(5, AF_INET, KIND_DATA), vec![7u64, 0]),
+        let cur = Snapshot::from_iter([
+            (key(5, AF_INET, KIND_DATA), 7u64),
             // Returned before RetransSegs: failures, by error.
-            (failed(5, AF_INET, KIND_DATA, e(Errno::EBUSY)), vec![3, 1]),
-            (failed(5, AF_INET, KIND_SYN, e(Errno::EBUSY)), vec![1, 0]),
-            (failed(5, AF_INET, KIND_DATA, e(Errno::EAGAIN)), vec![2, 0]),
-            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOMEM)), vec![0, 1]),
-            (
-                failed(5, AF_INET, KIND_DATA, e(Errno::EHOSTUNREACH)),
-                vec![1, 0],
-            ),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EBUSY)), 4),
+            (failed(5, AF_INET, KIND_SYN, e(Errno::EBUSY)), 1),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EAGAIN)), 2),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOMEM)), 1),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EHOSTUNREACH)), 1),
             // Failed in the send, after the kernel counted it: a retransmit.
-            (failed(5, AF_INET, KIND_DATA, e(Errno::EPERM)), vec![2, 0]),
-            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOBUFS)), vec![0, 1]),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::EPERM)), 2),
+            (failed(5, AF_INET, KIND_DATA, e(Errno::ENOBUFS)), 1),
         ]);
         let s = summarize(&cur, &Snapshot::default());
         assert_eq!(triples(&s[&5].retransmits), vec![("ipv4", "data", 10)]);

@@ -34,9 +34,6 @@ pub struct CpuStat {
 }
 
 impl Counter for CpuStat {
-    fn zero() -> Self {
-        CpuStat::default()
-    }
     fn merge(&mut self, o: &Self) {
         self.periods += o.periods;
         self.throttled_periods += o.throttled_periods;
@@ -143,7 +140,7 @@ impl Throttle {
 
     /// The probe's duration histograms, keyed like the rest of the figures.
     fn durations(&self, ebpf: &Ebpf) -> Result<Snapshot<u64, Log2Hist>, ProbeError> {
-        let raw: Snapshot<u64, Log2Hist> = maps::per_cpu_hash(ebpf, MAP_DURATIONS)?;
+        let raw: Snapshot<u64, Log2Hist> = maps::hash(ebpf, MAP_DURATIONS)?;
         Ok(Snapshot {
             values: raw
                 .values

@@ -1,18 +1,16 @@
-//! Monotonic counters read from per-CPU maps, and the deltas between two readings.
+//! Monotonic counters read from the kernel's maps, and the deltas between two readings.
 //!
-//! The kernel only ever adds to its per-CPU counters. Userspace reads them every interval,
-//! sums each key across CPUs ([`Snapshot::from_per_cpu`]) and subtracts the previous snapshot
-//! ([`Snapshot::delta_since`]). A value that went *down* was reset, e.g. an LRU map evicted
+//! The kernel only ever adds to its counters (one entry per key, shared by all CPUs, atomic
+//! adds). Userspace reads them every interval into a [`Snapshot`] and subtracts the previous
+//! one ([`Snapshot::delta_since`]). A value that went *down* was reset, e.g. an LRU map evicted
 //! the entry and the kernel created it again: then the whole new value is the delta, since all
 //! of it was counted after the reset.
 
 use std::{collections::HashMap, hash::Hash};
 
-/// A value that the kernel only increases, read per CPU.
+/// A value that the kernel only increases.
 pub trait Counter: Clone {
-    /// The zero value.
-    fn zero() -> Self;
-    /// Adds `other` into `self` (merging CPUs).
+    /// Adds `other` into `self` (e.g. two workloads' figures into one aggregate).
     fn merge(&mut self, other: &Self);
     /// `self - prev`, or `self` when `self` cannot have grown from `prev` (a reset).
     fn delta(&self, prev: &Self) -> Self;
@@ -21,9 +19,6 @@ pub trait Counter: Clone {
 }
 
 impl Counter for u64 {
-    fn zero() -> Self {
-        0
-    }
     fn merge(&mut self, other: &Self) {
         *self = self.wrapping_add(*other);
     }
@@ -49,26 +44,15 @@ impl<K, V> Default for Snapshot<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Counter> Snapshot<K, V> {
-    /// Merges each key's per-CPU values into one.
-    pub fn from_per_cpu<I, C>(entries: I) -> Self
-    where
-        I: IntoIterator<Item = (K, C)>,
-        C: IntoIterator<Item = V>,
-    {
-        let values = entries
-            .into_iter()
-            .map(|(key, per_cpu)| {
-                let mut total = V::zero();
-                for v in per_cpu {
-                    total.merge(&v);
-                }
-                (key, total)
-            })
-            .collect();
-        Self { values }
+impl<K: Hash + Eq, V> FromIterator<(K, V)> for Snapshot<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
+        Self {
+            values: entries.into_iter().collect(),
+        }
     }
+}
 
+impl<K: Hash + Eq + Clone, V: Counter> Snapshot<K, V> {
     /// What changed since `prev`, per key, leaving out keys where nothing changed. A key new
     /// since `prev` counts whole.
     pub fn delta_since(&self, prev: &Self) -> HashMap<K, V> {
@@ -99,16 +83,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merges_cpus_per_key() {
-        let s = Snapshot::from_per_cpu([(1u64, vec![1u64, 2, 3]), (2, vec![0, 0, 5])]);
-        assert_eq!(s.values[&1], 6);
-        assert_eq!(s.values[&2], 5);
-    }
-
-    #[test]
     fn delta_subtracts_previous_and_drops_unchanged() {
-        let prev = Snapshot::from_per_cpu([(1u64, vec![10u64]), (2, vec![7])]);
-        let cur = Snapshot::from_per_cpu([(1u64, vec![15u64]), (2, vec![7]), (3, vec![4])]);
+        let prev = Snapshot::from_iter([(1u64, 10u64), (2, 7)]);
+        let cur = Snapshot::from_iter([(1u64, 15u64), (2, 7), (3, 4)]);
         let d = cur.delta_since(&prev);
         assert_eq!(d.get(&1), Some(&5));
         assert_eq!(d.get(&2), None, "unchanged keys are left out");
@@ -117,14 +94,14 @@ mod tests {
 
     #[test]
     fn a_counter_that_went_down_was_reset() {
-        let prev = Snapshot::from_per_cpu([(1u64, vec![100u64])]);
-        let cur = Snapshot::from_per_cpu([(1u64, vec![30u64])]);
+        let prev = Snapshot::from_iter([(1u64, 100u64)]);
+        let cur = Snapshot::from_iter([(1u64, 30u64)]);
         assert_eq!(cur.delta_since(&prev)[&1], 30);
     }
 
     #[test]
     fn vanished_keys_are_not_reported() {
-        let prev = Snapshot::from_per_cpu([(1u64, vec![100u64])]);
+        let prev = Snapshot::from_iter([(1u64, 100u64)]);
         let cur = Snapshot::<u64, u64>::default();
         assert!(cur.delta_since(&prev).is_empty());
     }

@@ -1,5 +1,4 @@
-//! Log2 histograms ([`Log2Hist`], shared with the kernel): merging across CPUs, deltas,
-//! quantiles and max.
+//! Log2 histograms ([`Log2Hist`], shared with the kernel): deltas, quantiles and max.
 //!
 //! Quantiles are estimated by linear interpolation inside the slot that holds the requested
 //! rank, so they are exact to within the slot's factor-of-two width. The max is the upper
@@ -10,10 +9,6 @@ use agent_ebpf::hist::{HIST_SLOTS, Log2Hist, slot_upper_ns};
 use super::counters::Counter;
 
 impl Counter for Log2Hist {
-    fn zero() -> Self {
-        Log2Hist::ZERO
-    }
-
     fn merge(&mut self, other: &Self) {
         for (a, b) in self.slots.iter_mut().zip(other.slots.iter()) {
             *a = a.wrapping_add(*b);
@@ -113,7 +108,6 @@ const _: () = assert!(HIST_SLOTS >= 2);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::counters::Snapshot;
     use agent_ebpf::hist::log2_slot;
 
     #[test]
@@ -137,16 +131,6 @@ mod tests {
                 "lower bound belongs too"
             );
         }
-    }
-
-    #[test]
-    fn merging_cpus_adds_slots_and_sums() {
-        let cpu0 = from_values([10, 100, 1000]);
-        let cpu1 = from_values([100, 5000]);
-        let merged = Snapshot::from_per_cpu([(7u64, vec![cpu0, cpu1])]).values[&7];
-        assert_eq!(merged, from_values([10, 100, 1000, 100, 5000]));
-        assert_eq!(merged.count(), 5);
-        assert_eq!(merged.sum_ns, 6210);
     }
 
     #[test]

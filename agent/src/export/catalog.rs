@@ -319,6 +319,15 @@ pub const MAP_ENTRIES: MetricDef = m(
     &["nodesat.map.name"],
     "Entries in one of the programs' hashes of in-flight state at the collection (`RUNQ_ENQUEUED_AT`: runnable tasks, `IOWAIT_SINCE`: tasks in iowait, both for the raw and classic tracepoint variants; `BLOCK_ISSUED`: block requests in flight; `THROTTLE_SINCE`: run queues throttled now). It should stay near the number of such things on the node; one that climbs towards the map's capacity leaks.",
 );
+pub const MAP_MEMORY: MetricDef = m(
+    "nodesat.agent.map.memory",
+    "By",
+    Gauge,
+    Node,
+    Value::Int,
+    &["nodesat.map.name"],
+    "Memory one of the programs' maps takes, as the kernel accounts it (`memlock` in the map's fdinfo), measured once at load: kernels 5.11 and later charge it to the agent's memory cgroup. The maps are shared by all CPUs, so the total grows only slightly with the node's possible CPUs (docs/deploy.md, Resources).",
+);
 pub const EXPORT_QUEUE_DEPTH: MetricDef = m(
     "nodesat.agent.export.queue.depth",
     "{batch}",
@@ -374,6 +383,7 @@ pub const CATALOG: &[MetricDef] = &[
     EXPORT_DELIVERED,
     EXPORT_QUEUE_DEPTH,
     MAP_ENTRIES,
+    MAP_MEMORY,
     KUBELET_FAILURES,
     KUBELET_POD_LIST_AGE,
 ];
@@ -387,6 +397,8 @@ impl MetricDef {
         let mut name = self.name.replace('.', "_");
         if matches!(self.value, Value::SecondsFromNs | Value::Log2Ns) || self.unit == "s" {
             name.push_str("_seconds");
+        } else if self.unit == "By" {
+            name.push_str("_bytes");
         }
         if self.instrument == Instrument::Counter {
             name.push_str("_total");

@@ -630,6 +630,13 @@ fn node_observations(r: &Report, agent: &AgentTotals) -> Vec<(MetricDef, Attrs, 
             Obs::Gauge(f64::from(m.entries)),
         ));
     }
+    for m in &r.map_memory {
+        v.push((
+            cat::MAP_MEMORY,
+            vec![("nodesat.map.name", m.map.clone())],
+            Obs::Gauge(m.bytes as f64),
+        ));
+    }
     for e in &r.kernel_errors {
         if e.error == "events_lost" {
             v.push((

@@ -156,6 +156,11 @@ fn report(n: u64, cgroups: Vec<CgroupReport>) -> Report {
             entries: 12,
             max_entries: 65_536,
         }],
+        map_memory: vec![crate::report::MapMemory {
+            map: "RUNQ_LATENCY".into(),
+            bytes: 1_377_152,
+            max_entries: 4096,
+        }],
     }
 }
 

@@ -107,15 +107,52 @@ pub struct HookStatus {
     pub program: Option<&'static str>,
 }
 
-/// `recursion_misses` of a BPF program's `/proc/<pid>/fdinfo/<fd>` (pure); `None` on kernels
-/// that do not show it.
-pub fn fdinfo_recursion_misses(fdinfo: &str) -> Option<u64> {
+/// A number of a BPF object's `/proc/<pid>/fdinfo/<fd>`, e.g. a program's `recursion_misses`
+/// or a map's `memlock` (pure); `None` on kernels that do not show it.
+pub fn fdinfo_field(fdinfo: &str, field: &str) -> Option<u64> {
     fdinfo.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
-        (key.trim() == "recursion_misses")
+        (key.trim() == field)
             .then(|| value.trim().parse().ok())
             .flatten()
     })
+}
+
+/// The `/proc/self/fdinfo` text of one of the agent's own file descriptors.
+pub fn own_fdinfo(fd: std::os::fd::BorrowedFd<'_>) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()
+}
+
+/// The kernel's own figure for the memory each of the object's maps takes (`memlock` of its
+/// fdinfo), with its capacity; a map it shows none for is left out.
+fn map_memory(ebpf: &Ebpf) -> Vec<crate::report::MapMemory> {
+    use aya::maps::Map;
+    use std::os::fd::AsFd;
+    let mut all: Vec<_> = ebpf
+        .maps()
+        .filter_map(|(name, map)| {
+            let data: &MapData = match map {
+                Map::Array(d)
+                | Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuArray(d)
+                | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
+                | Map::RingBuf(d)
+                | Map::Unsupported(d) => d,
+                _ => return None,
+            };
+            let text = own_fdinfo(data.fd().as_fd())?;
+            Some(crate::report::MapMemory {
+                map: name.to_owned(),
+                bytes: fdinfo_field(&text, "memlock")?,
+                max_entries: fdinfo_field(&text, "max_entries").unwrap_or(0) as u32,
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.map.cmp(&b.map));
+    all
 }
 
 /// The program for a hook and variant, if it has one.
@@ -150,6 +187,8 @@ pub struct Probes {
     /// programs read them (see [`Probe::positional_args`]).
     prototype_mismatches: Vec<(&'static str, String)>,
     pub hooks: Vec<HookStatus>,
+    /// Each map's memory, measured right after loading.
+    pub map_memory: Vec<crate::report::MapMemory>,
 }
 
 /// Settings the object needs at load time.
@@ -220,7 +259,15 @@ impl Probes {
             tracefs::restore();
             ProbeError::Load(e)
         })?;
+        let map_memory = map_memory(&ebpf);
+        tracing::info!(
+            maps = map_memory.len(),
+            bytes = map_memory.iter().map(|m| m.bytes).sum::<u64>(),
+            possible_cpus = aya::util::nr_cpus().unwrap_or(0),
+            "BPF maps created (the kernel's memlock figure)"
+        );
         Ok(Probes {
+            map_memory,
             ebpf,
             btf,
             tracepoint_fields,
@@ -434,10 +481,9 @@ impl Probes {
                     h.run_time_ns = info.run_time().as_nanos() as u64;
                 }
                 if let Some(fd) = program.and_then(|p| p.fd().ok()) {
-                    use std::os::fd::{AsFd, AsRawFd};
-                    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-                    if let Ok(text) = std::fs::read_to_string(path) {
-                        h.recursion_misses = fdinfo_recursion_misses(&text).unwrap_or(0);
+                    use std::os::fd::AsFd;
+                    if let Some(text) = own_fdinfo(fd.as_fd()) {
+                        h.recursion_misses = fdinfo_field(&text, "recursion_misses").unwrap_or(0);
                     }
                 }
                 h
@@ -587,9 +633,13 @@ mod tests {
                       prog_jited:\t1\nprog_tag:\t6d4b47ab9e9ea0f7\nmemlock:\t4096\n\
                       prog_id:\t2860\nrun_time_ns:\t0\nrun_cnt:\t0\n\
                       recursion_misses:\t7\nverified_insns:\t371\n";
-        assert_eq!(fdinfo_recursion_misses(fdinfo), Some(7));
+        assert_eq!(fdinfo_field(fdinfo, "recursion_misses"), Some(7));
+        assert_eq!(fdinfo_field(fdinfo, "memlock"), Some(4096));
         // Kernels before 5.12 have no such line.
-        assert_eq!(fdinfo_recursion_misses("prog_id:\t3\nrun_cnt:\t1\n"), None);
+        assert_eq!(
+            fdinfo_field("prog_id:\t3\nrun_cnt:\t1\n", "recursion_misses"),
+            None
+        );
     }
 
     fn args(list: &[&str]) -> Option<Vec<String>> {

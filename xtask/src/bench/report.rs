@@ -373,12 +373,7 @@ mod tests {
         let opts = Options {
             duration: std::time::Duration::from_secs(2),
             repeat: 1,
-            all_variants: false,
-            baseline_only: false,
-            retransmit_only: false,
-            cycle_only: false,
-            cgroups: 500,
-            cycles: 6,
+            ..Options::default()
         };
         let results = Results {
             baseline: vec![100_000.0],

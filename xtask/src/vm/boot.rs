@@ -23,6 +23,19 @@ pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Runs qemu until the guest powers off or `timeout` passes; its output goes to `log`.
 pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<Boot> {
+    boot_with(vmlinuz, initrd, log, timeout, "2", "")
+}
+
+/// [`boot`] with qemu's `-smp` set to `smp` (e.g. `1,maxcpus=128`: one vCPU online, 128
+/// possible) and `append` added to the kernel command line.
+pub fn boot_with(
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+    smp: &str,
+    append: &str,
+) -> Result<Boot> {
     let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let start = Instant::now();
@@ -31,13 +44,14 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Res
     // (a race in cross-CPU code patching). It was not slower here. `delayacct` on the command
     // line: the offset check then need not switch it on (more patching of __schedule).
     let mut qemu = Command::new(QEMU)
-        .args(["-accel", "tcg,thread=single", "-m", "1024", "-smp", "2"])
+        .args(["-accel", "tcg,thread=single", "-m", "1024", "-smp", smp])
         .args(["-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet delayacct"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet delayacct {append}"))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -54,6 +54,64 @@ begin check
 nodesat check
 end check $?
 
+# The scale measurement (`cargo xtask bench --scale`, kernel command line
+# `nodesat.scale=CGROUPS,CYCLES`): CGROUPS cgroups each with a process waking every 100 ms,
+# then for each agent binary in /bin (nodesat, and nodesat-before when the initramfs has one)
+# its map memory, resident memory and on-CPU time per 2 s collection cycle over CYCLES cycles.
+scale_agent() {
+    bin=$1 cycles=$2
+    begin "scale-$bin"
+    rm -f /tmp/scale.out /tmp/scale.err
+    "$bin" run --output json --interval 2s --max-entities 100000 --kubelet-url off \
+        >/tmp/scale.out 2>/tmp/scale.err &
+    agent=$!
+    tries=0
+    until grep -q '"type":"ready"' /tmp/scale.out 2>/dev/null; do
+        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 3000 ]; then
+            break
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    # One cycle to settle (the first collection names every cgroup), then the measured ones.
+    sleep 3
+    oncpu() { cat /proc/$agent/task/*/schedstat | awk '{s += $1} END {print s}'; }
+    before=$(oncpu)
+    sleep $((cycles * 2))
+    after=$(oncpu)
+    echo "scale oncpu_ns=$((after - before)) cycles=$cycles"
+    grep -E '^(VmRSS|VmHWM)' /proc/$agent/status | tr -s ' \t' ' ' | sed 's/^/scale /'
+    kill -TERM $agent
+    wait $agent
+    rc=$?
+    echo "scale reports=$(grep -c '"type":"interval"' /tmp/scale.out)"
+    # The last report's map memory and how many cgroups it carried.
+    tail -n 1 /tmp/scale.out
+    tail -n 5 /tmp/scale.err
+    end "scale-$bin" $rc
+}
+scale_arg=$(tr ' ' '\n' </proc/cmdline | grep '^nodesat.scale=' | cut -d= -f2)
+if [ -n "$scale_arg" ]; then
+    n=${scale_arg%,*} cycles=${scale_arg#*,}
+    begin scale-setup
+    echo "scale possible=$(cat /sys/devices/system/cpu/possible) online=$(cat /sys/devices/system/cpu/online) cgroups=$n"
+    i=0
+    while [ $i -lt "$n" ]; do
+        mkdir /sys/fs/cgroup/s$i
+        sh -c "echo \$\$ >/sys/fs/cgroup/s$i/cgroup.procs && exec nodesat-load sleeper --period-ms 100 --work-us 50" &
+        i=$((i + 1))
+    done
+    sleep 2
+    echo "scale sleepers=$(cat /sys/fs/cgroup/s*/cgroup.procs | wc -l)"
+    end scale-setup 0
+    for bin in nodesat nodesat-before; do
+        [ -x "/bin/$bin" ] && scale_agent "$bin" "$cycles"
+    done
+    echo "@@nodesat-vm done@@"
+    poweroff -f
+fi
+
+
 # scenario SECTION HOG_CGROUP SECONDS [AGENT ARGS...]: the agent in the background; once it
 # is attached, a hog in HOG_CGROUP (capped by cpu.max) and four unlimited busy loops in /busy
 # (more runnable tasks than CPUs), for SECONDS; then SIGTERM (final report) and its output.

@@ -12,6 +12,10 @@ mod initramfs;
 mod kernels;
 mod readme;
 mod results;
+mod scale;
+
+pub use kernels::NEWEST as NEWEST_KERNEL;
+pub use scale::{Options as ScaleOptions, measure as scale};
 
 use std::{
     fs,
