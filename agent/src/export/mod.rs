@@ -335,9 +335,25 @@ impl Exporter {
             return;
         }
         self.last_export_ns = Some(report.time_unix_ns);
-        if let Some(req) = self.builder.build()
-            && self.queue.push(req).is_some()
-        {
+        let Some(all) = self.builder.build() else {
+            return;
+        };
+        let requests = otlp::split(all, otlp::MAX_REQUEST_BYTES);
+        if requests.len() > 1 {
+            tracing::debug!(
+                requests = requests.len(),
+                "the export is over {} bytes: sent as several requests, each of whole resources",
+                otlp::MAX_REQUEST_BYTES
+            );
+        }
+        for req in requests {
+            self.enqueue(req);
+        }
+    }
+
+    /// Queues one request, dropping the oldest when the queue is full.
+    fn enqueue(&mut self, req: ExportMetricsServiceRequest) {
+        if self.queue.push(req).is_some() {
             self.stats.dropped("queue_full");
             // Once until the next delivery (then summarised with the send failures).
             if self.stats.first_of_its_cause("queue_full") {

@@ -277,6 +277,45 @@ impl Builder {
     }
 }
 
+/// The most bytes one OTLP request may take, encoded: under the 4 MiB a Collector's gRPC
+/// receiver accepts by default (`max_recv_msg_size_mib`), with room for the gRPC envelope.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// Splits `req` into requests of at most `max_bytes` encoded, at resource boundaries: each
+/// request carries whole resources (a workload with all its metrics and points), so every one
+/// is complete and correct on its own. A single resource larger than `max_bytes` goes alone.
+pub fn split(
+    req: ExportMetricsServiceRequest,
+    max_bytes: usize,
+) -> Vec<ExportMetricsServiceRequest> {
+    use prost::Message as _;
+    if req.encoded_len() <= max_bytes {
+        return vec![req];
+    }
+    let mut out = Vec::new();
+    let mut part = Vec::new();
+    let mut size = 0;
+    for rm in req.resource_metrics {
+        // A repeated field's element: its bytes, a one-byte tag and a length prefix.
+        let len = rm.encoded_len();
+        let len = len + 1 + prost::encoding::encoded_len_varint(len as u64);
+        if !part.is_empty() && size + len > max_bytes {
+            out.push(ExportMetricsServiceRequest {
+                resource_metrics: std::mem::take(&mut part),
+            });
+            size = 0;
+        }
+        size += len;
+        part.push(rm);
+    }
+    if !part.is_empty() {
+        out.push(ExportMetricsServiceRequest {
+            resource_metrics: part,
+        });
+    }
+    out
+}
+
 enum Point {
     Number(NumberDataPoint),
     Exp(ExponentialHistogramDataPoint),

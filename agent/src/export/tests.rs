@@ -1198,3 +1198,36 @@ async fn receiver_down_then_back_gets_the_queued_batches_in_order() {
 
 mod prometheus;
 mod tls;
+
+#[test]
+fn large_exports_are_split_into_requests_of_whole_resources() {
+    use super::otlp::split;
+    let mut b = Builder::new(Temporality::Cumulative, info(), u64::MAX);
+    let cgroups: Vec<CgroupReport> = (0..2_000).map(|i| pod_container(100 + i)).collect();
+    b.ingest(&report(0, cgroups), &AgentTotals::default());
+    let whole = b.build().unwrap();
+    let (resources, size) = (whole.resource_metrics.len(), whole.encoded_len());
+    assert_eq!(resources, 2_001, "2000 workloads and the node");
+    let max = 256 * 1024;
+    let parts = split(whole.clone(), max);
+    assert!(
+        parts.len() >= size.div_ceil(max),
+        "{} parts for {size} bytes",
+        parts.len()
+    );
+    for p in &parts {
+        assert!(
+            p.encoded_len() <= max,
+            "a part of {} bytes",
+            p.encoded_len()
+        );
+    }
+    // Every resource exactly once, whole, in order.
+    let joined: Vec<_> = parts.into_iter().flat_map(|p| p.resource_metrics).collect();
+    assert_eq!(joined, whole.resource_metrics);
+    // Small enough: untouched.
+    assert_eq!(split(whole.clone(), size), vec![whole.clone()]);
+    // One resource bigger than the limit goes alone.
+    let alone = split(whole.clone(), 10);
+    assert_eq!(alone.len(), resources);
+}

@@ -81,6 +81,15 @@ scale_agent() {
     after=$(oncpu)
     echo "scale oncpu_ns=$((after - before)) cycles=$cycles"
     grep -E '^(VmRSS|VmHWM)' /proc/$agent/status | tr -s ' \t' ' ' | sed 's/^/scale /'
+    # The kernel's own figure for every map the agent holds (any agent version).
+    maps=0 bytes=0
+    for f in /proc/$agent/fdinfo/*; do
+        if grep -q '^map_type' "$f"; then
+            bytes=$((bytes + $(awk '/^memlock/ {print $2}' "$f")))
+            maps=$((maps + 1))
+        fi
+    done
+    echo "scale map_bytes=$bytes maps=$maps"
     kill -TERM $agent
     wait $agent
     rc=$?

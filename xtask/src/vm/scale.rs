@@ -3,7 +3,7 @@
 //! and `-smp 1,maxcpus=N` (N possible CPUs: per-CPU maps and per-CPU kernel data are sized by
 //! those) for each N asked for; in each guest `CGROUPS` cgroups get a process waking every
 //! 100 ms and the agent runs `CYCLES` 2 s collection cycles. Per N: the maps' memory (the
-//! kernel's `memlock` figure, from the agent's report), the agent's resident memory, and its
+//! kernel's `memlock` figure of each map fd the agent holds), the agent's resident memory, and its
 //! on-CPU time per cycle. With `--before BIN` (a static agent binary, e.g. one built from an
 //! earlier commit) the same guest measures that agent too, right after, for a before/after
 //! table from one run.
@@ -219,12 +219,14 @@ pub fn figures(lines: &[String]) -> Result<Figures> {
             (v["type"] == "interval").then_some(v)
         })
         .context("no interval report")?;
-    let memory = last["map_memory"]
-        .as_array()
-        .context("the report has no map_memory (an agent from before it was reported?)")?;
+    let number = |key: &str| -> Result<u64> {
+        Ok(field_in(lines, key)
+            .with_context(|| format!("no {key}"))?
+            .parse()?)
+    };
     Ok(Figures {
-        map_bytes: memory.iter().filter_map(|m| m["bytes"].as_u64()).sum(),
-        maps: memory.len() as u64,
+        map_bytes: number("map_bytes=")?,
+        maps: number("maps=")?,
         rss_kib: kib_in(lines, "VmRSS:").context("no VmRSS")?,
         hwm_kib: kib_in(lines, "VmHWM:").context("no VmHWM")?,
         cpu_ms_per_cycle: oncpu as f64 / 1e6 / cycles.max(1) as f64,
@@ -242,8 +244,9 @@ mod tests {
             "scale oncpu_ns=150000000 cycles=5",
             "scale VmRSS: 20480 kB",
             "scale VmHWM: 40960 kB",
+            "scale map_bytes=2097152 maps=2",
             "scale reports=7",
-            r#"{"type":"interval","cgroups":[{"cgroup_id":1},{"cgroup_id":2}],"map_memory":[{"map":"A","bytes":1048576,"max_entries":1},{"map":"B","bytes":1048576,"max_entries":1}]}"#,
+            r#"{"type":"interval","cgroups":[{"cgroup_id":1},{"cgroup_id":2}]}"#,
         ]
         .iter()
         .map(|s| s.to_string())
