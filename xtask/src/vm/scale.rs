@@ -91,7 +91,9 @@ pub fn measure(o: &Options) -> Result<Value> {
             &log,
             Duration::from_secs(900),
             &format!("1,maxcpus={n}"),
-            &format!("nodesat.scale={},{}", o.cgroups, o.cycles),
+            // qemu lists the hotpluggable CPUs, but the kernel counts only those online at
+            // boot as possible unless told otherwise.
+            &format!("possible_cpus={n} nodesat.scale={},{}", o.cgroups, o.cycles),
         )?;
         let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
         let outcome = results::parse(&text);
@@ -107,6 +109,13 @@ pub fn measure(o: &Options) -> Result<Value> {
             .get("scale-setup")
             .and_then(|s| field_in(&s.lines, "possible="))
             .unwrap_or_default();
+        if cpu_count(&possible) != Some(n) {
+            bail!(
+                "the guest has possible CPUs {possible:?}, not {n}: the measurement would not \
+                 be what it says (see {})",
+                log.display()
+            );
+        }
         let agent = |name: &str| -> Result<Option<Figures>> {
             match outcome.sections.get(&format!("scale-{name}")) {
                 Some(s) => figures(&s.lines)
@@ -187,6 +196,21 @@ fn table(rows: &[(u32, String, Figures, Option<Figures>)], o: &Options) -> Strin
     out
 }
 
+/// How many CPUs a sysfs CPU list (`0-127`, `0,2-3`) names.
+fn cpu_count(list: &str) -> Option<u32> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+            None => {
+                part.parse::<u32>().ok()?;
+                1
+            }
+        };
+    }
+    Some(n)
+}
+
 /// `KEY=value` from the `scale ...` lines of a section.
 fn field_in(lines: &[String], key: &str) -> Option<String> {
     lines
@@ -259,5 +283,9 @@ mod tests {
         );
         assert!((f.cpu_ms_per_cycle - 30.0).abs() < 1e-9);
         assert_eq!(field_in(&lines, "cycles="), Some("5".into()));
+        assert_eq!(cpu_count("0-127"), Some(128));
+        assert_eq!(cpu_count("0"), Some(1));
+        assert_eq!(cpu_count("0,2-3"), Some(3));
+        assert_eq!(cpu_count(""), None);
     }
 }
