@@ -118,12 +118,32 @@ impl TracedEvent {
     }
 }
 
-/// How many of a tracepoint's `traced` events (recorded by a [`TraceInstance`] while the agent
-/// ran) the agent's program for `hook` was not run for: the events less the program's run
-/// count in the agent's final `report` (BPF run-time statistics must be on, see
-/// [`BpfStats`]). Other traffic on the host, if any, is in both counts. Prints both, and the
-/// tasks the events fired on.
-pub fn events_not_run_for(traced: &[TracedEvent], report: &crate::Report, hook: &str) -> u64 {
+/// For a test that compares the agent's program runs with the kernel's own trace: `None`
+/// after skipping `test` (printing why) when tracefs is not mounted, else BPF run-time
+/// statistics, on while the guard lives.
+pub fn run_counting(test: &str) -> Option<BpfStats> {
+    if tracefs().is_none() {
+        crate::skip(
+            test,
+            "tracefs is not mounted: the kernel's own count of events is needed",
+        );
+        return None;
+    }
+    Some(BpfStats::enable().expect("BPF_ENABLE_STATS (program run counts)"))
+}
+
+/// How many of the events of tracepoint `hook` in `trace` (what [`TraceInstance::stop`]
+/// returned, recorded while the agent ran; it must have lost none) the agent's program for
+/// `hook` was not run for: the events less the program's run count in the agent's final
+/// `report` (BPF run-time statistics must be on, see [`BpfStats`]). Other traffic on the
+/// host, if any, is in both counts. Prints both, and the tasks the events fired on.
+pub fn events_not_run_for(trace: &(String, u64), report: &crate::Report, hook: &str) -> u64 {
+    let (text, overrun) = trace;
+    assert_eq!(
+        *overrun, 0,
+        "the trace lost events: its count cannot be compared"
+    );
+    let traced = parse_events(text, hook);
     let runs = report
         .probes
         .iter()
@@ -131,7 +151,7 @@ pub fn events_not_run_for(traced: &[TracedEvent], report: &crate::Report, hook: 
         .map_or(0, |p| p.run_count);
     let skipped = (traced.len() as u64).saturating_sub(runs);
     let mut tasks = std::collections::BTreeMap::<&str, u32>::new();
-    for e in traced {
+    for e in &traced {
         *tasks.entry(e.task.as_str()).or_default() += 1;
     }
     eprintln!(
