@@ -91,10 +91,7 @@ impl Runqueue {
 /// Logs the mismatch records newer than `seen` (per CPU) and moves `seen` on.
 fn log_mismatches(ebpf: &Ebpf, seen: &mut HashMap<u32, u64>) -> Result<(), ProbeError> {
     let slots = maps::array::<Mismatch>(ebpf, MAP_MISMATCHES)?;
-    let recorded = maps::per_cpu_array(ebpf, MAP_MISMATCH_SEQ)?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
+    let recorded: Vec<u64> = maps::per_cpu_value(ebpf, MAP_MISMATCH_SEQ)?;
     let fresh = new_mismatches(&slots, seen);
     for m in &fresh {
         tracing::info!("{}", describe_mismatch(m));

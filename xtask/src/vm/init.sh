@@ -24,6 +24,19 @@ end() {
     echo "@@nodesat-vm end $1 rc=$2@@"
 }
 
+# await_ready OUT PID TRIES: until the agent PID has written its ready line to OUT, it has
+# exited, or TRIES tenths of a second have passed.
+await_ready() {
+    tries=0
+    until grep -q '"type":"ready"' "$1" 2>/dev/null; do
+        if ! kill -0 "$2" 2>/dev/null || [ $tries -ge "$3" ]; then
+            break
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+}
+
 begin setup
 fails=0
 # Only emergencies on the console: a kernel message (an OOM kill's report) must not split a
@@ -65,14 +78,7 @@ scale_agent() {
     "$bin" run --output json --interval 2s --max-entities 100000 --kubelet-url off \
         >/tmp/scale.out 2>/tmp/scale.err &
     agent=$!
-    tries=0
-    until grep -q '"type":"ready"' /tmp/scale.out 2>/dev/null; do
-        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 3000 ]; then
-            break
-        fi
-        sleep 0.1
-        tries=$((tries + 1))
-    done
+    await_ready /tmp/scale.out $agent 3000
     # One cycle to settle (the first collection names every cgroup), then the measured ones.
     sleep 3
     oncpu() { cat /proc/$agent/task/*/schedstat | awk '{s += $1} END {print s}'; }
@@ -132,14 +138,7 @@ scenario() {
     rm -f /tmp/run.out /tmp/run.err
     nodesat run --output json --interval 2s "$@" >/tmp/run.out 2>/tmp/run.err &
     agent=$!
-    tries=0
-    until grep -q '"type":"ready"' /tmp/run.out 2>/dev/null; do
-        if ! kill -0 $agent 2>/dev/null || [ $tries -ge 1200 ]; then
-            break
-        fi
-        sleep 0.1
-        tries=$((tries + 1))
-    done
+    await_ready /tmp/run.out $agent 1200
     sh -c "echo \$\$ >/sys/fs/cgroup/$hog/cgroup.procs && while :; do :; done" &
     load=$!
     for i in 1 2 3 4; do

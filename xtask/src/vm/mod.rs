@@ -242,26 +242,7 @@ pub fn vm(args: &[String]) -> Result<()> {
     }
 
     let t = Instant::now();
-    run(cmd(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "nodesat",
-            "--package",
-            "nodesat-tests",
-            "--bin",
-            "nodesat",
-            "--bin",
-            "nodesat-offsets",
-            "--target",
-            MUSL,
-        ],
-    ))
-    .context("building the static nodesat and nodesat-offsets")?;
-    let bin = |name: &str| workspace_root().join(format!("target/{MUSL}/release/{name}"));
-    let (nodesat, offsets) = (bin("nodesat"), bin("nodesat-offsets"));
+    let [nodesat, offsets] = static_bins(["nodesat", "nodesat-offsets"])?;
     phase("build", t);
 
     let t = Instant::now();
@@ -702,6 +683,26 @@ fn remove_leftovers(cache: &Path) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Builds the agent and the named `nodesat-tests` binaries (release, static musl) and returns
+/// their paths, in order.
+fn static_bins<const N: usize>(names: [&str; N]) -> Result<[PathBuf; N]> {
+    let mut args = vec![
+        "build",
+        "--release",
+        "--package",
+        "nodesat",
+        "--package",
+        "nodesat-tests",
+    ];
+    for name in names {
+        args.extend(["--bin", name]);
+    }
+    args.extend(["--target", MUSL]);
+    run(cmd("cargo", &args))
+        .with_context(|| format!("building the static {}", names.join(", ")))?;
+    Ok(names.map(|name| workspace_root().join(format!("target/{MUSL}/release/{name}"))))
 }
 
 fn musl_target() -> Result<()> {

@@ -13,8 +13,8 @@ use std::{fs, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use super::{MUSL, TempDir, boot, initramfs, kernels, lock, musl_target, results};
-use crate::{cmd, provision, run, workspace_root};
+use super::{TempDir, boot, initramfs, kernels, lock, musl_target, results, static_bins};
+use crate::{provision, workspace_root};
 
 pub struct Options {
     pub cpus: Vec<u32>,
@@ -46,27 +46,8 @@ pub fn measure(o: &Options) -> Result<Value> {
     let cache = dir.join("cache");
     fs::create_dir_all(&cache)?;
     let kernel = kernels::prepare(&o.kernel, &cache)?;
-    run(cmd(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "nodesat",
-            "--package",
-            "nodesat-tests",
-            "--bin",
-            "nodesat",
-            "--bin",
-            "nodesat-load",
-            "--target",
-            MUSL,
-        ],
-    ))
-    .context("building the static nodesat and nodesat-load")?;
-    let bin = |name: &str| workspace_root().join(format!("target/{MUSL}/release/{name}"));
     let work = TempDir::new(dir.join("scale-work"))?;
-    let mut binaries = vec![bin("nodesat"), bin("nodesat-load")];
+    let mut binaries = static_bins(["nodesat", "nodesat-load"])?.to_vec();
     if let Some(before) = &o.before {
         let copy = work.path().join("nodesat-before");
         fs::copy(before, &copy).with_context(|| format!("copying {}", before.display()))?;
