@@ -8,8 +8,12 @@
 //!   `tcp_retransmit_skb` tracepoint fires for those attempts too, with `err` `-EBUSY`, and
 //!   `RetransSegs` does not count them: nodesat must report them apart, not as retransmits.
 //!   Once the original has left, the retransmit is sent (spuriously) and counted.
-//! - The server's link is down for [`LINK_DOWN_FOR`] while the client connects: the client's
-//!   SYN is retransmitted (kind `syn`, and the kernel's `TCPSynRetrans`).
+//! - The server's namespace drops incoming SYNs for [`SYN_DROPPED_FOR`] while the client
+//!   connects: the client's SYN is retransmitted (kind `syn`, and the kernel's
+//!   `TCPSynRetrans`). Dropped on the far side, every retransmission leaves the client: it is
+//!   counted. (A link taken down instead held the SYN in the client's own queue in one CI run,
+//!   so every retransmission failed with `EBUSY` and none was counted: rightly, but the case
+//!   was not provoked.)
 //! - The server listens in cgroup `listener` and then moves to cgroup `worker` before it
 //!   accepts: an accepted socket takes its cgroup from the listener (`sk_clone_lock` →
 //!   `cgroup_sk_clone`), so the server's retransmits land on `listener`, none on `worker`.
@@ -40,9 +44,9 @@ const RATE: &str = "80kbit";
 const SIZE: u32 = 16_000;
 /// Echo rounds.
 const ROUNDS: u32 = 4;
-/// How long the server's link is down while the client connects (its SYN is retransmitted
-/// after 1 s).
-const LINK_DOWN_FOR: Duration = Duration::from_millis(1500);
+/// How long the server drops incoming SYNs while the client connects (its SYN is
+/// retransmitted after 1 s, and again 2 s later).
+const SYN_DROPPED_FOR: Duration = Duration::from_millis(1500);
 /// One in this many of the server's data packets is dropped on output: when it is a
 /// retransmission, `tcp_transmit_skb` fails (`EPERM`) after the kernel counted it in
 /// `RetransSegs` (and in `TCPRetransFail`), so nodesat must count it too.
@@ -258,13 +262,22 @@ fn exchange(variant: &str) -> bool {
     );
     pair.nft(Side::Server, &ruleset).expect("nft output drop");
 
-    pair.set_link(Side::Server, false).expect("link down");
+    let syn_drop = format!(
+        "table inet nodesat_syn {{\n\
+           chain in {{\n\
+             type filter hook input priority 0;\n\
+             tcp dport {port} tcp flags & (syn|ack) == syn drop\n\
+           }}\n\
+         }}\n"
+    );
+    pair.nft(Side::Server, &syn_drop).expect("nft SYN drop");
     let start = Instant::now();
     let mut client_process = pair
         .start_echo_client(load, &client, &addr, ROUNDS, SIZE)
         .expect("client");
-    thread::sleep(LINK_DOWN_FOR);
-    pair.set_link(Side::Server, true).expect("link up");
+    thread::sleep(SYN_DROPPED_FOR);
+    pair.nft(Side::Server, "delete table inet nodesat_syn\n")
+        .expect("remove the SYN drop");
 
     for (what, p) in [("client", &mut client_process), ("server", &mut server)] {
         let left = EXCHANGE_TIMEOUT.saturating_sub(start.elapsed());
