@@ -2,7 +2,11 @@
 //! statistics ([`BpfStats`]: how often each program ran) and a private tracefs instance
 //! ([`TraceInstance`]: every event of a tracepoint, as the kernel emitted it).
 
-use std::{io, os::fd::OwnedFd, path::PathBuf};
+use std::{
+    io,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
 
 /// BPF run-time statistics on while this lives (`BPF_ENABLE_STATS`: the kernel counts while
 /// any such file descriptor is open, so `kernel.bpf_stats_enabled` is left as it was).
@@ -29,6 +33,8 @@ impl BpfStats {
 pub struct TraceInstance {
     dir: PathBuf,
     events: Vec<String>,
+    /// Dropped after the instance is removed (fields drop after `Drop::drop`).
+    _tracefs: Tracefs,
 }
 
 /// Where tracefs is mounted, if it is.
@@ -39,23 +45,71 @@ pub fn tracefs() -> Option<PathBuf> {
         .find(|p| p.join("instances").is_dir())
 }
 
+/// tracefs, mounted while this lives: a fresh machine has it unmounted. Unmounted on drop
+/// (even on panic) only if this mounted it. Hold it from before any agent starts: an agent
+/// that finds tracefs unmounted mounts it and unmounts it at exit, which would pull it from
+/// under a trace the test still reads.
+pub struct Tracefs {
+    root: PathBuf,
+    mounted: bool,
+}
+
+impl Tracefs {
+    pub fn mount() -> io::Result<Tracefs> {
+        if let Some(root) = tracefs() {
+            return Ok(Tracefs {
+                root,
+                mounted: false,
+            });
+        }
+        let root = PathBuf::from("/sys/kernel/tracing");
+        nix::mount::mount(
+            Some("tracefs"),
+            &root,
+            Some("tracefs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| io::Error::other(format!("mounting tracefs at {}: {e}", root.display())))?;
+        Ok(Tracefs {
+            root,
+            mounted: true,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for Tracefs {
+    fn drop(&mut self) {
+        if self.mounted
+            && let Err(e) = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH)
+        {
+            eprintln!("cannot unmount tracefs at {}: {e}", self.root.display());
+        }
+    }
+}
+
 impl TraceInstance {
     /// Creates the instance and enables `events` (`"group/name"`, e.g.
     /// `"tcp/tcp_retransmit_skb"`) in it, with a buffer of `buffer_kb` per CPU.
     pub fn start(events: &[&str], buffer_kb: u32) -> io::Result<TraceInstance> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let root = tracefs().ok_or_else(|| io::Error::other("tracefs is not mounted"))?;
+        let tracefs = Tracefs::mount()?;
         let name = format!(
             "nodesat-test-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = root.join("instances").join(name);
+        let dir = tracefs.root().join("instances").join(name);
         std::fs::create_dir(&dir)?;
         let t = TraceInstance {
             dir,
             events: events.iter().map(|e| (*e).to_owned()).collect(),
+            _tracefs: tracefs,
         };
         std::fs::write(t.dir.join("buffer_size_kb"), buffer_kb.to_string())?;
         for e in &t.events {
@@ -118,18 +172,30 @@ impl TracedEvent {
     }
 }
 
+/// What [`run_counting`] holds: BPF run-time statistics on and tracefs mounted.
+pub struct RunCounting {
+    _stats: BpfStats,
+    _tracefs: Tracefs,
+}
+
 /// For a test that compares the agent's program runs with the kernel's own trace: `None`
-/// after skipping `test` (printing why) when tracefs is not mounted, else BPF run-time
-/// statistics, on while the guard lives.
-pub fn run_counting(test: &str) -> Option<BpfStats> {
-    if tracefs().is_none() {
-        crate::skip(
-            test,
-            "tracefs is not mounted: the kernel's own count of events is needed",
-        );
-        return None;
-    }
-    Some(BpfStats::enable().expect("BPF_ENABLE_STATS (program run counts)"))
+/// after skipping `test` (printing why) when tracefs cannot be mounted, else BPF run-time
+/// statistics on and tracefs mounted, while the guard lives (take it before any agent starts).
+pub fn run_counting(test: &str) -> Option<RunCounting> {
+    let tracefs = match Tracefs::mount() {
+        Ok(t) => t,
+        Err(e) => {
+            crate::skip(
+                test,
+                &format!("{e}: the kernel's own count of events is needed"),
+            );
+            return None;
+        }
+    };
+    Some(RunCounting {
+        _stats: BpfStats::enable().expect("BPF_ENABLE_STATS (program run counts)"),
+        _tracefs: tracefs,
+    })
 }
 
 /// How many of the events of tracepoint `hook` in `trace` (what [`TraceInstance::stop`]

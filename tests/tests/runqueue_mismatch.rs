@@ -12,22 +12,24 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nodesat_tests::{Agent, skip, skip_if_unprivileged};
+use nodesat_tests::{Agent, skip, skip_if_unprivileged, trace::Tracefs};
 
 const TEST: &str = "every_pending_mismatch_is_a_switch_out_the_kernel_did_not_trace";
-const TRACEFS: &str = "/sys/kernel/tracing";
 /// How long the agent and the trace run.
 const WINDOW: Duration = Duration::from_secs(6);
 
-/// Restores what the test changed in tracefs, even on panic.
+/// Restores what the test changed in tracefs, even on panic (and unmounts tracefs if it
+/// mounted it: the field drops after `Drop::drop`).
 struct Tracing {
     clock: String,
     buffer_kb: String,
+    tracefs: Tracefs,
 }
 
 impl Tracing {
     fn start() -> std::io::Result<Tracing> {
-        let read = |f: &str| std::fs::read_to_string(format!("{TRACEFS}/{f}"));
+        let tracefs = Tracefs::mount()?;
+        let read = |f: &str| std::fs::read_to_string(tracefs.root().join(f));
         let clock = read("trace_clock")?;
         let clock = clock
             .split_whitespace()
@@ -35,29 +37,35 @@ impl Tracing {
             .map(|c| c.trim_matches(['[', ']']).to_owned())
             .unwrap_or_else(|| "local".into());
         let buffer_kb = read("buffer_size_kb")?.trim().to_owned();
-        let t = Tracing { clock, buffer_kb };
-        let write = |f: &str, v: &str| std::fs::write(format!("{TRACEFS}/{f}"), v);
+        let t = Tracing {
+            clock,
+            buffer_kb,
+            tracefs,
+        };
         // bpf_ktime_get_ns() is CLOCK_MONOTONIC: trace on the same clock.
-        write("trace_clock", "mono")?;
-        write("buffer_size_kb", "16384")?;
-        write("trace", "")?;
-        write("events/sched/sched_switch/enable", "1")?;
+        t.write("trace_clock", "mono")?;
+        t.write("buffer_size_kb", "16384")?;
+        t.write("trace", "")?;
+        t.write("events/sched/sched_switch/enable", "1")?;
         Ok(t)
     }
 
+    fn write(&self, file: &str, value: &str) -> std::io::Result<()> {
+        std::fs::write(self.tracefs.root().join(file), value)
+    }
+
     fn stop(&self) -> String {
-        let _ = std::fs::write(format!("{TRACEFS}/events/sched/sched_switch/enable"), "0");
-        std::fs::read_to_string(format!("{TRACEFS}/trace")).unwrap_or_default()
+        let _ = self.write("events/sched/sched_switch/enable", "0");
+        std::fs::read_to_string(self.tracefs.root().join("trace")).unwrap_or_default()
     }
 }
 
 impl Drop for Tracing {
     fn drop(&mut self) {
-        let write = |f: &str, v: &str| std::fs::write(format!("{TRACEFS}/{f}"), v);
-        let _ = write("events/sched/sched_switch/enable", "0");
-        let _ = write("trace", "");
-        let _ = write("trace_clock", &self.clock);
-        let _ = write("buffer_size_kb", &self.buffer_kb);
+        let _ = self.write("events/sched/sched_switch/enable", "0");
+        let _ = self.write("trace", "");
+        let _ = self.write("trace_clock", &self.clock);
+        let _ = self.write("buffer_size_kb", &self.buffer_kb);
     }
 }
 
@@ -137,7 +145,7 @@ fn every_pending_mismatch_is_a_switch_out_the_kernel_did_not_trace() {
         Err(e) => {
             skip(
                 TEST,
-                &format!("cannot trace sched_switch through {TRACEFS}: {e}"),
+                &format!("cannot trace sched_switch through tracefs: {e}"),
             );
             return;
         }
