@@ -26,19 +26,48 @@ impl Log2Hist {
     };
 }
 
-/// The slot a value of `ns` nanoseconds belongs to (see [`Log2Hist`]).
+/// The slot a value of `ns` nanoseconds belongs to (see [`Log2Hist`]): the bit length of
+/// `ns - 1`, capped at the last slot.
+///
+/// Found by halving, five compares: BPF has no count-leading-zeros instruction, and LLVM's
+/// expansion of `leading_zeros` costs about 40 instructions on every recorded event.
 #[inline(always)]
 pub fn log2_slot(ns: u64) -> usize {
     if ns <= 1 {
         return 0;
     }
-    let slot = (64 - (ns - 1).leading_zeros()) as usize;
-    if slot >= HIST_SLOTS {
-        HIST_SLOTS - 1
-    } else {
-        slot
+    let mut v = ns - 1;
+    // Bit length 31 or more: the last slot (the halving below covers 30 bits).
+    if v >> 30 != 0 {
+        return HIST_SLOTS - 1;
     }
+    let mut slot = 1;
+    if v >> 16 != 0 {
+        v >>= 16;
+        slot += 16;
+    }
+    if v >> 8 != 0 {
+        v >>= 8;
+        slot += 8;
+    }
+    if v >> 4 != 0 {
+        v >>= 4;
+        slot += 4;
+    }
+    if v >> 2 != 0 {
+        v >>= 2;
+        slot += 2;
+    }
+    if v >> 1 != 0 {
+        slot += 1;
+    }
+    slot
 }
+
+const _: () = assert!(
+    HIST_SLOTS == 32,
+    "log2_slot's halving is written for 32 slots"
+);
 
 /// The inclusive upper bound, in ns, of slot `slot`; `None` for the unbounded last slot.
 pub fn slot_upper_ns(slot: usize) -> Option<u64> {

@@ -1,7 +1,11 @@
 //! Reading kernel structs through offsets the agent resolved from BTF (see
-//! `agent_ebpf::kernel`). Every read is a `bpf_probe_read_kernel`, which fails safely.
+//! `agent_ebpf::kernel`). Reads through untrusted addresses are `bpf_probe_read_kernel`, which
+//! fails safely; the `btf_` reads go through a BTF program's trusted task pointer, which the
+//! verifier checks and the JIT turns into a plain load.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel};
+
+use core::ffi::c_void;
 
 use super::global;
 
@@ -81,6 +85,32 @@ pub fn read<T>(base: u64, offset: &u32) -> Option<T> {
     }
     // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// Reads a `T` at `task + offset` through a trusted `struct task_struct *` (a BTF program's
+/// argument): the verifier checks the access against the kernel's BTF (the offset comes from
+/// a frozen global, so it is a known constant to it) and the JIT emits a plain load, with no
+/// helper call. `offset` must be that of a field of `T`'s size, or of a byte of bitfields.
+#[inline(always)]
+fn btf_load<T: Copy>(task: *const c_void, offset: u32) -> T {
+    // SAFETY: the verifier checks the load against the BTF type of `task`; a fault in it
+    // reads as zero instead of crashing (a PROBE_MEM load).
+    unsafe { core::ptr::read_volatile(task.cast::<u8>().add(offset as usize).cast::<T>()) }
+}
+
+/// `task->__state` through a trusted task pointer (see [`btf_load`]).
+#[inline(always)]
+pub fn btf_task_state(task: *const c_void) -> Option<u32> {
+    let offset = global(&OFF_TASK_STATE);
+    (offset != UNKNOWN).then(|| btf_load(task, offset))
+}
+
+/// `task->in_iowait` through a trusted task pointer (see [`btf_load`]); false when its bit
+/// offset is unknown.
+#[inline(always)]
+pub fn btf_task_in_iowait(task: *const c_void) -> bool {
+    let bit = global(&OFF_TASK_IN_IOWAIT_BIT);
+    bit != UNKNOWN && (btf_load::<u8>(task, bit / 8) >> (bit % 8)) & 1 == 1
 }
 
 /// `cgroup->kn->id`: the cgroup v2 id.

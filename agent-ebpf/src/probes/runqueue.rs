@@ -37,6 +37,11 @@ use super::{
 struct TaskTimes {
     /// When the task became runnable; 0 when it is not waiting for a CPU.
     enqueued_at: u64,
+    /// 1 when `enqueued_at` is a preemption's (the task went back to the run queue still
+    /// runnable, so it is waiting for certain: a wakeup keeps that time); 0 when it is a
+    /// wakeup's, which the next wakeup replaces (see [`InTaskStorage::clear_enqueued`]).
+    preempted: u32,
+    _pad: u32,
     /// Set while the task is blocked in iowait (`since_ns` 0 otherwise).
     iowait: IowaitSince,
 }
@@ -114,8 +119,12 @@ trait TaskState {
     fn woken(task: Self::Task, now: u64) -> Option<IowaitSince>;
     /// The task blocked in iowait.
     fn set_iowait(task: Self::Task, since: IowaitSince);
-    /// The key parked in [`Pending::task`] to recognise the task at its switch-out.
+    /// The key parked in [`RunqCpu::pending_task`] to recognise the task at its switch-out.
     fn key(task: Self::Task) -> u64;
+    /// The live `__state` of `prev`, the task leaving the CPU (the current task).
+    fn live_state(prev: Self::Task) -> Option<u32>;
+    /// Whether `prev` (the current task) is blocked in iowait.
+    fn in_iowait(prev: Self::Task) -> bool;
 }
 
 /// tp_btf: task local storage, reached through the (trusted) task pointer.
@@ -125,26 +134,30 @@ impl TaskState for InTaskStorage {
     type Task = *mut c_void;
     fn set_enqueued(task: *mut c_void, now: u64) {
         match SCHED_TASK_TIMES.get(task, true) {
-            Some(t) => t.enqueued_at = now,
+            Some(t) => {
+                t.enqueued_at = now;
+                t.preempted = 1;
+            }
             None => enqueue_failed(),
         }
     }
     fn take_enqueued(task: *mut c_void) -> Option<u64> {
         let t = SCHED_TASK_TIMES.get(task, false)?;
+        t.preempted = 0;
         let since = core::mem::take(&mut t.enqueued_at);
         (since != 0).then_some(since)
     }
-    fn clear_enqueued(task: *mut c_void) {
-        if let Some(t) = SCHED_TASK_TIMES.get(task, false) {
-            t.enqueued_at = 0;
-        }
-    }
+    /// Nothing to do, and no storage lookup on the hot path: the only start time a sleeping
+    /// task can hold is a wakeup's (one that came while it still ran; a preemption's was
+    /// taken when the task got the CPU back), and `woken` replaces a wakeup's time. A task
+    /// cannot get a CPU again without a wakeup, and its storage goes with it when it dies.
+    fn clear_enqueued(_task: *mut c_void) {}
     fn woken(task: *mut c_void, now: u64) -> Option<IowaitSince> {
         let Some(t) = SCHED_TASK_TIMES.get(task, true) else {
             enqueue_failed();
             return None;
         };
-        if t.enqueued_at == 0 {
+        if t.enqueued_at == 0 || t.preempted == 0 {
             t.enqueued_at = now;
         }
         let io = core::mem::take(&mut t.iowait);
@@ -157,6 +170,12 @@ impl TaskState for InTaskStorage {
     }
     fn key(task: *mut c_void) -> u64 {
         task as u64
+    }
+    fn live_state(prev: *mut c_void) -> Option<u32> {
+        kernel::btf_task_state(prev)
+    }
+    fn in_iowait(prev: *mut c_void) -> bool {
+        kernel::btf_task_in_iowait(prev)
     }
 }
 
@@ -195,6 +214,13 @@ impl TaskState for InHashMap {
     }
     fn key(task: u64) -> u64 {
         task
+    }
+    fn live_state(_prev: u64) -> Option<u32> {
+        // SAFETY: helper with no preconditions.
+        kernel::task_state(unsafe { bpf_get_current_task() })
+    }
+    fn in_iowait(_prev: u64) -> bool {
+        current_in_iowait()
     }
 }
 
@@ -296,7 +322,7 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         // still ran (woken before it slept) must not date its next wait, nor outlive it.
         S::clear_enqueued(prev);
     }
-    if prev_state == PrevState::Sleeping && current_in_iowait() {
+    if prev_state == PrevState::Sleeping && S::in_iowait(prev) {
         // The kernel's rule, whatever the sleep state: io_schedule() sleeps uninterruptibly,
         // but io_uring waits for completions interruptibly with `in_iowait` set, and TASK_IDLE
         // is a state of its own. (One kernel read per sleep.)
@@ -382,13 +408,11 @@ fn record_mismatch(now: u64, parked: u64, prev: u64, next: u64, prev_runnable: b
 /// signal cancelled (it stays runnable) with its sleeping state. The traced state stands in
 /// where the live one cannot be read.
 #[inline(always)]
-fn leaving(preempted: bool, traced_running: bool) -> PrevState {
+fn leaving<S: TaskState>(prev: S::Task, preempted: bool, traced_running: bool) -> PrevState {
     if preempted {
         return PrevState::Runnable;
     }
-    // SAFETY: helper with no preconditions.
-    let current = unsafe { bpf_get_current_task() };
-    let running = match kernel::task_state(current) {
+    let running = match S::live_state(prev) {
         Some(state) => state == 0,
         None => traced_running,
     };
@@ -401,8 +425,8 @@ fn leaving(preempted: bool, traced_running: bool) -> PrevState {
 
 /// tp_btf and raw tracepoint arguments: TASK_RUNNING is 0.
 #[inline(always)]
-fn prev_state(preempt: u64, prev_state: u64) -> PrevState {
-    leaving(preempt & 0xff != 0, prev_state as u32 == 0)
+fn prev_state<S: TaskState>(prev: S::Task, preempt: u64, prev_state: u64) -> PrevState {
+    leaving::<S>(prev, preempt & 0xff != 0, prev_state as u32 == 0)
 }
 
 #[btf_tracepoint(function = "sched_switch")]
@@ -411,7 +435,11 @@ pub fn runq_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let prev: *mut c_void = ctx.arg(1);
     let next: *mut c_void = ctx.arg(2);
     let state: u64 = ctx.arg(3);
-    switched::<InTaskStorage>(prev, prev_state(preempt, state), next);
+    switched::<InTaskStorage>(
+        prev,
+        prev_state::<InTaskStorage>(prev, preempt, state),
+        next,
+    );
     0
 }
 
@@ -433,7 +461,7 @@ pub fn runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
     let state: u64 = ctx.arg(3);
-    switched::<InHashMap>(prev, prev_state(preempt, state), next);
+    switched::<InHashMap>(prev, prev_state::<InHashMap>(prev, preempt, state), next);
     0
 }
 
@@ -466,11 +494,11 @@ pub fn runq_switch_tp(ctx: TracePointContext) -> i32 {
     // Preempted: only a bit above the state bits (TASK_REPORT_MAX, 0x100 since 4.14).
     let state = state as u64;
     let prev_state = if state & 0xff != 0 {
-        leaving(false, false)
+        leaving::<InHashMap>(prev as u64, false, false)
     } else if state != 0 {
         PrevState::Runnable
     } else {
-        leaving(false, true)
+        leaving::<InHashMap>(prev as u64, false, true)
     };
     switched::<InHashMap>(prev as u64, prev_state, next as u64);
     0

@@ -111,6 +111,33 @@ mod tests {
     use agent_ebpf::hist::log2_slot;
 
     #[test]
+    fn slot_is_the_bit_length_of_one_less_capped() {
+        let reference = |ns: u64| -> usize {
+            if ns <= 1 {
+                0
+            } else {
+                ((64 - (ns - 1).leading_zeros()) as usize).min(HIST_SLOTS - 1)
+            }
+        };
+        // Every power of two and its neighbours, then a spread of values in between.
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            for ns in [p - 1, p, p + 1, p | (p >> 1), p.wrapping_mul(3) / 2] {
+                assert_eq!(log2_slot(ns), reference(ns), "ns = {ns}");
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ns = x >> (x % 64);
+            assert_eq!(log2_slot(ns), reference(ns), "ns = {ns}");
+        }
+        assert_eq!(log2_slot(u64::MAX), reference(u64::MAX));
+    }
+
+    #[test]
     fn slots_are_upper_inclusive_powers_of_two() {
         assert_eq!(log2_slot(0), 0);
         assert_eq!(log2_slot(1), 0);

@@ -247,7 +247,7 @@ impl Probes {
         let btf = Btf::from_sys_fs().ok();
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
-        // aya has no userspace type for task storage (RUNQ_TASK_ENQUEUED_AT); only the kernel
+        // aya has no userspace type for task storage (SCHED_TASK_TIMES); only the kernel
         // programs use it, so creating it is all that is needed.
         loader.allow_unsupported_maps();
         loader.map_max_entries(agent_ebpf::runqueue::MAP_LATENCY, opts.max_cgroups);
