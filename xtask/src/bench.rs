@@ -33,7 +33,7 @@ use crate::{cmd, run, workspace_root};
 
 const USAGE: &str =
     "usage: cargo xtask bench [--duration SECS] [--repeat N] [--all-variants] [--cgroups N] [--cycles N]
-                         [--baseline-only | --retransmit-only | --cycle-only]
+                         [--before BIN] [--baseline-only | --retransmit-only | --cycle-only]
        cargo xtask bench --scale [--cpus N,N,...] [--cgroups N] [--cycles N] [--kernel NAME]
                          [--before BIN]
 
@@ -50,21 +50,27 @@ Needs root (it enables /proc/sys/kernel/bpf_stats_enabled for the run and restor
   --cycle-only      only the agent's own cost per collection-and-export cycle
   --cgroups N       active cgroups for the cycle measurement (default 500)
   --cycles N        10 s cycles measured per cycle run (default 6)
+  --before BIN      also measure another agent binary (e.g. a release build of an earlier
+                    commit) in the same run: its storms interleaved with the others in every
+                    round and its per-hook costs, then its cycle cost, for a before/after
+                    comparison against one baseline
 
 Then a retransmit storm (bulk TCP transfers over loopback with 2% of their packets dropped by
 nftables) and an I/O storm (O_DIRECT writes to a loop device), with the agent running, for the
 TCP and block probes' cost per event from BPF statistics.
 
 Last, the agent's own cost per 10 s collection-and-export cycle (process CPU time per cycle,
-share of one core, RSS), exporting OTLP to a local sink, with N extra active cgroups (each with
-a process waking every 100 ms) against a baseline run without them.
+share of one core, RSS, OTLP export and /metrics size), exporting OTLP to a local sink, with
+N extra active cgroups (each with a process waking every 100 ms, every N/5 ms above 500)
+against a baseline run without them.
 
 Prints tables on stdout and writes the figures to target/bench/runqueue.json,
 target/bench/retransmit.json, target/bench/io.json and target/bench/cycle.json.
 
 --scale measures, instead, what the agent costs as the number of possible CPUs grows: a Debian
-kernel (--kernel, default: the newest series) boots under qemu with one vCPU online and N
-possible (-smp 1,maxcpus=N) for each N of --cpus (default 2,16,64,128); in each, --cgroups
+kernel (--kernel, default: the newest series) boots under qemu with N vCPUs (-smp N, so N
+possible CPUs) for each N of --cpus (default 2,16,64,128), then takes all but the first
+offline (the measurement runs on one online CPU); in each, --cgroups
 cgroups (default 500) get a process waking every 100 ms, and the agent runs --cycles 2 s
 collection cycles (default 5). Per N: the BPF maps' memory (the kernel's memlock figure),
 resident memory and on-CPU time per cycle, as a table with ratios to the first row; with
@@ -235,6 +241,9 @@ pub struct VariantRuns {
     /// Runs with BPF statistics on, for the per-hook cost (their throughput is not used).
     pub floor_cost: Vec<Run>,
     pub agent_cost: Vec<Run>,
+    /// The `--before` agent's runs and cost runs (empty without it).
+    pub before: Vec<Run>,
+    pub before_cost: Vec<Run>,
 }
 
 /// Everything measured.
@@ -301,6 +310,8 @@ pub fn bench(args: &[String]) -> Result<()> {
                 agent: Vec::new(),
                 floor_cost: Vec::new(),
                 agent_cost: Vec::new(),
+                before: Vec::new(),
+                before_cost: Vec::new(),
             })
             .collect(),
     };
@@ -319,6 +330,16 @@ pub fn bench(args: &[String]) -> Result<()> {
                 .push(measure(bin, Config::Floor, v.requested, &opts, &progress)?);
             v.agent
                 .push(measure(bin, Config::Agent, v.requested, &opts, &progress)?);
+            if let Some(before) = &opts.before {
+                let progress = format!("{progress} (--before)");
+                v.before.push(measure(
+                    before,
+                    Config::Agent,
+                    v.requested,
+                    &opts,
+                    &progress,
+                )?);
+            }
         }
     }
     if let Some(bin) = bin.as_deref() {
@@ -329,6 +350,16 @@ pub fn bench(args: &[String]) -> Result<()> {
                 .push(measure(bin, Config::Floor, v.requested, &opts, progress)?);
             v.agent_cost
                 .push(measure(bin, Config::Agent, v.requested, &opts, progress)?);
+            if let Some(before) = &opts.before {
+                let progress = "cost run (BPF stats on, --before)";
+                v.before_cost.push(measure(
+                    before,
+                    Config::Agent,
+                    v.requested,
+                    &opts,
+                    progress,
+                )?);
+            }
         }
     }
 
@@ -352,9 +383,14 @@ pub fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The agent's own cost per collection-and-export cycle; writes target/bench/cycle.json.
+/// The agent's own cost per collection-and-export cycle, and the `--before` agent's right
+/// after; writes target/bench/cycle.json.
 fn measure_cycle(bin: &Path, opts: &Options) -> Result<()> {
-    let figures = cycle::measure(bin, opts.cgroups, opts.cycles)?;
+    let mut figures = cycle::measure(bin, opts.cgroups, opts.cycles)?;
+    if let Some(before) = &opts.before {
+        eprintln!("bench: cycle: the --before agent {}", before.display());
+        figures["before"] = cycle::measure(before, opts.cgroups, opts.cycles)?;
+    }
     let path = workspace_root().join("target/bench/cycle.json");
     write_json(&path, &figures)?;
     eprintln!("bench: wrote {}", path.display());

@@ -4,11 +4,14 @@
 //!
 //! Two runs, one after the other, the same but for the load:
 //! - baseline: the machine as it is;
-//! - loaded: plus `cgroups` cgroups, each with a process that wakes every 100 ms and works for
-//!   50 µs (so every cgroup has run-queue figures every interval).
+//! - loaded: plus `cgroups` cgroups, each with a process that wakes every 100 ms (every
+//!   cgroups/5 ms above 500 cgroups) and works for 50 µs (so every cgroup has run-queue
+//!   figures every interval).
 //!
-//! The agent runs with `--output none` (nothing printed: the cost is collection and export)
-//! and `--max-entities` above the cgroup count (every cgroup exported). Readiness comes from
+//! The agent runs with `--output none` (nothing printed: the cost is collection and export),
+//! `--max-entities` above the cgroup count (every cgroup exported) and `--max-cgroups` at
+//! least its default and above the cgroup count (no figure evicted). At the end of each run
+//! it fetches `/metrics` (its size and fetch time are the Prometheus endpoint's cost). Readiness comes from
 //! `/readyz`; exports are counted by the sink, which also counts how many of the load's
 //! cgroups each export names (the OTLP body is sent uncompressed for that).
 
@@ -35,9 +38,21 @@ use crate::{cmd, run, workspace_root};
 
 /// The agent's interval: its default.
 const INTERVAL: Duration = Duration::from_secs(10);
-/// What every load process does.
-const PERIOD_MS: &str = "100";
+/// What every load process does: wakes every `period_ms(cgroups)` and works this long.
 const WORK_US: &str = "50";
+
+/// The load's wake-up period: 100 ms, longer above 500 cgroups so that the whole load stays
+/// at 5,000 wake-ups a second (a quarter of a CPU) however many cgroups there are; every
+/// cgroup still runs several times in each interval.
+fn period_ms(cgroups: usize) -> u64 {
+    (cgroups as u64 / 5).max(100)
+}
+
+/// The agent's `--max-cgroups`: its default (4096), or room for every cgroup when there are
+/// more (each figure map holds one entry per cgroup; an LRU map too small evicts figures).
+fn max_cgroups(cgroups: usize) -> usize {
+    (cgroups + 1000).next_power_of_two().max(4096)
+}
 /// Names of the load's cgroups start with this (followed by our pid and a number).
 const PREFIX: &str = "nodesat-bench-cycle";
 
@@ -52,9 +67,15 @@ struct Figures {
     rss_kib: u64,
     hwm_kib: u64,
     exports: u64,
-    /// Of the load's cgroups, how many the last export named.
+    /// Of the load's cgroups, how many the last export named (over all its requests).
     named_in_last_export: usize,
+    /// The last export: its requests and their total and largest size.
+    last_export_requests: usize,
     export_bytes_last: usize,
+    largest_request_bytes: usize,
+    /// `/metrics` once the cycles are done: its size and the time to fetch it.
+    metrics_bytes: usize,
+    metrics_ms: f64,
 }
 
 impl Figures {
@@ -79,7 +100,11 @@ impl Figures {
             "hwm_kib": self.hwm_kib,
             "exports": self.exports,
             "load_cgroups_in_last_export": self.named_in_last_export,
+            "last_export_requests": self.last_export_requests,
             "last_export_bytes": self.export_bytes_last,
+            "largest_request_bytes": self.largest_request_bytes,
+            "metrics_bytes": self.metrics_bytes,
+            "metrics_ms": self.metrics_ms,
         })
     }
 }
@@ -103,12 +128,14 @@ pub fn measure(bin: &Path, cgroups: usize, cycles: u32) -> Result<Value> {
         INTERVAL.as_secs()
     );
     println!(
-        "| run | cgroups exported | CPU/cycle | of one core | user (ticks) | system (ticks) | RSS | peak RSS |"
+        "| run | cgroups exported | CPU/cycle | of one core | user (ticks) | system (ticks) | RSS | \
+         peak RSS | OTLP export (requests, largest) | /metrics (fetch time) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, f) in [("baseline", &baseline), ("loaded", &loaded)] {
         println!(
-            "| {name} | {} | {:.1} ms | {:.3}% | {:.2} s | {:.2} s | {:.1} MB | {:.1} MB |",
+            "| {name} | {} | {:.1} ms | {:.3}% | {:.2} s | {:.2} s | {:.1} MB | {:.1} MB | \
+             {:.2} MB ({}, {:.2} MB) | {:.2} MB ({:.0} ms) |",
             f.named_in_last_export,
             f.cpu_ms_per_cycle(),
             f.core_percent(),
@@ -116,15 +143,22 @@ pub fn measure(bin: &Path, cgroups: usize, cycles: u32) -> Result<Value> {
             f.system_s,
             f.rss_kib as f64 / 1024.0,
             f.hwm_kib as f64 / 1024.0,
+            f.export_bytes_last as f64 / 1e6,
+            f.last_export_requests,
+            f.largest_request_bytes as f64 / 1e6,
+            f.metrics_bytes as f64 / 1e6,
+            f.metrics_ms,
         );
     }
     let cpu_ratio = ratio(loaded.cpu_ms_per_cycle(), baseline.cpu_ms_per_cycle());
     let rss_ratio = ratio(loaded.rss_kib as f64, baseline.rss_kib as f64);
     println!(
         "loaded / baseline: CPU per cycle {cpu_ratio:.2}x, RSS {rss_ratio:.2}x. Targets with \
-         {cgroups} cgroups: under 1% of one core ({}), under 50 MB RSS ({})",
+         {cgroups} cgroups: under 1% of one core ({}), under 64 MB RSS ({}), every OTLP request \
+         under 4 MiB ({})",
         verdict(loaded.core_percent() < 1.0),
-        verdict((loaded.hwm_kib as f64) < 50.0 * 1024.0),
+        verdict((loaded.hwm_kib as f64) < 64.0 * 1024.0),
+        verdict(loaded.largest_request_bytes < 4 << 20),
     );
     if loaded.named_in_last_export < cgroups {
         eprintln!(
@@ -135,13 +169,15 @@ pub fn measure(bin: &Path, cgroups: usize, cycles: u32) -> Result<Value> {
     Ok(json!({
         "interval_s": INTERVAL.as_secs(),
         "load_cgroups": cgroups,
-        "load_process": format!("wakes every {PERIOD_MS} ms, works {WORK_US} us"),
+        "load_process": format!("wakes every {} ms, works {WORK_US} us", period_ms(cgroups)),
+        "max_cgroups": max_cgroups(cgroups),
         "baseline": baseline.json(),
         "loaded": loaded.json(),
         "cpu_per_cycle_ratio": cpu_ratio,
         "rss_ratio": rss_ratio,
         "target_core_percent_met": loaded.core_percent() < 1.0,
-        "target_rss_met": (loaded.hwm_kib as f64) < 50.0 * 1024.0,
+        "target_rss_met": (loaded.hwm_kib as f64) < 64.0 * 1024.0,
+        "target_request_size_met": loaded.largest_request_bytes < 4 << 20,
     }))
 }
 
@@ -171,7 +207,9 @@ fn measure_one(bin: &Path, cycles: u32, load: Option<&Load>) -> Result<Figures> 
     let health = free_port()?;
     let endpoint = format!("http://127.0.0.1:{}", sink.port);
     let health_addr = format!("127.0.0.1:{health}");
-    let max_entities = (load.map_or(0, |l| l.cgroups.len()) + 1000).to_string();
+    let cgroups = load.map_or(0, |l| l.cgroups.len());
+    let max_entities = (cgroups + 1000).to_string();
+    let max_cgroups = max_cgroups(cgroups).to_string();
     let agent = Nodesat::start(
         bin,
         &[
@@ -188,7 +226,11 @@ fn measure_one(bin: &Path, cycles: u32, load: Option<&Load>) -> Result<Figures> 
             "none",
             "--max-entities",
             &max_entities,
+            "--max-cgroups",
+            &max_cgroups,
             "--health-listen",
+            &health_addr,
+            "--prometheus-listen",
             &health_addr,
         ],
     )?;
@@ -214,13 +256,16 @@ fn measure_one(bin: &Path, cycles: u32, load: Option<&Load>) -> Result<Figures> 
     let on_cpu1 = on_cpu_seconds(pid)?;
     let wall_s = t0.elapsed().as_secs_f64();
     let (rss_kib, hwm_kib) = memory_kib(pid)?;
+    let fetch_start = Instant::now();
+    let metrics = get(health, "/metrics")?;
+    let metrics_ms = fetch_start.elapsed().as_secs_f64() * 1000.0;
     drop(agent);
     let exports = sink.exports() - exports_at_start;
-    let last = sink.last_body();
+    let last = sink.last_export();
     let named_in_last_export = load.map_or(0, |l| {
         l.cgroups
             .iter()
-            .filter(|c| contains(&last, c.name.as_bytes()))
+            .filter(|c| last.iter().any(|body| contains(body, c.name.as_bytes())))
             .count()
     });
     if exports < u64::from(cycles) - 1 {
@@ -236,7 +281,11 @@ fn measure_one(bin: &Path, cycles: u32, load: Option<&Load>) -> Result<Figures> 
         hwm_kib,
         exports,
         named_in_last_export,
-        export_bytes_last: last.len(),
+        last_export_requests: last.len(),
+        export_bytes_last: last.iter().map(Vec::len).sum(),
+        largest_request_bytes: last.iter().map(Vec::len).max().unwrap_or(0),
+        metrics_bytes: metrics.len(),
+        metrics_ms,
     })
 }
 
@@ -250,16 +299,25 @@ fn free_port() -> Result<u16> {
 
 /// Whether `/readyz` answers 200.
 fn ready(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
-        return false;
+    get(port, "/readyz").is_ok()
+}
+
+/// The body of a GET of `path` on the agent's port; an error unless it answers 200.
+fn get(port: u16, path: &str) -> Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    let ok = answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200");
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| answer.split_off(i + 4));
+    match (ok, body) {
+        (true, Some(body)) => Ok(body),
+        _ => bail!("GET {path}: not a 200 answer"),
     }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
 }
 
 /// The process's user and system CPU time (all its threads, dead ones included), seconds.
@@ -312,8 +370,35 @@ fn memory_kib(pid: u32) -> Result<(u64, u64)> {
 /// `ExportMetricsServiceResponse`, keeping the count and the last body.
 struct Sink {
     port: u16,
-    state: Arc<Mutex<(u64, Vec<u8>)>>,
+    state: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the sink received. An export split into several requests sends them back to back:
+/// a request within [`SAME_EXPORT`] of the previous one belongs to the same export.
+#[derive(Default)]
+struct Received {
+    exports: u64,
+    last_request_at: Option<Instant>,
+    /// The requests of the last export.
+    last_export: Vec<Vec<u8>>,
+}
+
+const SAME_EXPORT: Duration = Duration::from_secs(1);
+
+impl Received {
+    fn add(&mut self, body: Vec<u8>) {
+        let now = Instant::now();
+        if self
+            .last_request_at
+            .is_none_or(|at| now.duration_since(at) > SAME_EXPORT)
+        {
+            self.exports += 1;
+            self.last_export.clear();
+        }
+        self.last_request_at = Some(now);
+        self.last_export.push(body);
+    }
 }
 
 impl Sink {
@@ -321,7 +406,7 @@ impl Sink {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let state = Arc::new(Mutex::new((0, Vec::new())));
+        let state = Arc::new(Mutex::new(Received::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
         thread::Builder::new()
@@ -341,13 +426,14 @@ impl Sink {
     }
 
     fn exports(&self) -> u64 {
-        self.state.lock().map_or(0, |s| s.0)
+        self.state.lock().map_or(0, |s| s.exports)
     }
 
-    fn last_body(&self) -> Vec<u8> {
+    /// The requests of the last export.
+    fn last_export(&self) -> Vec<Vec<u8>> {
         self.state
             .lock()
-            .map_or_else(|_| Vec::new(), |s| s.1.clone())
+            .map_or_else(|_| Vec::new(), |s| s.last_export.clone())
     }
 }
 
@@ -358,7 +444,7 @@ impl Drop for Sink {
 }
 
 /// Serves requests on one keep-alive connection until it closes.
-fn serve(conn: TcpStream, state: &Mutex<(u64, Vec<u8>)>) {
+fn serve(conn: TcpStream, state: &Mutex<Received>) {
     let _ = conn.set_nonblocking(false);
     let Ok(mut writer) = conn.try_clone() else {
         return;
@@ -389,8 +475,7 @@ fn serve(conn: TcpStream, state: &Mutex<(u64, Vec<u8>)>) {
             return;
         }
         if let Ok(mut s) = state.lock() {
-            s.0 += 1;
-            s.1 = body;
+            s.add(body);
         }
         let answer =
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
@@ -422,6 +507,7 @@ impl Load {
         let mut load = Load {
             cgroups: Vec::new(),
         };
+        let period = period_ms(n).to_string();
         for i in 0..n {
             super::check_interrupted()?;
             let name = format!("{PREFIX}-{}-{i}", std::process::id());
@@ -429,7 +515,7 @@ impl Load {
             fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let procs = dir.join("cgroup.procs");
             let mut cmd = Command::new(load_bin);
-            cmd.args(["sleeper", "--period-ms", PERIOD_MS, "--work-us", WORK_US])
+            cmd.args(["sleeper", "--period-ms", &period, "--work-us", WORK_US])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null());
             // SAFETY: between fork and exec the closure only opens and writes a file and calls

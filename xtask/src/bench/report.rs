@@ -44,6 +44,8 @@ struct HookRow {
     agent_ns: Option<f64>,
     floor_events_per_s: Option<f64>,
     agent_events_per_s: Option<f64>,
+    /// The `--before` agent's ns/event, if it was measured.
+    before_ns: Option<f64>,
 }
 
 impl HookRow {
@@ -60,6 +62,8 @@ struct VariantSummary {
     agent_variant: String,
     floor: Throughput,
     agent: Throughput,
+    /// The `--before` agent's throughput, if it was measured.
+    before: Option<Throughput>,
     hooks: Vec<HookRow>,
 }
 
@@ -72,8 +76,13 @@ impl VariantSummary {
     /// Throughput the agent loses, over throughput the empty programs lose; `None` when the
     /// floor lost nothing measurable.
     fn added_cost(&self, baseline: f64) -> Option<f64> {
+        self.added_cost_of(&self.agent, baseline)
+    }
+
+    /// [`Self::added_cost`] of any agent's throughput `t`.
+    fn added_cost_of(&self, t: &Throughput, baseline: f64) -> Option<f64> {
         let floor_loss = 1.0 - self.floor.median / baseline;
-        let agent_loss = 1.0 - self.agent.median / baseline;
+        let agent_loss = 1.0 - t.median / baseline;
         (floor_loss > 0.0).then(|| agent_loss / floor_loss)
     }
 
@@ -106,7 +115,8 @@ impl Summary {
                 agent_variant: variant_label(v.requested, &v.agent),
                 floor: throughput(&v.floor),
                 agent: throughput(&v.agent),
-                hooks: hook_rows(&v.floor_cost, &v.agent_cost),
+                before: (!v.before.is_empty()).then(|| throughput(&v.before)),
+                hooks: hook_rows(&v.floor_cost, &v.agent_cost, &v.before_cost),
             })
             .collect();
         Self {
@@ -143,6 +153,9 @@ impl Summary {
         for v in &self.variants {
             row(&mut out, "floor (empty progs)", &v.floor_variant, &v.floor);
             row(&mut out, "agent", &v.agent_variant, &v.agent);
+            if let Some(before) = &v.before {
+                row(&mut out, "agent (--before)", &v.agent_variant, before);
+            }
         }
         if self.variants.is_empty() {
             return out;
@@ -154,14 +167,21 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<16} {:<18} {:>9} {:>9} {:>12} {:>12} {:>12}",
-            "variant", "hook", "floor ns", "agent ns", "agent/floor", "floor ev/s", "agent ev/s"
+            "{:<16} {:<18} {:>9} {:>9} {:>12} {:>12} {:>12} {:>10}",
+            "variant",
+            "hook",
+            "floor ns",
+            "agent ns",
+            "agent/floor",
+            "floor ev/s",
+            "agent ev/s",
+            "before ns"
         );
         for v in &self.variants {
             for h in &v.hooks {
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<18} {:>9} {:>9} {:>12} {:>12} {:>12}",
+                    "{:<16} {:<18} {:>9} {:>9} {:>12} {:>12} {:>12} {:>10}",
                     v.agent_variant,
                     h.hook,
                     fmt(h.floor_ns, 1, ""),
@@ -169,6 +189,7 @@ impl Summary {
                     fmt(h.agent_over_floor(), 2, "x"),
                     fmt(h.floor_events_per_s, 0, ""),
                     fmt(h.agent_events_per_s, 0, ""),
+                    fmt(h.before_ns, 1, ""),
                 );
             }
         }
@@ -187,6 +208,14 @@ impl Summary {
                 100.0 * share,
                 verdict(v.added_cost_met(base)),
             );
+            if let Some(before) = &v.before {
+                let _ = writeln!(
+                    out,
+                    "  --before agent: {:.1}% of baseline, added cost {} the floor's",
+                    100.0 * before.median / base,
+                    fmt(v.added_cost_of(before, base), 2, "x"),
+                );
+            }
         }
         out
     }
@@ -209,6 +238,7 @@ impl Summary {
                             "agent_over_floor": h.agent_over_floor(),
                             "floor_events_per_s": h.floor_events_per_s,
                             "agent_events_per_s": h.agent_events_per_s,
+                            "before_ns_per_event": h.before_ns,
                         })
                     })
                     .collect();
@@ -216,6 +246,10 @@ impl Summary {
                     "requested_variant": v.requested,
                     "floor": {"variant": v.floor_variant, "throughput": v.floor.json(base)},
                     "agent": {"variant": v.agent_variant, "throughput": v.agent.json(base)},
+                    "before": v.before.as_ref().map(|b| json!({
+                        "throughput": b.json(base),
+                        "added_cost_ratio": v.added_cost_of(b, base),
+                    })),
                     "hooks": hooks,
                     "targets": {
                         "agent_share_of_baseline": v.agent_share(base),
@@ -296,7 +330,7 @@ fn hook_medians(hook: &str, runs: &[Run]) -> (Option<f64>, Option<f64>) {
 }
 
 /// A row per hook seen in any floor or agent run, in order of first appearance.
-fn hook_rows(floor: &[Run], agent: &[Run]) -> Vec<HookRow> {
+fn hook_rows(floor: &[Run], agent: &[Run], before: &[Run]) -> Vec<HookRow> {
     let mut hooks: Vec<String> = Vec::new();
     for p in floor.iter().chain(agent).flat_map(|r| &r.probes) {
         if !hooks.contains(&p.hook) {
@@ -308,12 +342,14 @@ fn hook_rows(floor: &[Run], agent: &[Run]) -> Vec<HookRow> {
         .map(|hook| {
             let (floor_ns, floor_events_per_s) = hook_medians(&hook, floor);
             let (agent_ns, agent_events_per_s) = hook_medians(&hook, agent);
+            let (before_ns, _) = hook_medians(&hook, before);
             HookRow {
                 hook,
                 floor_ns,
                 agent_ns,
                 floor_events_per_s,
                 agent_events_per_s,
+                before_ns,
             }
         })
         .collect()
@@ -383,6 +419,8 @@ mod tests {
                 agent: vec![run(92_000.0, &[("sched_switch", 0, 0)])],
                 floor_cost: vec![run(96_000.0, &[("sched_switch", 1000, 20_000)])],
                 agent_cost: vec![run(90_000.0, &[("sched_switch", 1000, 80_000)])],
+                before: vec![run(85_000.0, &[("sched_switch", 0, 0)])],
+                before_cost: vec![run(84_000.0, &[("sched_switch", 1000, 120_000)])],
             }],
         };
         let summary = Summary::new(&opts, &results);
@@ -396,6 +434,12 @@ mod tests {
         assert_eq!(hook["floor_ns_per_event"], 20.0);
         assert_eq!(hook["agent_over_floor"], 4.0);
         assert_eq!(hook["agent_events_per_s"], 500.0);
+        // The --before agent: its throughput, added cost (15% lost against the floor's 3%)
+        // and ns/event beside the agent's.
+        assert!(table.contains("--before agent: 85.0% of baseline, added cost 5.00x"));
+        assert_eq!(hook["before_ns_per_event"], 120.0);
+        let ratio = json["variants"][0]["before"]["added_cost_ratio"].as_f64();
+        assert!(ratio.is_some_and(|r| (r - 5.0).abs() < 1e-9), "{ratio:?}");
     }
 
     #[test]

@@ -26,8 +26,7 @@ pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Res
     boot_with(vmlinuz, initrd, log, timeout, "2", "")
 }
 
-/// [`boot`] with qemu's `-smp` set to `smp` (e.g. `1,maxcpus=128`: one vCPU online, 128
-/// possible) and `append` added to the kernel command line.
+/// [`boot`] with qemu's `-smp` set to `smp` (e.g. `128`: 128 vCPUs, so 128 possible CPUs) and `append` added to the kernel command line.
 pub fn boot_with(
     vmlinuz: &Path,
     initrd: &Path,

@@ -109,6 +109,11 @@ scale_arg=$(tr ' ' '\n' </proc/cmdline | grep '^nodesat.scale=' | cut -d= -f2)
 if [ -n "$scale_arg" ]; then
     n=${scale_arg%,*} cycles=${scale_arg#*,}
     begin scale-setup
+    # Every CPU but the first offline: possible CPUs stay what qemu booted with, the
+    # measurement runs on one online CPU whatever their number.
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+        [ "$c" = /sys/devices/system/cpu/cpu0 ] || echo 0 >"$c/online"
+    done
     echo "scale possible=$(cat /sys/devices/system/cpu/possible) online=$(cat /sys/devices/system/cpu/online) cgroups=$n"
     i=0
     while [ $i -lt "$n" ]; do
