@@ -79,7 +79,9 @@ pub fn measure(o: &Options) -> Result<Value> {
             &kernel.vmlinuz,
             &initrd,
             &log,
-            Duration::from_secs(900),
+            // Under TCG a guest with 500 sleepers takes minutes to set up and each agent
+            // minutes to start (BTF parsing); 128 vCPUs take two more to boot.
+            Duration::from_secs(1800),
             &n.to_string(),
             &format!("nodesat.scale={},{}", o.cgroups, o.cycles),
         )?;
