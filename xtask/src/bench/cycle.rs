@@ -259,9 +259,12 @@ fn measure_one(bin: &Path, cycles: u32, load: Option<&Load>) -> Result<Figures> 
     let fetch_start = Instant::now();
     let metrics = get(health, "/metrics")?;
     let metrics_ms = fetch_start.elapsed().as_secs_f64() * 1000.0;
+    // The last periodic export, complete (no request for SAME_EXPORT) and taken before the
+    // agent stops: its final export at SIGTERM may come within SAME_EXPORT of it and would be
+    // counted as part of it.
+    let last = sink.settled_last_export();
     drop(agent);
     let exports = sink.exports() - exports_at_start;
-    let last = sink.last_export();
     let named_in_last_export = load.map_or(0, |l| {
         let prefix = format!("{PREFIX}-{}-", std::process::id());
         let named = load_indices_named(&last, prefix.as_bytes());
@@ -449,10 +452,23 @@ impl Sink {
     }
 
     /// The requests of the last export.
-    fn last_export(&self) -> Vec<Vec<u8>> {
-        self.state
-            .lock()
-            .map_or_else(|_| Vec::new(), |s| s.last_export.clone())
+    /// The last export's requests once none has come for [`SAME_EXPORT`] (at most 15 s of
+    /// waiting: exports are 10 s apart).
+    fn settled_last_export(&self) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let Ok(s) = self.state.lock() else {
+                return Vec::new();
+            };
+            let quiet = s
+                .last_request_at
+                .is_none_or(|at| at.elapsed() > SAME_EXPORT);
+            if quiet || Instant::now() >= deadline {
+                return s.last_export.clone();
+            }
+            drop(s);
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
