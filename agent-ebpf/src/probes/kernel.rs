@@ -110,7 +110,27 @@ pub fn btf_task_state(task: *const c_void) -> Option<u32> {
 #[inline(always)]
 pub fn btf_task_in_iowait(task: *const c_void) -> bool {
     let bit = global(&OFF_TASK_IN_IOWAIT_BIT);
-    bit != UNKNOWN && (btf_load::<u8>(task, bit / 8) >> (bit % 8)) & 1 == 1
+    bit != UNKNOWN && in_iowait_bit(btf_load::<u8>(task, bit / 8), bit)
+}
+
+/// `task->in_iowait` read with `bpf_probe_read_kernel` (any task address, e.g.
+/// `bpf_get_current_task()`); false when its bit offset is unknown or the read fails.
+#[inline(always)]
+pub fn task_in_iowait(task: u64) -> bool {
+    let bit = global(&OFF_TASK_IN_IOWAIT_BIT);
+    if bit == UNKNOWN {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let byte: Option<u8> =
+        unsafe { bpf_probe_read_kernel((task + u64::from(bit / 8)) as *const u8) }.ok();
+    byte.is_some_and(|b| in_iowait_bit(b, bit))
+}
+
+/// The `in_iowait` bit, at bit offset `bit` of the task, in the byte that holds it.
+#[inline(always)]
+fn in_iowait_bit(byte: u8, bit: u32) -> bool {
+    (byte >> (bit % 8)) & 1 == 1
 }
 
 /// `cgroup->kn->id`: the cgroup v2 id.

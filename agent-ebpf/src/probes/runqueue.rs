@@ -11,7 +11,7 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -27,8 +27,7 @@ use core::{
 };
 
 use super::{
-    BPF_NOEXIST, count_add, global, hist_add, kernel, kernel::OFF_TASK_IN_IOWAIT_BIT,
-    task_storage::TaskStorage, tp_field,
+    BPF_NOEXIST, count_add, global, hist_add, kernel, task_storage::TaskStorage, tp_field,
 };
 
 /// Per-task state for the tp_btf programs, in task local storage (cheaper than a hash).
@@ -220,7 +219,8 @@ impl TaskState for InHashMap {
         kernel::task_state(unsafe { bpf_get_current_task() })
     }
     fn in_iowait(_prev: u64) -> bool {
-        current_in_iowait()
+        // SAFETY: helper with no preconditions.
+        kernel::task_in_iowait(unsafe { bpf_get_current_task() })
     }
 }
 
@@ -232,22 +232,6 @@ fn woken<S: TaskState>(task: S::Task) {
     if let Some(io) = S::woken(task, now) {
         record_iowait(io, now);
     }
-}
-
-/// Whether the current task is blocked in iowait (`current->in_iowait`, a bitfield whose bit
-/// offset the agent resolved from BTF).
-#[inline(always)]
-fn current_in_iowait() -> bool {
-    let bit = global(&OFF_TASK_IN_IOWAIT_BIT);
-    if bit == u32::MAX {
-        return false;
-    }
-    // SAFETY: helper with no preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let byte: Option<u8> =
-        unsafe { bpf_probe_read_kernel((task + u64::from(bit / 8)) as *const u8) }.ok();
-    byte.is_some_and(|b| (b >> (bit % 8)) & 1 == 1)
 }
 
 /// Adds a finished iowait to its cgroup and to the CPU it blocked on.
