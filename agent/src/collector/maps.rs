@@ -87,13 +87,15 @@ fn lookup_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Option<Ve
     // The batch position: the hash maps use a u32 bucket index; room for any token.
     let (mut token_in, mut token_out) = ([0u64; 1], [0u64; 1]);
     let mut first = true;
+    // SAFETY: Pod types are plain data, valid when zeroed.
+    let zero_key: K = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let zero_value: V = unsafe { std::mem::zeroed() };
+    // One buffer pair for every call, grown only when a bucket needs more room.
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     loop {
-        // SAFETY: Pod types are plain data, valid when zeroed.
-        let zero_key: K = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let zero_value: V = unsafe { std::mem::zeroed() };
-        let mut keys = vec![zero_key; chunk];
-        let mut values = vec![zero_value; chunk];
+        keys.resize(chunk, zero_key);
+        values.resize(chunk, zero_value);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
             out_batch: token_out.as_mut_ptr() as u64,
@@ -116,7 +118,7 @@ fn lookup_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> std::io::Result<Option<Ve
         let err = (rc < 0).then(std::io::Error::last_os_error);
         // The kernel wrote back how many entries it copied, also with ENOENT (the end).
         let n = (attr.count as usize).min(chunk);
-        entries.extend(keys.into_iter().zip(values).take(n));
+        entries.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
             None => {
                 token_in = token_out;
