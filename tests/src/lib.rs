@@ -53,6 +53,7 @@
 pub mod agent;
 pub mod block;
 pub mod cgroup;
+pub mod clocks;
 pub mod http;
 pub mod nested;
 pub mod net;

@@ -46,6 +46,8 @@ mount -t sysfs sysfs /sys || fails=$((fails + 1))
 mount -t tmpfs tmpfs /tmp || fails=$((fails + 1))
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || fails=$((fails + 1))
 mount -t tracefs tracefs /sys/kernel/tracing || fails=$((fails + 1))
+# The scheduler's debug file: ktime and the scheduler's clock side by side (nodesat-offsets clocks).
+mount -t debugfs debugfs /sys/kernel/debug || fails=$((fails + 1))
 mount -t bpf bpf /sys/fs/bpf || fails=$((fails + 1))
 # BPF run-time statistics, so the reports carry each program's run count and time.
 echo 1 >/proc/sys/kernel/bpf_stats_enabled || fails=$((fails + 1))
@@ -141,6 +143,9 @@ scenario() {
     begin "$section"
     # A fresh output file: the ready wait below must not see a previous run's ready line.
     rm -f /tmp/run.out /tmp/run.err
+    # Both clocks before and after: cpu.stat counts throttled time in the scheduler's clock,
+    # the agent its durations in ktime, and under TCG the two run at different rates.
+    nodesat-offsets clocks
     nodesat run --output json --interval 2s "$@" >/tmp/run.out 2>/tmp/run.err &
     agent=$!
     await_ready /tmp/run.out $agent 1200
@@ -159,6 +164,7 @@ scenario() {
     wait $agent
     rc=$?
     kill $watchdog 2>/dev/null
+    nodesat-offsets clocks
     cat /tmp/run.out
     end "$section" $rc
 }

@@ -247,6 +247,15 @@ fn offsets_cell(runs: &[&Value]) -> String {
     cell
 }
 
+/// cpu.stat's throttled time of a run in ktime (converted at the clocks' rates over it; older
+/// results have only the figure as counted).
+fn throttled_ktime(run: &Value) -> u64 {
+    run["throttled_ktime_ns"]
+        .as_u64()
+        .or(run["throttled_ns"].as_u64())
+        .unwrap_or(0)
+}
+
 fn pct(part: u64, whole: u64) -> String {
     format!("{:.0}%", 100.0 * part as f64 / whole.max(1) as f64)
 }
@@ -292,9 +301,7 @@ pub fn vm_row(k: &Value, generated: Option<u64>) -> Vec<String> {
             "{v} {}",
             pct(
                 f["durations_ns"].as_u64().unwrap_or(0),
-                vm["run"]["hog_throttling"]["throttled_ns"]
-                    .as_u64()
-                    .unwrap_or(0)
+                throttled_ktime(&vm["run"]["hog_throttling"])
             )
         ));
     }
@@ -307,10 +314,7 @@ pub fn vm_row(k: &Value, generated: Option<u64>) -> Vec<String> {
         if f["forced"] == "kprobe" && f["attached"]["throttle"] == "kprobe" {
             durations.push(format!(
                 "kprobe {}",
-                pct(
-                    f["durations_ns"].as_u64().unwrap_or(0),
-                    f["throttled_ns"].as_u64().unwrap_or(0)
-                )
+                pct(f["durations_ns"].as_u64().unwrap_or(0), throttled_ktime(f))
             ));
         }
     }

@@ -77,6 +77,10 @@ pub struct RunFigures {
     /// Individual throttle durations of the hog (throttle probe): how many and their sum.
     pub hog_durations: u64,
     pub hog_durations_ns: u64,
+    /// How far ktime and the scheduler's clock moved over the run (`nodesat-offsets clocks`
+    /// before and after it), ns: cpu.stat counts in the one, the agent's durations in the
+    /// other, and under TCG their rates differ.
+    pub clocks: Option<(u64, u64)>,
     /// Run-queue figures of the /busy cgroup: waits that ended, the highest p99 and the highest
     /// average number of waiting tasks of any interval.
     pub busy_events: u64,
@@ -174,12 +178,25 @@ impl RunFigures {
     /// cpu.stat's throttled time; "-" when it did not attach.
     pub fn durations_cell(&self) -> String {
         match self.variant("throttle") {
-            Some(v) => format!(
-                "{v} {:.0}%",
-                100.0 * self.hog_durations_ns as f64 / self.hog_throttled_ns.max(1) as f64
-            ),
+            Some(v) => format!("{v} {:.0}%", 100.0 * self.durations_ratio()),
             None => "-".into(),
         }
+    }
+
+    /// cpu.stat's throttled time in ktime ns: converted at the rate the two clocks moved over
+    /// the run (as counted where they could not be read).
+    pub fn hog_throttled_ktime_ns(&self) -> u64 {
+        match self.clocks {
+            Some((ktime, sched)) if sched > 0 => {
+                (self.hog_throttled_ns as u128 * ktime as u128 / sched as u128) as u64
+            }
+            _ => self.hog_throttled_ns,
+        }
+    }
+
+    /// The throttle durations' sum over cpu.stat's throttled time, both in ktime.
+    fn durations_ratio(&self) -> f64 {
+        self.hog_durations_ns as f64 / self.hog_throttled_ktime_ns().max(1) as f64
     }
 
     /// Mean over the full intervals of /busy's waiting tasks and of the node's run-queue
@@ -242,11 +259,14 @@ impl RunFigures {
                 "the throttle probe is attached but recorded no throttle durations".into(),
             );
         }
-        let ratio = self.hog_durations_ns as f64 / self.hog_throttled_ns.max(1) as f64;
+        let ratio = self.durations_ratio();
         (!(0.75..=1.25).contains(&ratio)).then(|| {
             format!(
-                "throttle durations sum to {} ns against cpu.stat's {} ns (ratio {ratio:.2})",
-                self.hog_durations_ns, self.hog_throttled_ns
+                "throttle durations sum to {} ns against cpu.stat's {} ns ({} ns counted, clocks {:?}; ratio {ratio:.2})",
+                self.hog_durations_ns,
+                self.hog_throttled_ktime_ns(),
+                self.hog_throttled_ns,
+                self.clocks
             )
         })
     }
@@ -307,6 +327,12 @@ fn parse_check(lines: &[String], release: &mut Option<String>, probes: &mut Vec<
 
 fn parse_run(lines: &[String]) -> RunFigures {
     let mut f = RunFigures::default();
+    let samples: Vec<(u64, u64)> = lines.iter().filter_map(|l| parse_clocks(l)).collect();
+    if let (Some(a), Some(b)) = (samples.first(), samples.last())
+        && samples.len() >= 2
+    {
+        f.clocks = Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)));
+    }
     for line in lines.iter().filter(|l| l.starts_with('{')) {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
             f.garbled_lines += 1;
@@ -373,6 +399,14 @@ fn parse_run(lines: &[String]) -> RunFigures {
         }
     }
     f
+}
+
+/// `clocks ktime_ns K sched_ns S` (`nodesat-offsets clocks`) → (K, S).
+fn parse_clocks(line: &str) -> Option<(u64, u64)> {
+    match line.split_whitespace().collect::<Vec<_>>()[..] {
+        ["clocks", "ktime_ns", k, "sched_ns", s] => Some((k.parse().ok()?, s.parse().ok()?)),
+        _ => None,
+    }
 }
 
 impl Outcome {
@@ -612,6 +646,8 @@ impl Outcome {
                     "periods": r.hog_periods,
                     "throttled_periods": r.hog_throttled_periods,
                     "throttled_ns": r.hog_throttled_ns,
+                    // cpu.stat's figure in ktime, the agent's clock (see RunFigures::clocks).
+                    "throttled_ktime_ns": r.hog_throttled_ktime_ns(),
                 },
                 "busy_runqueue": {
                     "events": r.busy_events,
@@ -630,6 +666,7 @@ impl Outcome {
                 "busy_p99_ns": f.busy_p99(),
                 "throttled_periods": f.hog_throttled_periods,
                 "throttled_ns": f.hog_throttled_ns,
+                "throttled_ktime_ns": f.hog_throttled_ktime_ns(),
                 "durations": f.hog_durations,
                 "durations_ns": f.hog_durations_ns,
             })).collect::<Vec<_>>(),
@@ -643,6 +680,7 @@ impl Outcome {
                 "busy_p99_ns": f.busy_p99(),
                 "throttled_periods": f.hog_throttled_periods,
                 "throttled_ns": f.hog_throttled_ns,
+                "throttled_ktime_ns": f.hog_throttled_ktime_ns(),
                 "durations": f.hog_durations,
                 "durations_ns": f.hog_durations_ns,
             })),

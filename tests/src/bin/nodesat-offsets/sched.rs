@@ -10,10 +10,27 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nodesat_tests::clocks::{ClockRate, ClockWindow};
 use nodesat_tests::{TestCgroup, spawn_in};
 
 /// The CPU the three tasks share.
 const CPU: usize = 0;
+
+/// The last CPU this process may run on (the I/O process's, away from [`CPU`] where there are
+/// two).
+pub fn last_cpu() -> io::Result<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .ok_or_else(|| io::Error::other("an empty CPU affinity"))
+    }
+}
 
 /// This process's run delay so far, ns (`/proc/self/schedstat` field 2).
 fn run_delay() -> io::Result<u64> {
@@ -24,7 +41,8 @@ fn run_delay() -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("/proc/self/schedstat: {text:?}")))
 }
 
-fn pin(cpu: usize) -> io::Result<()> {
+/// Keeps this process on `cpu`.
+pub fn pin(cpu: usize) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -37,10 +55,12 @@ fn pin(cpu: usize) -> io::Result<()> {
 }
 
 /// Helper mode `yielder MS` / `napper MS`: on CPU 0, yields in a loop, or naps 2 ms after each
-/// 200 µs of work, for `MS`; prints `done RUN_DELAY_NS` (its run delay over that time).
+/// 200 µs of work, for `MS`; prints `done RUN_DELAY_NS`: its run delay over its whole life (the
+/// agent counts every wait of the task in the cgroup, from its start, its move to CPU 0 behind
+/// the others, to its last yield; only the fork's first wait, before the task moves itself
+/// into the cgroup, is counted here and not there).
 pub fn helper(nap: bool, for_ms: u64) -> io::Result<()> {
     pin(CPU)?;
-    let before = run_delay()?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(for_ms) {
         if nap {
@@ -54,7 +74,7 @@ pub fn helper(nap: bool, for_ms: u64) -> io::Result<()> {
             unsafe { libc::sched_yield() };
         }
     }
-    let delay = run_delay()? - before;
+    let delay = run_delay()?;
     let mut out = io::stdout().lock();
     writeln!(out, "done {delay}")?;
     out.flush()
@@ -64,10 +84,13 @@ pub fn helper(nap: bool, for_ms: u64) -> io::Result<()> {
 #[derive(Debug)]
 pub struct SchedTruth {
     pub run_delay_ns: u64,
+    /// The two clocks' rates over the run (schedstat counts in the scheduler's clock).
+    pub rate: Option<ClockRate>,
 }
 
 /// Runs two yielders and a napper in `cgroup` for `for_ms`.
 pub fn run(exe: &Path, cgroup: &TestCgroup, for_ms: u64) -> Result<SchedTruth, String> {
+    let clocks = ClockWindow::start();
     let mut tasks = Vec::new();
     for mode in ["yielder", "yielder", "napper"] {
         let mut cmd = Command::new(exe);
@@ -86,5 +109,6 @@ pub fn run(exe: &Path, cgroup: &TestCgroup, for_ms: u64) -> Result<SchedTruth, S
     }
     Ok(SchedTruth {
         run_delay_ns: total,
+        rate: clocks.end(),
     })
 }
