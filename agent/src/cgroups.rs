@@ -130,6 +130,16 @@ impl CgroupNames {
         self.names.keys().copied()
     }
 
+    /// The id of the cgroup at `path` (relative to the hierarchy's root), if it exists.
+    pub fn id_of(&self, path: &str) -> Option<u64> {
+        let dir = self
+            .hierarchy
+            .as_ref()?
+            .root()
+            .join(path.trim_start_matches('/'));
+        std::fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
     pub fn name(&self, id: u64) -> Option<&str> {
         self.names.get(&id).map(String::as_str)
     }

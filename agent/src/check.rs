@@ -92,6 +92,19 @@ pub fn check(config: &Config) -> i32 {
         "throttling    totals from cpu.stat ({}); durations from the throttle probe where it attaches (below)",
         throttle_sources(&config.cgroup_root)
     );
+    let _ = writeln!(
+        out,
+        "pressure      cgroups: {}; node: {}",
+        match crate::collector::pressure::Pressure::cgroups_available(hierarchy.as_ref()) {
+            Ok(()) => "cpu/memory/io.pressure stall totals of every reported cgroup".into(),
+            Err(why) => format!("none ({why})"),
+        },
+        if Path::new("/proc/pressure/cpu").exists() {
+            "/proc/pressure"
+        } else {
+            "none (no /proc/pressure: kernel without PSI, or psi=0)"
+        }
+    );
     print!("{out}");
 
     if let Some(why) = privileges.refusal() {

@@ -326,6 +326,8 @@ mod tests {
                         durations: None,
                     }),
                     throttled_local_ns: (i == 0).then_some(1_500_000_000),
+                    pressure: None,
+                    memory_events: None,
                 })
                 .collect(),
             other: None,
@@ -345,6 +347,7 @@ mod tests {
             node: NodeTotals {
                 tcp_retransmits: 3,
                 oom_kills: 0,
+                pressure: None,
             },
             kernel_errors: vec![],
             maps: vec![],

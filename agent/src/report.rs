@@ -86,6 +86,11 @@ pub struct CgroupReport {
     /// `cpu.stat.local` `throttled_usec`, kernels 6.8 and later), ns: for cgroups with a CPU
     /// limit and those under one (a container in a limited pod); `None` elsewhere.
     pub throttled_local_ns: Option<u64>,
+    /// Its pressure stall information (cgroup v2 `cpu.pressure`, `memory.pressure`,
+    /// `io.pressure`); `None` on v1-keyed nodes and kernels without PSI.
+    pub pressure: Option<PressureStalls>,
+    /// Its memory controller's events (v2 `memory.events`), where it has the file.
+    pub memory_events: Option<MemoryEvents>,
 }
 
 /// CFS bandwidth throttling of one cgroup over one interval.
@@ -160,6 +165,8 @@ impl CgroupReport {
             iowait_ns: 0,
             throttling: None,
             throttled_local_ns: None,
+            pressure: None,
+            memory_events: None,
         }
     }
 
@@ -203,6 +210,20 @@ impl Merge for CgroupReport {
         self.iowait_ns += o.iowait_ns;
         self.throttled_local_ns = match (self.throttled_local_ns, o.throttled_local_ns) {
             (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.memory_events = match (self.memory_events, o.memory_events) {
+            (Some(mut a), Some(b)) => {
+                crate::core::counters::Counter::merge(&mut a, &b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        self.pressure = match (self.pressure, o.pressure) {
+            (Some(mut a), Some(b)) => {
+                crate::core::counters::Counter::merge(&mut a, &b);
+                Some(a)
+            }
             (a, b) => a.or(b),
         };
         self.throttling = match (self.throttling.take(), o.throttling) {
@@ -263,6 +284,42 @@ pub struct TcpRetransmitFailures {
 pub struct NodeTotals {
     pub tcp_retransmits: u64,
     pub oom_kills: u64,
+    /// The node's stall time (`/proc/pressure/*`); `None` where the kernel has no PSI.
+    pub pressure: Option<PressureStalls>,
+}
+
+/// Stall time of one resource over one interval (growth of a PSI file's `total=` counters), ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stall {
+    /// Time at least one of the tasks was stalled on the resource.
+    pub some_ns: u64,
+    /// Time all of the non-idle tasks were stalled at once (0 where the kernel has no `full`
+    /// line: the node's cpu before 5.13).
+    pub full_ns: u64,
+}
+
+/// The memory controller's events of a cgroup over one interval (growth of v2
+/// `memory.events`, which counts the cgroup and its descendants).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryEvents {
+    /// Times it went over `memory.high` (throttled into reclaim).
+    pub high: u64,
+    /// Times an allocation hit `memory.max` (reclaim, then OOM if that failed).
+    pub max: u64,
+    /// Times it was out of memory (`memory.max` reached, reclaim failed).
+    pub oom: u64,
+    /// Processes the OOM killer killed in it.
+    pub oom_kill: u64,
+    /// Group OOM kills (`memory.oom.group`), kernels 5.13 and later.
+    pub oom_group_kill: u64,
+}
+
+/// Pressure stall information of a cgroup or the node over one interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PressureStalls {
+    pub cpu: Stall,
+    pub memory: Stall,
+    pub io: Stall,
 }
 
 /// Run-queue figures of one cgroup over one interval.

@@ -704,6 +704,7 @@ mod tests {
             node: NodeTotals {
                 tcp_retransmits: 10,
                 oom_kills: 0,
+                pressure: None,
             },
             kernel_errors: vec![],
             maps: vec![],

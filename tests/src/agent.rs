@@ -265,6 +265,24 @@ pub struct CgroupReport {
     /// every cgroup with a CPU limit, `None` for the others.
     #[serde(default)]
     pub throttling: Option<Throttling>,
+    /// Its pressure stall information (cgroup v2 `*.pressure` growth), `None`
+    /// on v1-keyed nodes and without PSI.
+    #[serde(default)]
+    pub pressure: Option<Pressure>,
+    /// Growth of its v2 `memory.events`, where it has the file.
+    #[serde(default)]
+    pub memory_events: Option<MemoryEvents>,
+}
+
+/// The memory controller's event counts of a cgroup over one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct MemoryEvents {
+    pub high: u64,
+    pub max: u64,
+    pub oom: u64,
+    pub oom_kill: u64,
+    pub oom_group_kill: u64,
 }
 
 impl CgroupReport {
@@ -340,6 +358,27 @@ pub struct NodeTotals {
     pub tcp_retransmits: u64,
     #[serde(default, deserialize_with = "null_as_default")]
     pub oom_kills: u64,
+    /// The node's stall time (`/proc/pressure/*`), `None` without PSI.
+    #[serde(default)]
+    pub pressure: Option<Pressure>,
+}
+
+/// Stall time of one resource over one interval (growth of a PSI file's
+/// `total=` counters), ns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Stall {
+    pub some_ns: u64,
+    pub full_ns: u64,
+}
+
+/// Pressure stall information of a cgroup or the node over one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Pressure {
+    pub cpu: Stall,
+    pub memory: Stall,
+    pub io: Stall,
 }
 
 /// An `oom_kill` line, printed as soon as the kernel OOM-killed a process.
@@ -871,7 +910,8 @@ mod tests {
             report.node,
             NodeTotals {
                 tcp_retransmits: 13,
-                oom_kills: 2
+                oom_kills: 2,
+                pressure: None,
             }
         );
 

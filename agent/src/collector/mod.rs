@@ -4,7 +4,9 @@
 pub mod block;
 pub mod iowait;
 mod maps;
+pub mod memory_events;
 pub mod oom;
+pub mod pressure;
 pub mod runqueue;
 pub mod tcp;
 pub mod throttle;
@@ -29,6 +31,8 @@ pub struct Collector {
     iowait: iowait::Iowait,
     block: block::Block,
     throttle: throttle::Throttle,
+    pressure: pressure::Pressure,
+    memory_events: pressure::PerCgroup<crate::report::MemoryEvents>,
     pub names: CgroupNames,
     identities: Resolver,
     max_entities: usize,
@@ -61,6 +65,10 @@ impl Collector {
         block.baseline(probes.ebpf())?;
         let mut throttle = throttle::Throttle::new(cgroup_root, names.hierarchy());
         throttle.baseline(probes.ebpf())?;
+        let mut pressure = pressure::Pressure::new(names.hierarchy());
+        pressure.baseline();
+        let mut memory_events = pressure::PerCgroup::new(names.hierarchy(), memory_events::read);
+        memory_events.baseline();
         Ok(Collector {
             runqueue,
             tcp,
@@ -68,6 +76,8 @@ impl Collector {
             iowait,
             block,
             throttle,
+            pressure,
+            memory_events,
             names,
             identities,
             max_entities: config.max_entities,
@@ -133,6 +143,39 @@ impl Collector {
         let ids: Vec<u64> = cgroups.keys().copied().collect();
         self.names.refresh_if_unknown(&ids);
         self.identities.forget(self.names.ids());
+        // A pod's own cgroup holds no task, so no probe names it; Kubernetes puts the pod's
+        // limits there, so its stall time and memory events are read beside its containers'.
+        let mut read_ids = ids.clone();
+        for &id in &ids {
+            if let Some(path) = self.names.name(id)
+                && self.identities.resolve(id, path).kind == crate::identity::Kind::PodContainer
+                && let Some((parent, _)) = path.rsplit_once('/')
+                && let Some(pod) = self.names.id_of(parent)
+                && !read_ids.contains(&pod)
+            {
+                read_ids.push(pod);
+            }
+        }
+        let names = &self.names;
+        let stalls = self.pressure.collect(
+            read_ids
+                .iter()
+                .filter_map(|&id| Some((id, names.name(id)?))),
+            |id| names.name(id).is_some(),
+        );
+        for (id, p) in stalls.cgroups {
+            entry(&mut cgroups, id).pressure = Some(p);
+        }
+        let events = self.memory_events.collect(
+            read_ids
+                .iter()
+                .filter_map(|&id| Some((id, names.name(id)?))),
+            |id| names.name(id).is_some(),
+        );
+        for (id, e) in events {
+            entry(&mut cgroups, id).memory_events = Some(e);
+        }
+        node.pressure = stalls.node;
         let mut cgroups: Vec<CgroupReport> = cgroups
             .into_values()
             .map(|mut c| {

@@ -206,6 +206,24 @@ pub const CPU_THROTTLED_LOCAL_TIME: MetricDef = m(
     &[],
     "Time the workload's own tasks were throttled, whichever level's limit did it (cgroup v2 `cpu.stat.local` `throttled_usec`, kernels 6.8 and later): for workloads with a CPU limit and those under one, so a container throttled by its pod's limit shows it.",
 );
+pub const MEMORY_EVENTS: MetricDef = m(
+    "nodesat.memory.events",
+    "{event}",
+    Counter,
+    Workload,
+    Value::Int,
+    &["nodesat.memory.event"],
+    "The memory controller's own event counts of the workload's cgroup (cgroup v2 `memory.events`, the cgroup and everything below it), by `nodesat.memory.event`: `high` (over `memory.high`, throttled into reclaim), `max` (an allocation hit `memory.max`), `oom`, `oom_kill`, `oom_group_kill`. Where the cgroup has the memory controller enabled.",
+);
+pub const PRESSURE_STALL_TIME: MetricDef = m(
+    "nodesat.pressure.stall_time",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &["nodesat.pressure.resource", "nodesat.pressure.stall"],
+    "Pressure stall information: time the workload had tasks stalled on `cpu`, `memory` or `io` (`nodesat.pressure.resource`), `some` (at least one of its tasks) or `full` (all its non-idle tasks at once) (`nodesat.pressure.stall`), from the kernel's cumulative `total=` of cgroup v2 `<resource>.pressure` (not its averages). Cgroup v2 only. Also on the node resource from `/proc/pressure/<resource>`.",
+);
 pub const CPU_THROTTLE_DURATION: MetricDef = m(
     "nodesat.cpu.throttle.duration",
     "ns",
@@ -371,6 +389,8 @@ pub const CATALOG: &[MetricDef] = &[
     CPU_THROTTLED_TIME,
     CPU_THROTTLED_LOCAL_TIME,
     CPU_THROTTLE_DURATION,
+    MEMORY_EVENTS,
+    PRESSURE_STALL_TIME,
     PROBE_ATTACHED,
     PROBE_RUN_COUNT,
     PROBE_RUN_TIME,
@@ -436,6 +456,9 @@ pub const PROMETHEUS_LABELS: &[(&str, &str)] = &[
     ("nodesat.map.name", "map"),
     ("error.type", "error"),
     ("nodesat.export.reason", "reason"),
+    ("nodesat.pressure.resource", "resource"),
+    ("nodesat.pressure.stall", "stall"),
+    ("nodesat.memory.event", "event"),
 ];
 
 /// The Prometheus label of an attribute: from [`PROMETHEUS_LABELS`], `None` for `service.*`,

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::catalog::{self as cat, Instrument, MetricDef, Value};
-use crate::report::{CgroupReport, Report};
+use crate::report::{CgroupReport, PressureStalls, Report};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Temporality {
@@ -611,11 +611,51 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
     if let Some(ns) = c.throttled_local_ns {
         v.push((cat::CPU_THROTTLED_LOCAL_TIME, Vec::new(), Obs::Delta(ns)));
     }
+    if let Some(p) = &c.pressure {
+        v.extend(pressure_observations(p));
+    }
+    if let Some(e) = &c.memory_events {
+        for (event, n) in [
+            ("high", e.high),
+            ("max", e.max),
+            ("oom", e.oom),
+            ("oom_kill", e.oom_kill),
+            ("oom_group_kill", e.oom_group_kill),
+        ] {
+            v.push((
+                cat::MEMORY_EVENTS,
+                vec![("nodesat.memory.event", event.to_owned())],
+                Obs::Delta(n),
+            ));
+        }
+    }
     v
+}
+
+/// The six stall counters of a cgroup or the node.
+fn pressure_observations(p: &PressureStalls) -> Vec<(MetricDef, Attrs, Obs)> {
+    [("cpu", p.cpu), ("memory", p.memory), ("io", p.io)]
+        .into_iter()
+        .flat_map(|(resource, s)| {
+            [("some", s.some_ns), ("full", s.full_ns)].map(|(stall, ns)| {
+                (
+                    cat::PRESSURE_STALL_TIME,
+                    vec![
+                        ("nodesat.pressure.resource", resource.to_owned()),
+                        ("nodesat.pressure.stall", stall.to_owned()),
+                    ],
+                    Obs::Delta(ns),
+                )
+            })
+        })
+        .collect()
 }
 
 fn node_observations(r: &Report, agent: &AgentTotals) -> Vec<(MetricDef, Attrs, Obs)> {
     let mut v = Vec::new();
+    if let Some(p) = &r.node.pressure {
+        v.extend(pressure_observations(p));
+    }
     for c in &r.cpus {
         let cpu = || vec![("cpu.logical_number", c.cpu.to_string())];
         v.push((cat::RUNQUEUE_LENGTH, cpu(), Obs::Gauge(c.runqueue_length)));

@@ -475,6 +475,73 @@ fn cumulative_totals_and_start_times() {
 }
 
 #[test]
+fn pressure_stalls_and_memory_events_are_running_totals_by_attribute() {
+    use crate::report::{PressureStalls, Stall};
+    let stalls = |cpu_some: u64| PressureStalls {
+        cpu: Stall {
+            some_ns: cpu_some,
+            full_ns: 0,
+        },
+        memory: Stall {
+            some_ns: SEC / 2,
+            full_ns: SEC / 4,
+        },
+        io: Stall::default(),
+    };
+    let mut b = Builder::new(Temporality::Cumulative, info(), 60 * SEC);
+    let totals = AgentTotals::default();
+    let mut c = pod_container(11);
+    c.pressure = Some(stalls(SEC));
+    c.memory_events = Some(crate::report::MemoryEvents {
+        high: 4,
+        oom_kill: 1,
+        ..Default::default()
+    });
+    let mut r = report(0, vec![c.clone()]);
+    r.node.pressure = Some(stalls(3 * SEC));
+    b.ingest(&r, &totals);
+    let _ = b.build().unwrap();
+    c.pressure = Some(stalls(2 * SEC));
+    b.ingest(&report(1, vec![c]), &totals);
+    let req = b.build().unwrap();
+    let point = |res: &ResourceMetrics, resource: &str, stall: &str| -> f64 {
+        let (points, _) = sum_points(metric(res, "nodesat.pressure.stall_time"));
+        let p = points
+            .iter()
+            .find(|p| {
+                str_attr(&p.attributes, "nodesat.pressure.resource").as_deref() == Some(resource)
+                    && str_attr(&p.attributes, "nodesat.pressure.stall").as_deref() == Some(stall)
+            })
+            .unwrap_or_else(|| panic!("no {resource} {stall} point"));
+        value(p)
+    };
+    let pod = resource(&req, "k8s.pod.uid", "uid-11");
+    assert_eq!(point(pod, "cpu", "some"), 3.0, "1 s + 2 s");
+    assert_eq!(point(pod, "cpu", "full"), 0.0);
+    assert_eq!(point(pod, "memory", "some"), 1.0);
+    assert_eq!(point(pod, "memory", "full"), 0.5);
+    assert_eq!(point(pod, "io", "some"), 0.0);
+    let node = resource(&req, "nodesat.workload.kind", "node");
+    assert_eq!(
+        point(node, "cpu", "some"),
+        3.0,
+        "the node's, from the first interval"
+    );
+    let events = |event: &str| -> f64 {
+        let (points, _) = sum_points(metric(pod, "nodesat.memory.events"));
+        value(
+            points
+                .iter()
+                .find(|p| str_attr(&p.attributes, "nodesat.memory.event").as_deref() == Some(event))
+                .unwrap_or_else(|| panic!("no {event} point")),
+        )
+    };
+    assert_eq!(events("high"), 8.0, "4 + 4");
+    assert_eq!(events("oom_kill"), 2.0);
+    assert_eq!(events("max"), 0.0);
+}
+
+#[test]
 fn delta_temporality_sends_increases_since_last_export() {
     let mut b = Builder::new(Temporality::Delta, info(), u64::MAX);
     b.ingest(&report(0, vec![pod_container(11)]), &AgentTotals::default());

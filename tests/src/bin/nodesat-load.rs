@@ -22,6 +22,9 @@
 //!                                                     the same, reading with O_DIRECT through
 //!                                                     io_uring, one request at a time, each
 //!                                                     waited for in io_uring_enter
+//! nodesat-load read-loop --path P                     read P through the page cache (1 MiB
+//!                                                     at a time) from start to end, again and
+//!                                                     again, forever
 //! ```
 //!
 //! `--cpu N` pins the process to CPU `N` (`sched_setaffinity`) before it
@@ -50,6 +53,7 @@ use std::hint::black_box;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -111,6 +115,13 @@ fn main() -> ExitCode {
             Ok(o) => pin(o.cpu).and_then(|()| uring_read(&o)),
             Err(e) => return usage_error(&e),
         },
+        ["read-loop", ref options @ ..] => {
+            match self::options(options, &["--path"]).and_then(|p| required::<String>(&p, "--path"))
+            {
+                Ok(path) => read_loop(Path::new(&path)),
+                Err(e) => return usage_error(&e),
+            }
+        }
         _ => return usage_error("expected a mode"),
     };
     match result {
@@ -192,6 +203,23 @@ fn pin(cpu: Option<usize>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads `path` through the page cache from start to end, forever: a working set of the
+/// file's size, which a cgroup with less memory than that must reclaim from all the time.
+/// Prints `reading` after the first pass.
+fn read_loop(path: &Path) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut announced = false;
+    loop {
+        let mut f = std::fs::File::open(path)?;
+        while f.read(&mut buf)? > 0 {}
+        if !announced {
+            println!("reading");
+            io::stdout().flush()?;
+            announced = true;
+        }
+    }
 }
 
 /// Busy loop forever.

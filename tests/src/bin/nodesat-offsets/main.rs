@@ -27,6 +27,7 @@
 
 mod agent;
 mod block;
+mod memory;
 mod oom;
 mod sched;
 mod tcp;
@@ -82,6 +83,8 @@ const IO_READ: Duration = Duration::from_millis(1000);
 const HOG_RUN: Duration = Duration::from_millis(2500);
 /// How long the yielders and the napper run.
 const SCHED_RUN_MS: u64 = 2000;
+/// How long the task over its memory.high runs.
+const MEMORY_HIGH_RUN_MS: u64 = 2000;
 const HOG_QUOTA_US: u64 = 20_000;
 const HOG_PERIOD_US: u64 = 100_000;
 
@@ -269,6 +272,14 @@ const SPECS: &[Spec] = &[
         against: "a container without a limit in a capped pod: its throttled_local_ns vs its own cpu.stat.local throttled_usec (kernels 6.8+), with no throttling of its own",
     },
     Spec {
+        id: "memory-high",
+        probe: "runqueue",
+        mode: Some(Mode::Unified),
+        variants: &[],
+        offsets: &[],
+        against: "a cgroup over its memory.high (fresh anonymous memory touched again and again, no swap): its memory_events and pressure.memory.some vs the growth of its memory.events and memory.pressure (cgroup v2 memory controller)",
+    },
+    Spec {
         id: "iowait-v1",
         probe: "runqueue",
         mode: Some(Mode::V1Cpu),
@@ -377,6 +388,10 @@ fn main() -> ExitCode {
         "yielder" | "napper" => match arg(1).parse() {
             Ok(ms) => helper(sched::helper(arg(0) == "napper", ms)),
             Err(_) => usage("yielder|napper MS"),
+        },
+        "toucher" => match arg(1).parse() {
+            Ok(ms) => helper(memory::toucher(ms)),
+            Err(_) => usage("toucher MS"),
         },
         "clocks" => helper(
             nodesat_tests::clocks::ClockSample::now()
@@ -501,6 +516,8 @@ struct Truth {
     io: Option<Result<IoTruth, String>>,
     hog: Option<Result<HogTruth, String>>,
     pod: Option<Result<PodTruth, String>>,
+    /// `None` inside: no v2 memory controller for the cgroup here.
+    memory_high: Option<Result<Option<memory::MemoryFiles>, String>>,
     sched: Option<Result<sched::SchedTruth, String>>,
 }
 
@@ -559,6 +576,8 @@ struct Cgroups {
     oom_global: TestCgroup,
     io: TestCgroup,
     hog: TestCgroup,
+    /// Over its memory.high.
+    high: TestCgroup,
 }
 
 fn check(o: &Options) -> Value {
@@ -661,12 +680,14 @@ fn check(o: &Options) -> Value {
         let hog = s.spawn(|| hog(&exe, &cgroups.hog));
         let pod = s.spawn(|| pod_hog(&exe, &cgroups.pod, &cgroups.pod_ctr));
         let yields = s.spawn(|| sched::run(&exe, &cgroups.sched, SCHED_RUN_MS));
+        let high = s.spawn(|| memory::run(&exe, &cgroups.high, MEMORY_HIGH_RUN_MS));
         let exchanges = join(tcp);
         truth.oom = Some(join(oom));
         let io = join(io);
         truth.hog = Some(join(hog));
         truth.pod = Some(join(pod));
         truth.sched = Some(join(yields));
+        truth.memory_high = Some(join(high));
         // In-flight requests and last retransmits: the kernel's counters are read last.
         thread::sleep(Duration::from_millis(300));
         truth.tcp = Some(exchanges.and_then(|exchanges| {
@@ -775,6 +796,7 @@ fn make_cgroups() -> Result<Cgroups, String> {
         oom_global: make("offsets-oom-global")?,
         io: make("offsets-io")?,
         hog: make("offsets-hog")?,
+        high: make("offsets-high")?,
     };
     c.oom
         .set_memory_limit(oom::LIMIT)
@@ -1097,6 +1119,58 @@ fn compare(
                     "{} run delay of the 3 tasks (schedstat){}",
                     ms(run_delay),
                     converted(y.rate, y.run_delay_ns)
+                ),
+            )
+        }
+        "memory-high" => {
+            let files = match &t.memory_high {
+                Some(Ok(Some(f))) => f,
+                Some(Ok(None)) => {
+                    return Outcome {
+                        status: Status::NotApplicable,
+                        agent: "-".into(),
+                        kernel: "no memory.high: the v2 hierarchy has no memory controller here (hybrid: it is on v1)".into(),
+                    };
+                }
+                other => {
+                    return failed(step_error(
+                        &other.clone().map(|r| r.map(|_| ())),
+                        "the task over its memory.high",
+                    ));
+                }
+            };
+            let id = id_in(&cg.high, mode);
+            let mut events = [0u64; 5];
+            let mut memory_some = 0u64;
+            let mut reported = 0;
+            for e in c.cgroup_entries(id) {
+                let m = &e["memory_events"];
+                if !m.is_null() {
+                    reported += 1;
+                }
+                for (i, k) in ["high", "max", "oom", "oom_kill", "oom_group_kill"]
+                    .iter()
+                    .enumerate()
+                {
+                    events[i] += m[k].as_u64().unwrap_or(0);
+                }
+                memory_some += e["pressure"]["memory"]["some_ns"].as_u64().unwrap_or(0);
+            }
+            let f = files;
+            let kernel = [f.high, f.max, f.oom, f.oom_kill, f.oom_group_kill];
+            pass_if(
+                f.high > 0
+                    && events == kernel
+                    && f.memory_some_ns > 0
+                    && within(memory_some, f.memory_some_ns, 0.05, 20_000_000),
+                format!(
+                    "memory_events high/max/oom/oom_kill/oom_group_kill {events:?} in {reported} reports, memory some {} on id {id}",
+                    ms(memory_some)
+                ),
+                format!(
+                    "memory.events grew {:?}, memory.pressure some {}",
+                    kernel,
+                    ms(f.memory_some_ns)
                 ),
             )
         }
