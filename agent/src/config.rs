@@ -55,6 +55,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Record and log each run-queue `pending_mismatch` (a debugging aid; see docs/metrics.md).
     pub debug_runqueue: bool,
+    /// Read each reported cgroup's PSI and memory.events files (`--cgroup-files`).
+    pub cgroup_files: bool,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -164,6 +166,11 @@ pub struct Flags {
     /// instead): on or off [default: off; env NODESAT_DEBUG_RUNQUEUE].
     #[arg(long, value_name = "on|off")]
     pub debug_runqueue: Option<String>,
+    /// Read the pressure stall (cpu/memory/io.pressure) and memory.events files of every
+    /// reported cgroup and its pod, and /proc/pressure: on or off (four small reads per cgroup
+    /// per interval) [default: on; env NODESAT_CGROUP_FILES].
+    #[arg(long, value_name = "on|off")]
+    pub cgroup_files: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -224,7 +231,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 29] = [
+const KEYS: [Key; 30] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -256,6 +263,7 @@ const KEYS: [Key; 29] = [
         "--debug-runqueue",
         "NODESAT_DEBUG_RUNQUEUE",
     ),
+    key("cgroup_files", "--cgroup-files", "NODESAT_CGROUP_FILES"),
     // ── export (crate::export::config) ──
     key(
         "otlp_endpoint",
@@ -350,6 +358,7 @@ impl Flags {
             "prometheus_listen" => self.prometheus_listen.as_ref(),
             "shutdown_timeout" => self.shutdown_timeout.as_ref(),
             "debug_runqueue" => self.debug_runqueue.as_ref(),
+            "cgroup_files" => self.cgroup_files.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -438,6 +447,9 @@ impl Config {
                 parse_shutdown_timeout,
             )?,
             debug_runqueue: parse(raw, "debug_runqueue", false, |s| {
+                one_of(s, &[("on", true), ("off", false)])
+            })?,
+            cgroup_files: parse(raw, "cgroup_files", true, |s| {
                 one_of(s, &[("on", true), ("off", false)])
             })?,
             export: crate::export::config::from_raw(raw)?,

@@ -31,8 +31,8 @@ pub struct Collector {
     iowait: iowait::Iowait,
     block: block::Block,
     throttle: throttle::Throttle,
-    pressure: pressure::Pressure,
-    memory_events: pressure::PerCgroup<crate::report::MemoryEvents>,
+    /// `None` with `--cgroup-files off`.
+    cgroup_files: Option<CgroupFiles>,
     pub names: CgroupNames,
     identities: Resolver,
     max_entities: usize,
@@ -65,10 +65,15 @@ impl Collector {
         block.baseline(probes.ebpf())?;
         let mut throttle = throttle::Throttle::new(cgroup_root, names.hierarchy());
         throttle.baseline(probes.ebpf())?;
-        let mut pressure = pressure::Pressure::new(names.hierarchy());
-        pressure.baseline();
-        let mut memory_events = pressure::PerCgroup::new(names.hierarchy(), memory_events::read);
-        memory_events.baseline();
+        let cgroup_files = config.cgroup_files.then(|| {
+            let mut files = CgroupFiles {
+                pressure: pressure::Pressure::new(names.hierarchy()),
+                memory_events: pressure::PerCgroup::new(names.hierarchy(), memory_events::read),
+            };
+            files.pressure.baseline();
+            files.memory_events.baseline();
+            files
+        });
         Ok(Collector {
             runqueue,
             tcp,
@@ -76,8 +81,7 @@ impl Collector {
             iowait,
             block,
             throttle,
-            pressure,
-            memory_events,
+            cgroup_files,
             names,
             identities,
             max_entities: config.max_entities,
@@ -143,39 +147,37 @@ impl Collector {
         let ids: Vec<u64> = cgroups.keys().copied().collect();
         self.names.refresh_if_unknown(&ids);
         self.identities.forget(self.names.ids());
-        // A pod's own cgroup holds no task, so no probe names it; Kubernetes puts the pod's
-        // limits there, so its stall time and memory events are read beside its containers'.
-        let mut read_ids = ids.clone();
-        for &id in &ids {
-            if let Some(path) = self.names.name(id)
-                && self.identities.resolve(id, path).kind == crate::identity::Kind::PodContainer
-                && let Some((parent, _)) = path.rsplit_once('/')
-                && let Some(pod) = self.names.id_of(parent)
-                && !read_ids.contains(&pod)
-            {
-                read_ids.push(pod);
+        if let Some(files) = &mut self.cgroup_files {
+            // A pod's own cgroup holds no task, so no probe names it; Kubernetes puts the
+            // pod's limits there, so its stall time and memory events are read beside its
+            // containers'.
+            let mut read_ids = ids.clone();
+            for &id in &ids {
+                if let Some(path) = self.names.name(id)
+                    && self.identities.resolve(id, path).kind == crate::identity::Kind::PodContainer
+                    && let Some((parent, _)) = path.rsplit_once('/')
+                    && let Some(pod) = self.names.id_of(parent)
+                    && !read_ids.contains(&pod)
+                {
+                    read_ids.push(pod);
+                }
             }
+            let names = &self.names;
+            let named = || {
+                read_ids
+                    .iter()
+                    .filter_map(|&id| Some((id, names.name(id)?)))
+            };
+            let alive = |id| names.name(id).is_some();
+            let stalls = files.pressure.collect(named(), alive);
+            for (id, p) in stalls.cgroups {
+                entry(&mut cgroups, id).pressure = Some(p);
+            }
+            for (id, e) in files.memory_events.collect(named(), alive) {
+                entry(&mut cgroups, id).memory_events = Some(e);
+            }
+            node.pressure = stalls.node;
         }
-        let names = &self.names;
-        let stalls = self.pressure.collect(
-            read_ids
-                .iter()
-                .filter_map(|&id| Some((id, names.name(id)?))),
-            |id| names.name(id).is_some(),
-        );
-        for (id, p) in stalls.cgroups {
-            entry(&mut cgroups, id).pressure = Some(p);
-        }
-        let events = self.memory_events.collect(
-            read_ids
-                .iter()
-                .filter_map(|&id| Some((id, names.name(id)?))),
-            |id| names.name(id).is_some(),
-        );
-        for (id, e) in events {
-            entry(&mut cgroups, id).memory_events = Some(e);
-        }
-        node.pressure = stalls.node;
         let mut cgroups: Vec<CgroupReport> = cgroups
             .into_values()
             .map(|mut c| {
@@ -238,6 +240,12 @@ impl Collector {
             map_memory: probes.map_memory.clone(),
         })
     }
+}
+
+/// The cgroup files read beside the probes' figures (`--cgroup-files on`).
+struct CgroupFiles {
+    pressure: pressure::Pressure,
+    memory_events: pressure::PerCgroup<crate::report::MemoryEvents>,
 }
 
 /// How full the hashes of in-flight state are; a map that cannot be read is left out (and

@@ -84,7 +84,7 @@ const HOG_RUN: Duration = Duration::from_millis(2500);
 /// How long the yielders and the napper run.
 const SCHED_RUN_MS: u64 = 2000;
 /// How long the task over its memory.high runs.
-const MEMORY_HIGH_RUN_MS: u64 = 2000;
+const MEMORY_HIGH_RUN_MS: u64 = 1000;
 const HOG_QUOTA_US: u64 = 20_000;
 const HOG_PERIOD_US: u64 = 100_000;
 

@@ -1,5 +1,5 @@
-//! A cgroup over its `memory.high`: a task touching twice as much fresh anonymous memory as
-//! the cgroup may keep, again and again, for a while. Without swap the kernel cannot reclaim
+//! A cgroup over its `memory.high`: a task touching more fresh anonymous memory than the
+//! cgroup may keep, again and again, for a while. Without swap the kernel cannot reclaim
 //! it, so every return to user space over the limit is throttled (`memory.events` `high`
 //! grows, and the sleeps are memory stalls in `memory.pressure`). The agent's `memory_events`
 //! and `pressure.memory` of the cgroup must equal the growth of those files.
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use nodesat_tests::{TestCgroup, spawn_in};
 
-/// What the cgroup may keep, and what its task touches each round.
+/// What the cgroup may keep, and what its task touches each round: 25% over (twice over, the
+/// kernel's throttling kept the task asleep for 10-27 s of a 2 s run).
 pub const HIGH_BYTES: u64 = 8 << 20;
-const TOUCH_BYTES: usize = 16 << 20;
+const TOUCH_BYTES: usize = 10 << 20;
 
 /// `memory.events` and the `some` total of `memory.pressure` (ns) of a v2 cgroup directory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
