@@ -9,6 +9,7 @@ pub mod hist;
 pub mod iowait;
 pub mod kernel;
 pub mod oom;
+pub mod reclaim;
 pub mod runqueue;
 pub mod tcp;
 pub mod throttle;

@@ -134,7 +134,7 @@ pub fn check(config: &Config) -> i32 {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\n{:<14} {:<22} {}",
+        "\n{:<14} {:<31} {}",
         "PROBE",
         "HOOK",
         COLUMNS.map(|v| format!("{:<15}", v.as_str())).join("")
@@ -170,7 +170,7 @@ pub fn check(config: &Config) -> i32 {
                 .collect();
             let _ = writeln!(
                 table,
-                "{:<14} {:<22} {}",
+                "{:<14} {:<31} {}",
                 probe.name,
                 h.name,
                 cells.join("")

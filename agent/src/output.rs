@@ -328,6 +328,7 @@ mod tests {
                     throttled_local_ns: (i == 0).then_some(1_500_000_000),
                     pressure: None,
                     memory_events: None,
+                    reclaim_stalls: None,
                 })
                 .collect(),
             other: None,

@@ -91,6 +91,9 @@ pub struct CgroupReport {
     pub pressure: Option<PressureStalls>,
     /// Its memory controller's events (v2 `memory.events`), where it has the file.
     pub memory_events: Option<MemoryEvents>,
+    /// Time its tasks spent reclaiming memory before an allocation could go on (direct and
+    /// memcg reclaim, the `reclaim` probe): `None` when none ended in the interval.
+    pub reclaim_stalls: Option<Durations>,
 }
 
 /// CFS bandwidth throttling of one cgroup over one interval.
@@ -106,11 +109,12 @@ pub struct Throttling {
     pub throttled_pct: f64,
     /// Individual throttle durations (each time one of its per-CPU run queues was throttled
     /// until unthrottled), from the throttle probe; `None` where it is not attached.
-    pub durations: Option<ThrottleDurations>,
+    pub durations: Option<Durations>,
 }
 
+/// A log2 histogram of durations (throttles, reclaim stalls) over one interval.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ThrottleDurations {
+pub struct Durations {
     pub count: u64,
     pub sum_ns: u64,
     pub p50_ns: u64,
@@ -167,6 +171,7 @@ impl CgroupReport {
             throttled_local_ns: None,
             pressure: None,
             memory_events: None,
+            reclaim_stalls: None,
         }
     }
 
@@ -212,6 +217,14 @@ impl Merge for CgroupReport {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.reclaim_stalls = match (self.reclaim_stalls.take(), o.reclaim_stalls) {
+            (Some(a), Some(b)) => {
+                let mut h = a.histogram;
+                crate::core::counters::Counter::merge(&mut h, &b.histogram);
+                Some(Durations::from_hist(h))
+            }
+            (a, b) => a.or(b),
+        };
         self.memory_events = match (self.memory_events, o.memory_events) {
             (Some(mut a), Some(b)) => {
                 crate::core::counters::Counter::merge(&mut a, &b);
@@ -243,7 +256,7 @@ impl Merge for CgroupReport {
                         (Some(a), Some(b)) => {
                             let mut h = a.histogram;
                             crate::core::counters::Counter::merge(&mut h, &b.histogram);
-                            Some(ThrottleDurations::from_hist(h))
+                            Some(Durations::from_hist(h))
                         }
                         (a, b) => a.or(b),
                     },
@@ -376,10 +389,10 @@ impl Default for RunqueueFigures {
     }
 }
 
-impl ThrottleDurations {
-    pub fn from_hist(h: agent_ebpf::hist::Log2Hist) -> ThrottleDurations {
+impl Durations {
+    pub fn from_hist(h: agent_ebpf::hist::Log2Hist) -> Durations {
         use crate::core::histogram::HistStats;
-        ThrottleDurations {
+        Durations {
             count: h.count(),
             sum_ns: h.sum_ns,
             p50_ns: h.quantile(0.5).unwrap_or(0),

@@ -272,6 +272,17 @@ pub struct CgroupReport {
     /// Growth of its v2 `memory.events`, where it has the file.
     #[serde(default)]
     pub memory_events: Option<MemoryEvents>,
+    /// Its tasks' memory reclaim stalls that ended in the interval (`reclaim` probe).
+    #[serde(default)]
+    pub reclaim_stalls: Option<StallDurations>,
+}
+
+/// A histogram of durations in a report: how many and their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct StallDurations {
+    pub count: u64,
+    pub sum_ns: u64,
 }
 
 /// The memory controller's event counts of a cgroup over one interval.

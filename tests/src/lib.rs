@@ -66,8 +66,9 @@ use std::path::Path;
 
 pub use agent::{
     Agent, CgroupReport, CpuReport, DiskReport, MemoryEvents, NodeTotals, OomKill, Pressure,
-    ProbeReport, Ready, Report, RunqueueStats, Sources, Stall, Stopped, TcpRetransmitFailures,
-    TcpRetransmits, Throttling, agent_bin, agent_command, clear_agent_env, oom_kills_of,
+    ProbeReport, Ready, Report, RunqueueStats, Sources, Stall, StallDurations, Stopped,
+    TcpRetransmitFailures, TcpRetransmits, Throttling, agent_bin, agent_command, clear_agent_env,
+    oom_kills_of,
 };
 pub use block::{
     BlockStat, CpuTimes, DioWriteSummary, LoopDevice, proc_stat_cpu_times, proc_stat_iowait_ns,

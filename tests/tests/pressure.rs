@@ -13,7 +13,8 @@
 //! The files are read right after the agent's ready line and right after it exited; nothing
 //! runs in the cgroups outside that stretch, so the agent's figures summed over its reports
 //! must equal the files' growth (within 5% or 20 ms: the kernel's totals move between the
-//! agent's reads and the test's only by what was in flight).
+//! agent's reads and the test's only by what was in flight). Where the `reclaim` probe
+//! attaches, `psi-mem` must show reclaim stalls and the spinners and the sleeper none.
 
 use std::fs;
 use std::io::Write;
@@ -202,7 +203,9 @@ fn pressure_matches_each_cgroups_files() {
     cmd.args(["sleeper", "--period-ms", "100", "--work-us", "100"]);
     loads.push(spawn_in(&idle, cmd).expect("sleeper"));
     let mut cmd = Command::new(load_bin!());
-    cmd.args(["read-loop", "--path"]).arg(file.path());
+    cmd.args(["read-loop", "--path"])
+        .arg(file.path())
+        .stdout(Stdio::null());
     loads.push(spawn_in(&mem, cmd).expect("read-loop"));
     let mut cmd = Command::new(load_bin!());
     cmd.args(["dio-write", "--path"])
@@ -256,6 +259,34 @@ fn pressure_matches_each_cgroups_files() {
         io_sum.io.some_ns >= RUN.as_nanos() as u64 / 4,
         "synchronous writes stalled on io only {io_sum:?}"
     );
+
+    // The reclaim probe (where it attaches): the reader over its limit reclaims, the spinners
+    // and the sleeper do not.
+    let attached = stopped
+        .reports
+        .iter()
+        .flat_map(|r| r.probes.iter())
+        .any(|p| p.probe == "reclaim" && p.attached);
+    let stalls = |g: &TestCgroup| -> (u64, u64) {
+        stopped
+            .reports
+            .iter()
+            .filter_map(|r| r.cgroup(g.id()).and_then(|c| c.reclaim_stalls))
+            .fold((0, 0), |(n, s), d| (n + d.count, s + d.sum_ns))
+    };
+    eprintln!(
+        "reclaim probe attached: {attached}; stalls (count, ns): psi-mem {:?}, psi-cpu {:?}, psi-idle {:?}, psi-io {:?}",
+        stalls(&mem),
+        stalls(&cpu),
+        stalls(&idle),
+        stalls(&io)
+    );
+    if attached {
+        assert!(stalls(&mem).0 > 0, "no reclaim stall on psi-mem");
+        for (name, g) in [("psi-cpu", &cpu), ("psi-idle", &idle)] {
+            assert_eq!(stalls(g).0, 0, "{name} reclaimed");
+        }
+    }
 
     let node_kernel = growth(&node_after, &node_before);
     let mut node = Pressure::default();

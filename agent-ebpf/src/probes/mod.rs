@@ -3,6 +3,7 @@ mod block;
 mod floor;
 mod kernel;
 mod oom;
+mod reclaim;
 mod runqueue;
 mod task_storage;
 mod tcp;

@@ -7,6 +7,7 @@ mod maps;
 pub mod memory_events;
 pub mod oom;
 pub mod pressure;
+pub mod reclaim;
 pub mod runqueue;
 pub mod tcp;
 pub mod throttle;
@@ -31,6 +32,7 @@ pub struct Collector {
     iowait: iowait::Iowait,
     block: block::Block,
     throttle: throttle::Throttle,
+    reclaim: reclaim::Reclaim,
     /// `None` with `--cgroup-files off`.
     cgroup_files: Option<CgroupFiles>,
     pub names: CgroupNames,
@@ -65,6 +67,8 @@ impl Collector {
         block.baseline(probes.ebpf())?;
         let mut throttle = throttle::Throttle::new(cgroup_root, names.hierarchy());
         throttle.baseline(probes.ebpf())?;
+        let mut reclaim = reclaim::Reclaim::default();
+        reclaim.baseline(probes.ebpf())?;
         let cgroup_files = config.cgroup_files.then(|| {
             let mut files = CgroupFiles {
                 pressure: pressure::Pressure::new(names.hierarchy()),
@@ -81,6 +85,7 @@ impl Collector {
             iowait,
             block,
             throttle,
+            reclaim,
             cgroup_files,
             names,
             identities,
@@ -107,6 +112,7 @@ impl Collector {
         let io = self.iowait.collect(ebpf)?;
         let disks = self.block.collect(ebpf)?;
         let throttled = self.throttle.collect(ebpf)?;
+        let reclaim_stalls = self.reclaim.collect(ebpf)?;
 
         let mut cgroups: BTreeMap<u64, CgroupReport> = BTreeMap::new();
         fn entry(cgroups: &mut BTreeMap<u64, CgroupReport>, id: u64) -> &mut CgroupReport {
@@ -134,6 +140,9 @@ impl Collector {
         }
         for (id, ns) in throttled.local_ns {
             entry(&mut cgroups, id).throttled_local_ns = Some(ns);
+        }
+        for (id, stalls) in reclaim_stalls {
+            entry(&mut cgroups, id).reclaim_stalls = Some(stalls);
         }
         let mut cpus = rq.cpus;
         for c in &mut cpus {
@@ -268,6 +277,10 @@ fn map_fills(ebpf: &aya::Ebpf) -> Vec<crate::report::MapFill> {
         (
             throttle::MAP_SINCE,
             maps::hash_fill::<u64, u64>(ebpf, throttle::MAP_SINCE),
+        ),
+        (
+            agent_ebpf::reclaim::MAP_SINCE,
+            maps::hash_fill::<u64, u64>(ebpf, agent_ebpf::reclaim::MAP_SINCE),
         ),
     ];
     fills

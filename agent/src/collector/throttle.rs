@@ -22,7 +22,7 @@ use crate::cgroups::{Hierarchy, flat_keyed};
 use crate::{
     core::counters::{Counter, Snapshot},
     probes::{ProbeError, catalog::THROTTLE},
-    report::{KernelError, ThrottleDurations, Throttling},
+    report::{Durations, KernelError, Throttling},
 };
 
 /// The three cumulative counters of `cpu.stat`.
@@ -128,7 +128,7 @@ impl Throttle {
         let durations = self.durations(ebpf)?;
         for (id, h) in durations.delta_since(&self.prev_durations) {
             if let Some(t) = out.get_mut(&id) {
-                t.durations = Some(ThrottleDurations::from_hist(h));
+                t.durations = Some(Durations::from_hist(h));
             }
         }
         self.prev_durations = durations;

@@ -206,6 +206,15 @@ pub const CPU_THROTTLED_LOCAL_TIME: MetricDef = m(
     &[],
     "Time the workload's own tasks were throttled, whichever level's limit did it (cgroup v2 `cpu.stat.local` `throttled_usec`, kernels 6.8 and later): for workloads with a CPU limit and those under one, so a container throttled by its pod's limit shows it.",
 );
+pub const MEMORY_RECLAIM_STALL: MetricDef = m(
+    "nodesat.memory.reclaim.stall",
+    "ns",
+    Histogram,
+    Workload,
+    Value::Log2Ns,
+    &[],
+    "Each time one of the workload's tasks had to reclaim memory itself before its allocation could go on (direct reclaim: the node short of memory; memcg reclaim: its cgroup at `memory.high` or `memory.max`), how long it took: the vmscan `*_reclaim_begin`/`_end` tracepoints. A leading indicator of OOM kills.",
+);
 pub const MEMORY_EVENTS: MetricDef = m(
     "nodesat.memory.events",
     "{event}",
@@ -389,6 +398,7 @@ pub const CATALOG: &[MetricDef] = &[
     CPU_THROTTLED_TIME,
     CPU_THROTTLED_LOCAL_TIME,
     CPU_THROTTLE_DURATION,
+    MEMORY_RECLAIM_STALL,
     MEMORY_EVENTS,
     PRESSURE_STALL_TIME,
     PROBE_ATTACHED,

@@ -614,6 +614,13 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
     if let Some(p) = &c.pressure {
         v.extend(pressure_observations(p));
     }
+    if let Some(d) = &c.reclaim_stalls {
+        v.push((
+            cat::MEMORY_RECLAIM_STALL,
+            Vec::new(),
+            Obs::Hist(Box::new(d.histogram)),
+        ));
+    }
     if let Some(e) = &c.memory_events {
         for (event, n) in [
             ("high", e.high),

@@ -35,8 +35,8 @@ use crate::{
     identity::{Identity, Kind},
     probes::HookStatus,
     report::{
-        CgroupReport, CpuReport, DiskReport, KernelError, NodeTotals, Report, Sources,
-        TcpRetransmits, ThrottleDurations, Throttling,
+        CgroupReport, CpuReport, DiskReport, Durations, KernelError, NodeTotals, Report, Sources,
+        TcpRetransmits, Throttling,
     },
 };
 
@@ -84,10 +84,7 @@ fn pod_container(id: u64) -> CgroupReport {
         throttled_periods: 20,
         throttled_ns: 3 * SEC,
         throttled_pct: 20.0,
-        durations: Some(ThrottleDurations::from_hist(hist(
-            &[(20, 3), (22, 1)],
-            5_000_000,
-        ))),
+        durations: Some(Durations::from_hist(hist(&[(20, 3), (22, 1)], 5_000_000))),
     });
     c
 }

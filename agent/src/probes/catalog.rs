@@ -1,7 +1,7 @@
 //! Every probe the agent has: its hooks (with the program for each attach variant) and the
 //! classic tracepoint fields its `tracepoint` programs read.
 
-use agent_ebpf::{HookPrograms, block, oom, runqueue, tcp, throttle};
+use agent_ebpf::{HookPrograms, block, oom, reclaim, runqueue, tcp, throttle};
 
 use super::{FUNCTION_CHAIN, TRACEPOINT_CHAIN, Variant};
 
@@ -271,4 +271,13 @@ pub const OOM_CONSTRAINT: Probe = Probe {
 };
 
 /// The agent's probes.
-pub const AGENT: [Probe; 6] = [RUNQUEUE, TCP, OOM, OOM_CONSTRAINT, BLOCK, THROTTLE];
+/// Memory reclaim stalls: the vmscan begin/end tracepoints of direct and memcg reclaim.
+pub const RECLAIM: Probe = Probe {
+    name: "reclaim",
+    hooks: &reclaim::HOOKS,
+    tracepoint_fields: &[],
+    positional_args: &[],
+    chain: &TRACEPOINT_CHAIN,
+};
+
+pub const AGENT: [Probe; 7] = [RUNQUEUE, TCP, OOM, OOM_CONSTRAINT, BLOCK, THROTTLE, RECLAIM];

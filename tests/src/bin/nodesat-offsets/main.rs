@@ -277,7 +277,7 @@ const SPECS: &[Spec] = &[
         mode: Some(Mode::Unified),
         variants: &[],
         offsets: &[],
-        against: "a cgroup over its memory.high (fresh anonymous memory touched again and again, no swap): its memory_events and pressure.memory.some vs the growth of its memory.events and memory.pressure (cgroup v2 memory controller)",
+        against: "a cgroup over its memory.high (fresh anonymous memory touched again and again, no swap): its memory_events and pressure.memory.some vs the growth of its memory.events and memory.pressure (cgroup v2 memory controller); reclaim stalls on it and none on the yielders' cgroup (reclaim probe)",
     },
     Spec {
         id: "iowait-v1",
@@ -997,6 +997,7 @@ fn evaluate(
         "oom_constraint",
         "block",
         "throttle",
+        "reclaim",
     ]
     .iter()
     .map(|p| {
@@ -1158,14 +1159,25 @@ fn compare(
             }
             let f = files;
             let kernel = [f.high, f.max, f.oom, f.oom_kill, f.oom_group_kill];
+            // The reclaim probe, where it attached: the cgroup over memory.high reclaims (memcg
+            // reclaim), the yielders' cgroup beside it does not.
+            let stalls = |id: u64| -> u64 {
+                c.cgroup_entries(id)
+                    .filter_map(|e| e["reclaim_stalls"]["count"].as_u64())
+                    .sum()
+            };
+            let (mine, neighbour) = (stalls(id), stalls(id_in(&cg.sched, mode)));
+            let reclaim = c.attached("reclaim").ok();
             pass_if(
                 f.high > 0
                     && events == kernel
                     && f.memory_some_ns > 0
-                    && within(memory_some, f.memory_some_ns, 0.05, 20_000_000),
+                    && within(memory_some, f.memory_some_ns, 0.05, 20_000_000)
+                    && (reclaim.is_none() || (mine > 0 && neighbour == 0)),
                 format!(
-                    "memory_events high/max/oom/oom_kill/oom_group_kill {events:?} in {reported} reports, memory some {} on id {id}",
-                    ms(memory_some)
+                    "memory_events high/max/oom/oom_kill/oom_group_kill {events:?} in {reported} reports, memory some {} on id {id}; reclaim stalls ({}): {mine} here, {neighbour} on the yielders' cgroup",
+                    ms(memory_some),
+                    reclaim.as_deref().unwrap_or("probe not attached"),
                 ),
                 format!(
                     "memory.events grew {:?}, memory.pressure some {}",
