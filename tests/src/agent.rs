@@ -392,6 +392,34 @@ pub struct Pressure {
     pub io: Stall,
 }
 
+impl Pressure {
+    /// The kernel's own totals (ns) in `dir`: `cpu<suffix>`, `memory<suffix>` and
+    /// `io<suffix>` (`.pressure` in a cgroup v2 directory, `""` in /proc/pressure).
+    pub fn read(dir: &std::path::Path, suffix: &str) -> std::io::Result<Pressure> {
+        let read = |resource: &str| -> std::io::Result<Stall> {
+            let path = dir.join(format!("{resource}{suffix}"));
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let total = |kind: &str| -> u64 {
+                text.lines()
+                    .find(|l| l.starts_with(kind))
+                    .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(0, |us| us * 1000)
+            };
+            Ok(Stall {
+                some_ns: total("some "),
+                full_ns: total("full "),
+            })
+        };
+        Ok(Pressure {
+            cpu: read("cpu")?,
+            memory: read("memory")?,
+            io: read("io")?,
+        })
+    }
+}
+
 /// An `oom_kill` line, printed as soon as the kernel OOM-killed a process.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OomKill {

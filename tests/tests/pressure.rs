@@ -40,29 +40,9 @@ const MEMORY_BYTES: u64 = 32 << 20;
 const TOLERANCE_PCT: u64 = 5;
 const TOLERANCE_NS: u64 = 20_000_000;
 
-/// The three files of a cgroup directory (`cpu.pressure`, ...) or of /proc/pressure (`cpu`,
-/// ...), totals in ns.
+/// The files' totals (see [`Pressure::read`]).
 fn read_pressure(dir: &Path, suffix: &str) -> Pressure {
-    let read = |resource: &str| -> Stall {
-        let path = dir.join(format!("{resource}{suffix}"));
-        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let total = |kind: &str| -> u64 {
-            text.lines()
-                .find(|l| l.starts_with(kind))
-                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
-                .and_then(|v| v.parse::<u64>().ok())
-                .map_or(0, |us| us * 1000)
-        };
-        Stall {
-            some_ns: total("some "),
-            full_ns: total("full "),
-        }
-    };
-    Pressure {
-        cpu: read("cpu"),
-        memory: read("memory"),
-        io: read("io"),
-    }
+    Pressure::read(dir, suffix).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn growth(after: &Pressure, before: &Pressure) -> Pressure {

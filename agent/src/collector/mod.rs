@@ -13,7 +13,7 @@ pub mod tcp;
 pub mod throttle;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -74,8 +74,14 @@ impl Collector {
                 pressure: pressure::Pressure::new(names.hierarchy()),
                 memory_events: pressure::PerCgroup::new(names.hierarchy(), memory_events::read),
             };
-            files.pressure.baseline();
-            files.memory_events.baseline();
+            // One walk of the v2 tree serves both baselines.
+            let tree = match names.hierarchy() {
+                Some(Hierarchy::Unified(root)) => crate::cgroups::scan(root),
+                _ => Default::default(),
+            };
+            let tree = || tree.iter().map(|(id, path)| (*id, path.as_str()));
+            files.pressure.baseline(tree());
+            files.memory_events.baseline(tree());
             files
         });
         Ok(Collector {
@@ -160,15 +166,14 @@ impl Collector {
             // A pod's own cgroup holds no task, so no probe names it; Kubernetes puts the
             // pod's limits there, so its stall time and memory events are read beside its
             // containers'.
-            let mut read_ids = ids.clone();
+            let mut read_ids: BTreeSet<u64> = ids.iter().copied().collect();
             for &id in &ids {
                 if let Some(path) = self.names.name(id)
                     && self.identities.resolve(id, path).kind == crate::identity::Kind::PodContainer
                     && let Some((parent, _)) = path.rsplit_once('/')
                     && let Some(pod) = self.names.id_of(parent)
-                    && !read_ids.contains(&pod)
                 {
-                    read_ids.push(pod);
+                    read_ids.insert(pod);
                 }
             }
             let names = &self.names;

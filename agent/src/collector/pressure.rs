@@ -48,7 +48,7 @@ pub fn parse_stall(text: &str) -> Option<Stall> {
 
 /// The three files in `dir` (`cpu` + `suffix`: `cpu.pressure` in a cgroup, `cpu` in
 /// /proc/pressure); `None` when any is missing or unreadable (no PSI, or the cgroup is gone).
-fn read_dir(dir: &Path, suffix: &str) -> Option<PressureStalls> {
+fn read_stalls(dir: &Path, suffix: &str) -> Option<PressureStalls> {
     let read = |resource: &str| -> Option<Stall> {
         let text = std::fs::read_to_string(dir.join(format!("{resource}{suffix}"))).ok()?;
         parse_stall(&text)
@@ -118,7 +118,7 @@ impl Pressure {
 
     fn with_node_dir(hierarchy: Option<&Hierarchy>, node_dir: &Path) -> Pressure {
         Pressure {
-            cgroups: PerCgroup::new(hierarchy, |dir| read_dir(dir, ".pressure")),
+            cgroups: PerCgroup::new(hierarchy, |dir| read_stalls(dir, ".pressure")),
             node_dir: node_dir.to_path_buf(),
             prev_node: None,
         }
@@ -155,11 +155,11 @@ impl Pressure {
         }
     }
 
-    /// Reads every cgroup once (and the node), so the first interval reports only what
-    /// stalled in it.
-    pub fn baseline(&mut self) {
-        self.prev_node = read_dir(&self.node_dir, "");
-        self.cgroups.baseline();
+    /// Reads every cgroup of `tree` (id, path relative to the v2 root: the whole hierarchy)
+    /// once, and the node, so the first interval reports only what stalled in it.
+    pub fn baseline<'a>(&mut self, tree: impl IntoIterator<Item = (u64, &'a str)>) {
+        self.prev_node = read_stalls(&self.node_dir, "");
+        self.cgroups.baseline(tree);
     }
 
     /// The interval's stall time of each of `cgroups` (id, path relative to the v2 root)
@@ -170,7 +170,7 @@ impl Pressure {
         cgroups: impl IntoIterator<Item = (u64, &'a str)>,
         alive: impl Fn(u64) -> bool,
     ) -> Collected {
-        let node = read_dir(&self.node_dir, "").map(|cur| {
+        let node = read_stalls(&self.node_dir, "").map(|cur| {
             let d = self.prev_node.as_ref().map_or(cur, |p| cur.delta(p));
             self.prev_node = Some(cur);
             d
@@ -204,16 +204,16 @@ impl<T: Counter + Copy> PerCgroup<T> {
         }
     }
 
-    /// Reads every cgroup of the hierarchy once: a cgroup first read later was created since,
-    /// and its whole count is its growth.
-    pub fn baseline(&mut self) {
+    /// Reads every cgroup of `tree` (the whole hierarchy) once: a cgroup first read later was
+    /// created since, and its whole count is its growth.
+    pub fn baseline<'a>(&mut self, tree: impl IntoIterator<Item = (u64, &'a str)>) {
         let Some(root) = &self.v2_root else {
             return;
         };
         let read = self.read;
-        self.prev = crate::cgroups::scan(root)
+        self.prev = tree
             .into_iter()
-            .filter_map(|(id, path)| Some((id, read(&cgroup_dir(root, &path))?)))
+            .filter_map(|(id, path)| Some((id, read(&cgroup_dir(root, path))?)))
             .collect();
     }
 
@@ -301,7 +301,8 @@ mod tests {
         let id = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         let a = id(&root.join("a"));
         let mut p = Pressure::with_node_dir(Some(&Hierarchy::Unified(root.clone())), &node);
-        p.baseline();
+        let tree = crate::cgroups::scan(&root);
+        p.baseline(tree.iter().map(|(id, path)| (*id, path.as_str())));
 
         write(&root.join("a"), ".pressure", 400, 10, 50);
         write(&node, "", 1600, 0, 0);
@@ -345,7 +346,7 @@ mod tests {
             Some(&Hierarchy::V1Cpu(tmp.path().to_path_buf())),
             tmp.path(),
         );
-        p.baseline();
+        p.baseline([(1, "/x")]);
         assert!(p.collect([(1, "/x")], |_| true).cgroups.is_empty());
         assert!(Pressure::cgroups_available(Some(&Hierarchy::V1Cpu(tmp.path().into()))).is_err());
     }

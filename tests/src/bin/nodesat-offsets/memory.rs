@@ -40,20 +40,17 @@ impl MemoryFiles {
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())
                 .unwrap_or(0)
         };
-        let pressure = read("memory.pressure")?;
-        let some_us: u64 = pressure
-            .lines()
-            .find(|l| l.starts_with("some "))
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("no some total in {pressure:?}"))?;
+        let memory_some_ns = nodesat_tests::Pressure::read(dir, ".pressure")
+            .map_err(|e| e.to_string())?
+            .memory
+            .some_ns;
         Ok(MemoryFiles {
             high: key("high"),
             max: key("max"),
             oom: key("oom"),
             oom_kill: key("oom_kill"),
             oom_group_kill: key("oom_group_kill"),
-            memory_some_ns: some_us * 1000,
+            memory_some_ns,
         })
     }
 
