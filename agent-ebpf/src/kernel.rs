@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 28] = [
+pub const OFFSETS: [(&str, &str, &str); 31] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (SOCK_STATE, "sock", "__sk_common.skc_state"),
@@ -28,6 +28,9 @@ pub const OFFSETS: [(&str, &str, &str); 28] = [
     (GENDISK_MAJOR, "gendisk", "major"),
     (GENDISK_FIRST_MINOR, "gendisk", "first_minor"),
     (CFS_RQ_TG, "cfs_rq", "tg"),
+    (CFS_RQ_RQ, "cfs_rq", "rq"),
+    (CFS_RQ_THROTTLED_CLOCK, "cfs_rq", "throttled_clock"),
+    (RQ_CLOCK, "rq", "clock"),
     (TASK_GROUP_CGROUP, "task_group", "css.cgroup"),
     (OOM_CONTROL_MEMCG, "oom_control", "memcg"),
     (OOM_CONTROL_CONSTRAINT, "oom_control", "constraint"),
@@ -86,6 +89,13 @@ pub const TASK_IN_IOWAIT_BIT: &str = "OFF_TASK_IN_IOWAIT_BIT";
 /// task that stays runnable.
 pub const TASK_STATE: &str = "OFF_TASK_STATE";
 pub const CFS_RQ_TG: &str = "OFF_CFS_RQ_TG";
+/// `cfs_rq.rq`: the CPU run queue the group's run queue belongs to.
+pub const CFS_RQ_RQ: &str = "OFF_CFS_RQ_RQ";
+/// `cfs_rq.throttled_clock`: the rq clock the kernel counts the current throttle from (0: not
+/// counting).
+pub const CFS_RQ_THROTTLED_CLOCK: &str = "OFF_CFS_RQ_THROTTLED_CLOCK";
+/// `rq.clock`: what `rq_clock(rq)` returns.
+pub const RQ_CLOCK: &str = "OFF_RQ_CLOCK";
 pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";
 /// `oom_control.memcg`: the cgroup whose limit the OOM is about (NULL: not a cgroup OOM).
 pub const OOM_CONTROL_MEMCG: &str = "OFF_OOM_CONTROL_MEMCG";

@@ -32,6 +32,11 @@ pub struct HookPrograms {
     /// Tracepoint category (for classic tracepoints) and name, or the kernel function.
     pub category: &'static str,
     pub name: &'static str,
+    /// What reports and metrics call the hook: `name`, or for a function's return
+    /// `<name>:return`.
+    pub label: &'static str,
+    /// The programs run when the function returns (fexit, kretprobe), not on entry.
+    pub at_return: bool,
     pub tp_btf: Option<&'static str>,
     pub raw_tracepoint: Option<&'static str>,
     pub tracepoint: Option<&'static str>,
@@ -50,6 +55,8 @@ impl HookPrograms {
         Self {
             category,
             name,
+            label: name,
+            at_return: false,
             tp_btf: Some(tp_btf),
             raw_tracepoint: Some(raw_tracepoint),
             tracepoint: Some(tracepoint),
@@ -58,17 +65,33 @@ impl HookPrograms {
         }
     }
 
-    /// A kernel function; `programs`: the fentry and kprobe programs.
+    /// A kernel function's entry; `programs`: the fentry and kprobe programs.
     pub const fn function(name: &'static str, programs: [&'static str; 2]) -> Self {
         let [fentry, kprobe] = programs;
         Self {
             category: "",
             name,
+            label: name,
+            at_return: false,
             tp_btf: None,
             raw_tracepoint: None,
             tracepoint: None,
             fentry: Some(fentry),
             kprobe: Some(kprobe),
+        }
+    }
+
+    /// A kernel function's return; `programs`: the fexit and kretprobe programs (the `fentry`
+    /// and `kprobe` variants of the chain).
+    pub const fn function_return(
+        name: &'static str,
+        label: &'static str,
+        programs: [&'static str; 2],
+    ) -> Self {
+        Self {
+            label,
+            at_return: true,
+            ..Self::function(name, programs)
         }
     }
 }

@@ -172,7 +172,7 @@ pub fn check(config: &Config) -> i32 {
                 table,
                 "{:<14} {:<31} {}",
                 probe.name,
-                h.name,
+                h.label,
                 cells.join("")
             );
         }

@@ -48,6 +48,12 @@ static OFF_CFS_RQ_TG: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_TASK_GROUP_CGROUP: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
+static OFF_CFS_RQ_RQ: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_CFS_RQ_THROTTLED_CLOCK: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
+static OFF_RQ_CLOCK: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_FIRST_MINOR: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_MAJOR: u32 = UNKNOWN;
@@ -260,6 +266,19 @@ pub fn skb_tcp_segs(skb: u64) -> Option<u16> {
         return None;
     }
     read(skb + u64::from(cb), &OFF_TCP_SKB_CB_GSO_SEGS)
+}
+
+/// `cfs_rq->throttled_clock`: the rq clock its current throttle is counted from (0: none).
+#[inline(always)]
+pub fn cfs_rq_throttled_clock(cfs_rq: u64) -> Option<u64> {
+    read(cfs_rq, &OFF_CFS_RQ_THROTTLED_CLOCK)
+}
+
+/// `rq_clock(cfs_rq->rq)`: the clock of the CPU run queue a group run queue belongs to.
+#[inline(always)]
+pub fn cfs_rq_clock(cfs_rq: u64) -> Option<u64> {
+    let rq: u64 = read(cfs_rq, &OFF_CFS_RQ_RQ)?;
+    read(rq, &OFF_RQ_CLOCK)
 }
 
 /// The cgroup v2 id of a CFS run queue's task group: `cfs_rq->tg->css.cgroup->kn->id`.

@@ -30,8 +30,7 @@ fn begin() {
 
 #[inline(always)]
 fn end() {
-    // SAFETY: helper with no preconditions.
-    let task = unsafe { bpf_get_current_pid_tgid() };
+    let task = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(&since) = (unsafe { RECLAIM_SINCE.get(&task) }) else {
         return; // began before we attached

@@ -265,7 +265,7 @@ struct CgroupFiles {
 /// How full the hashes of in-flight state are; a map that cannot be read is left out (and
 /// logged at debug).
 fn map_fills(ebpf: &aya::Ebpf) -> Vec<crate::report::MapFill> {
-    use agent_ebpf::{block, iowait::IowaitSince, runqueue, throttle};
+    use agent_ebpf::{block, iowait::IowaitSince, runqueue};
     let fills = [
         (
             runqueue::MAP_ENQUEUED_AT,
@@ -278,10 +278,6 @@ fn map_fills(ebpf: &aya::Ebpf) -> Vec<crate::report::MapFill> {
         (
             block::MAP_ISSUED,
             maps::hash_fill::<u64, u64>(ebpf, block::MAP_ISSUED),
-        ),
-        (
-            throttle::MAP_SINCE,
-            maps::hash_fill::<u64, u64>(ebpf, throttle::MAP_SINCE),
         ),
         (
             agent_ebpf::reclaim::MAP_SINCE,

@@ -67,7 +67,7 @@ pub struct Throttle {
     /// `cpu.stat.local` `throttled_usec` (as ns) of limited cgroups and those under one.
     prev_local: Snapshot<u64, u64>,
     prev_durations: Snapshot<u64, Log2Hist>,
-    /// Throttle starts the program could not store, so far.
+    /// Unthrottles whose kernel fields the program could not read, so far.
     prev_errors: u64,
     /// v1 cpu cgroup id → the id of the same path in `hierarchy`. The throttle probe reads
     /// `cfs_rq->tg`, the cpu controller's cgroup: a v1 id on hybrid nodes.
@@ -94,14 +94,15 @@ impl Throttle {
         Ok(())
     }
 
-    /// Throttle starts the program could not store in the interval (`since_insert`).
+    /// Unthrottles in the interval whose kernel fields the program could not read
+    /// (`field_read`): their durations are missing.
     pub fn errors(&mut self, ebpf: &Ebpf) -> Result<Option<KernelError>, ProbeError> {
         let cur = maps::per_cpu_counter(ebpf, MAP_ERRORS)?;
         let count = cur.delta(&self.prev_errors);
         self.prev_errors = cur;
         Ok((count > 0).then_some(KernelError {
             probe: THROTTLE.name,
-            error: "since_insert",
+            error: "field_read",
             count,
         }))
     }
@@ -360,6 +361,26 @@ mod tests {
         assert_eq!(read_v1(&v1).unwrap().throttled_ns, 123_456);
         write(&v1, "cpu.cfs_quota_us", "-1\n");
         assert_eq!(read_v1(&v1), None);
+    }
+
+    /// The kernel program's rule for what `unthrottle_cfs_rq` added to `throttled_time`.
+    #[test]
+    fn a_duration_only_where_the_kernel_added_one() {
+        use agent_ebpf::throttle::{Unthrottling, kernel_duration};
+        let entry = Unthrottling {
+            cfs_rq: 0xffff_8880_0000_1000,
+            throttled_clock: 5_000_000,
+        };
+        // Unthrottled: the kernel cleared the field and added rq_clock - throttled_clock.
+        assert_eq!(kernel_duration(&entry, 0, 7_500_000), Some(2_500_000));
+        // Returned early (6.18+, no runtime left): the field is untouched, nothing added.
+        assert_eq!(kernel_duration(&entry, 5_000_000, 7_500_000), None);
+        // Throttled while empty (6.6+), or no task taken off yet (6.18+): not counted.
+        let empty = Unthrottling {
+            throttled_clock: 0,
+            ..entry
+        };
+        assert_eq!(kernel_duration(&empty, 0, 7_500_000), None);
     }
 
     #[test]

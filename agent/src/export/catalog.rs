@@ -298,7 +298,7 @@ pub const KERNEL_ERRORS: MetricDef = m(
     Node,
     Value::Int,
     &["nodesat.probe", "error.type"],
-    "The programs' other error counters (`kernel_errors`: `enqueue_update`, `latency_update`, `pending_mismatch`, `since_insert`).",
+    "The programs' other error counters (`kernel_errors`: `enqueue_update`, `latency_update`, `pending_mismatch`, `field_read`).",
 );
 pub const ENTITIES_OVERFLOW: MetricDef = m(
     "nodesat.agent.entities.overflow",
@@ -344,7 +344,7 @@ pub const MAP_ENTRIES: MetricDef = m(
     Node,
     Value::Int,
     &["nodesat.map.name"],
-    "Entries in one of the programs' hashes of in-flight state at the collection (`RUNQ_ENQUEUED_AT`: runnable tasks, `IOWAIT_SINCE`: tasks in iowait, both for the raw and classic tracepoint variants; `BLOCK_ISSUED`: block requests in flight; `THROTTLE_SINCE`: run queues throttled now). It should stay near the number of such things on the node; one that climbs towards the map's capacity leaks.",
+    "Entries in one of the programs' hashes of in-flight state at the collection (`RUNQ_ENQUEUED_AT`: runnable tasks, `IOWAIT_SINCE`: tasks in iowait, both for the raw and classic tracepoint variants; `BLOCK_ISSUED`: block requests in flight; `RECLAIM_SINCE`: tasks reclaiming memory now). It should stay near the number of such things on the node; one that climbs towards the map's capacity leaks.",
 );
 pub const MAP_MEMORY: MetricDef = m(
     "nodesat.agent.map.memory",

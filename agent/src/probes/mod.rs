@@ -12,7 +12,9 @@ use agent_ebpf::HookPrograms;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, RawTracePoint, TracePoint,
+    },
 };
 use serde::Serialize;
 
@@ -302,10 +304,10 @@ impl Probes {
             match self.try_attach(probe, variant) {
                 Ok(()) => {
                     for h in probe.hooks {
-                        tracing::info!(probe = probe.name, hook = h.name, %variant, "attached");
+                        tracing::info!(probe = probe.name, hook = h.label, %variant, "attached");
                         self.hooks.push(HookStatus {
                             probe: probe.name,
-                            hook: h.name,
+                            hook: h.label,
                             variant: Some(variant),
                             attached: true,
                             error: None,
@@ -338,7 +340,7 @@ impl Probes {
         for h in probe.hooks {
             self.hooks.push(HookStatus {
                 probe: probe.name,
-                hook: h.name,
+                hook: h.label,
                 variant: None,
                 attached: false,
                 error: Some(error.clone()),
@@ -376,7 +378,7 @@ impl Probes {
                 self.unload_all(&done);
                 return Err(ProbeError::Tracefs(format!(
                     "no {variant} program for {}",
-                    h.name
+                    h.label
                 )));
             };
             match self.attach_one(h, name, variant) {
@@ -420,6 +422,12 @@ impl Probes {
                 p.load().map_err(err)?;
                 p.attach(hook.category, hook.name).map_err(err)?;
             }
+            Variant::Fentry if hook.at_return => {
+                let btf = btf.ok_or_else(|| ProbeError::NoBtf("not found".into()))?;
+                let p: &mut FExit = program.try_into().map_err(err)?;
+                p.load(hook.name, btf).map_err(err)?;
+                p.attach().map_err(err)?;
+            }
             Variant::Fentry => {
                 let btf = btf.ok_or_else(|| ProbeError::NoBtf("not found".into()))?;
                 let p: &mut FEntry = program.try_into().map_err(err)?;
@@ -456,6 +464,7 @@ impl Probes {
             Some(Program::RawTracePoint(p)) => p.unload(),
             Some(Program::TracePoint(p)) => p.unload(),
             Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
             Some(Program::KProbe(p)) => p.unload(),
             _ => Ok(()),
         }
