@@ -5,7 +5,7 @@
 
 /// Each global: its name, the struct it starts from, and the member path (dots for nesting;
 /// members of anonymous structs and unions are found by name).
-pub const OFFSETS: [(&str, &str, &str); 31] = [
+pub const OFFSETS: [(&str, &str, &str); 32] = [
     (SOCK_CGROUP, "sock", "sk_cgrp_data.cgroup"),
     (SOCK_FAMILY, "sock", "__sk_common.skc_family"),
     (SOCK_STATE, "sock", "__sk_common.skc_state"),
@@ -30,6 +30,7 @@ pub const OFFSETS: [(&str, &str, &str); 31] = [
     (CFS_RQ_TG, "cfs_rq", "tg"),
     (CFS_RQ_RQ, "cfs_rq", "rq"),
     (CFS_RQ_THROTTLED_CLOCK, "cfs_rq", "throttled_clock"),
+    (CFS_RQ_THROTTLED, "cfs_rq", "throttled"),
     (RQ_CLOCK, "rq", "clock"),
     (TASK_GROUP_CGROUP, "task_group", "css.cgroup"),
     (OOM_CONTROL_MEMCG, "oom_control", "memcg"),
@@ -96,6 +97,8 @@ pub const CFS_RQ_RQ: &str = "OFF_CFS_RQ_RQ";
 pub const CFS_RQ_THROTTLED_CLOCK: &str = "OFF_CFS_RQ_THROTTLED_CLOCK";
 /// `rq.clock`: what `rq_clock(rq)` returns.
 pub const RQ_CLOCK: &str = "OFF_RQ_CLOCK";
+/// `cfs_rq.throttled` (an `int`): non-zero while the run queue is throttled.
+pub const CFS_RQ_THROTTLED: &str = "OFF_CFS_RQ_THROTTLED";
 pub const TASK_GROUP_CGROUP: &str = "OFF_TASK_GROUP_CGROUP";
 /// `oom_control.memcg`: the cgroup whose limit the OOM is about (NULL: not a cgroup OOM).
 pub const OOM_CONTROL_MEMCG: &str = "OFF_OOM_CONTROL_MEMCG";

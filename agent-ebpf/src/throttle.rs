@@ -9,8 +9,8 @@
 //! not at all); since 6.18 (task-based throttling) it counts from when its first task is
 //! actually taken off at its return to user space; and since 6.18 `unthrottle_cfs_rq` can
 //! return without unthrottling (no runtime left), the throttle going on. Reading the kernel's
-//! own start (`throttled_clock`, 0 when nothing is counted) on entry and its clock on return
-//! gives its figure on every kernel.
+//! own start (`throttled_clock`, 0 when nothing is counted) on entry, and on return whether the
+//! run queue was unthrottled (`throttled`) and its clock, gives its figure on every kernel.
 //!
 //! (The totals always come from `cpu.stat`; the histogram gives their shape.)
 
@@ -40,13 +40,15 @@ pub struct Unthrottling {
 
 crate::user_pod!(Unthrottling);
 
-/// The kernel's duration for a call, from what its entry saw and, on return,
-/// `cfs_rq->throttled_clock` and `rq_clock(rq)`. `None` when the kernel added nothing: it
-/// counted nothing (`throttled_clock` was 0), or it returned without unthrottling (the field
-/// is unchanged). Pure, so both sides test it.
+/// The kernel's duration for a call, from what its entry saw and, on return, whether the run
+/// queue is still throttled (`cfs_rq->throttled`) and `rq_clock(rq)`. `None` when the kernel
+/// added nothing: it counted nothing (`throttled_clock` was 0: 6.6+ for a run queue throttled
+/// empty, 6.18+ before any task was taken off), or it returned without unthrottling (6.18+, no
+/// runtime left: still throttled). (Whether the field was cleared cannot tell: kernels before
+/// 6.6 leave it set.) Pure, so both sides test it.
 #[inline(always)]
-pub fn kernel_duration(entry: &Unthrottling, clock_on_return: u64, rq_clock: u64) -> Option<u64> {
-    if entry.throttled_clock == 0 || clock_on_return == entry.throttled_clock {
+pub fn kernel_duration(entry: &Unthrottling, still_throttled: bool, rq_clock: u64) -> Option<u64> {
+    if entry.throttled_clock == 0 || still_throttled {
         return None;
     }
     Some(rq_clock.saturating_sub(entry.throttled_clock))

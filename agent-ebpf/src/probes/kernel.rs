@@ -54,6 +54,8 @@ static OFF_CFS_RQ_THROTTLED_CLOCK: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 static OFF_RQ_CLOCK: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
+static OFF_CFS_RQ_THROTTLED: u32 = UNKNOWN;
+#[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_FIRST_MINOR: u32 = UNKNOWN;
 #[unsafe(no_mangle)]
 pub(super) static OFF_GENDISK_MAJOR: u32 = UNKNOWN;
@@ -272,6 +274,12 @@ pub fn skb_tcp_segs(skb: u64) -> Option<u16> {
 #[inline(always)]
 pub fn cfs_rq_throttled_clock(cfs_rq: u64) -> Option<u64> {
     read(cfs_rq, &OFF_CFS_RQ_THROTTLED_CLOCK)
+}
+
+/// Whether the run queue is throttled now (`cfs_rq->throttled != 0`).
+#[inline(always)]
+pub fn cfs_rq_throttled(cfs_rq: u64) -> Option<bool> {
+    read::<u32>(cfs_rq, &OFF_CFS_RQ_THROTTLED).map(|t| t != 0)
 }
 
 /// `rq_clock(cfs_rq->rq)`: the clock of the CPU run queue a group run queue belongs to.

@@ -55,14 +55,14 @@ fn returned() {
     if entry.throttled_clock == 0 {
         return;
     }
-    let (Some(now_clock), Some(rq_clock)) = (
-        kernel::cfs_rq_throttled_clock(entry.cfs_rq),
+    let (Some(still_throttled), Some(rq_clock)) = (
+        kernel::cfs_rq_throttled(entry.cfs_rq),
         kernel::cfs_rq_clock(entry.cfs_rq),
     ) else {
         count_error(&THROTTLE_ERRORS, 0);
         return;
     };
-    if let Some(d) = kernel_duration(&entry, now_clock, rq_clock) {
+    if let Some(d) = kernel_duration(&entry, still_throttled, rq_clock) {
         let cgroup = kernel::cfs_rq_cgroup_id(entry.cfs_rq).unwrap_or(0);
         hist_add(&THROTTLE_DURATIONS, &cgroup, d);
     }

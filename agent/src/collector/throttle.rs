@@ -371,16 +371,16 @@ mod tests {
             cfs_rq: 0xffff_8880_0000_1000,
             throttled_clock: 5_000_000,
         };
-        // Unthrottled: the kernel cleared the field and added rq_clock - throttled_clock.
-        assert_eq!(kernel_duration(&entry, 0, 7_500_000), Some(2_500_000));
-        // Returned early (6.18+, no runtime left): the field is untouched, nothing added.
-        assert_eq!(kernel_duration(&entry, 5_000_000, 7_500_000), None);
+        // Unthrottled: the kernel added rq_clock - throttled_clock.
+        assert_eq!(kernel_duration(&entry, false, 7_500_000), Some(2_500_000));
+        // Returned early (6.18+, no runtime left): still throttled, nothing added.
+        assert_eq!(kernel_duration(&entry, true, 7_500_000), None);
         // Throttled while empty (6.6+), or no task taken off yet (6.18+): not counted.
         let empty = Unthrottling {
             throttled_clock: 0,
             ..entry
         };
-        assert_eq!(kernel_duration(&empty, 0, 7_500_000), None);
+        assert_eq!(kernel_duration(&empty, false, 7_500_000), None);
     }
 
     #[test]

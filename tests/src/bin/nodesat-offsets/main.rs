@@ -254,6 +254,7 @@ const SPECS: &[Spec] = &[
             k::KERNFS_NODE_ID,
             k::CFS_RQ_RQ,
             k::CFS_RQ_THROTTLED_CLOCK,
+            k::CFS_RQ_THROTTLED,
             k::RQ_CLOCK,
         ],
         against: "throttle durations keyed by cfs_rq->tg's cgroup id vs the capped cgroup's directory inode, their sum (rq_clock - throttled_clock at each unthrottle) vs its cpu.stat throttled time, within 1%",
