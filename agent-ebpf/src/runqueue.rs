@@ -11,9 +11,22 @@
 
 use crate::HookPrograms;
 
-/// `HashMap<u64 task key, u64 ktime ns>`: when each runnable task was enqueued. The task key
-/// is the `task_struct` address (tp_btf, raw tracepoint) or the pid (classic tracepoint).
+/// `HashMap<u64 task key, Enqueued>`: when each runnable task was enqueued. The task key is
+/// the `task_struct` address (tp_btf, raw tracepoint) or the pid (classic tracepoint).
 pub const MAP_ENQUEUED_AT: &str = "RUNQ_ENQUEUED_AT";
+
+/// A runnable task's wait so far ([`MAP_ENQUEUED_AT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// When it became runnable (ktime ns).
+    pub since_ns: u64,
+    /// When it was last moved to another CPU's run queue while waiting (`sched_migrate_task`),
+    /// 0 if never: only the CPU it waits on from then on can be blamed for the rest.
+    pub arrived_ns: u64,
+}
+
+crate::user_pod!(Enqueued);
 pub const ENQUEUED_AT_MAX_ENTRIES: u32 = 65_536;
 
 /// `PerCpuArray<RunqCpu>` of one element: each CPU's own state (the wait of the task running
@@ -77,6 +90,7 @@ pub const GLOBAL_TP_SWITCH_PREV_PID: &str = "TP_SWITCH_PREV_PID";
 pub const GLOBAL_TP_SWITCH_PREV_STATE: &str = "TP_SWITCH_PREV_STATE";
 pub const GLOBAL_TP_SWITCH_NEXT_PID: &str = "TP_SWITCH_NEXT_PID";
 pub const GLOBAL_TP_WAKEUP_PID: &str = "TP_WAKEUP_PID";
+pub const GLOBAL_TP_MIGRATE_PID: &str = "TP_MIGRATE_PID";
 
 /// One CPU's state ([`MAP_CPU`]).
 #[repr(C)]
@@ -90,12 +104,132 @@ pub struct RunqCpu {
     pub wait_ns: u64,
     /// Error counters, by `ERR_*`.
     pub errors: [u64; ERRORS_LEN as usize],
+    /// When the task running now started running here.
+    pub run_start_ns: u64,
+    /// Runs recorded on this CPU so far; run `i` is in `runs[i % RUNS]`.
+    pub runs_recorded: u64,
+    /// The last [`RUNS`] runs that ended on this CPU.
+    pub runs: [Run; RUNS],
+    /// The pending wait split by who ran on this CPU during it (see [`split_wait`]).
+    pub pending_split: Split,
 }
 
 crate::user_pod!(RunqCpu);
 
+// --- Noisy neighbours: who ran while a task waited ---
+//
+// A task waiting on a CPU's run queue is delayed by whoever runs on that CPU meanwhile. Each
+// CPU remembers its last [`RUNS`] runs (cgroup, start, end); when a task that waited is
+// switched in, its wait is split over the runs it overlapped ([`split_wait`]), parked with the
+// wait, and added to [`MAP_CAUSED`] under (its cgroup, the runner's) when its cgroup is known
+// (its switch-out, as for the latency). The parts sum to the wait by construction: what no
+// remembered run covers goes to [`CULPRIT_UNSEEN`].
+
+/// Runs remembered per CPU (a power of two).
+pub const RUNS: usize = 8;
+/// Distinct culprits one wait is split among; a wait that overlapped more gives the rest to
+/// [`CULPRIT_UNSEEN`].
+pub const SPLIT: usize = 4;
+/// Culprit: the CPU was idle (the wait was the wake-up's own latency; nobody ran).
+pub const CULPRIT_IDLE: u64 = 0;
+/// Culprit: not known. The wait began before the CPU's remembered runs (more than [`RUNS`]
+/// runs, or the agent attached meanwhile), overlapped more than [`SPLIT`] cgroups, or was
+/// partly spent on another CPU's run queue before the task was moved here (that CPU's
+/// runners are not this one's).
+pub const CULPRIT_UNSEEN: u64 = u64::MAX;
+
+/// `LruHashMap<CausedKey, u64 ns>`: run-queue wait of `victim`'s tasks while `culprit`'s
+/// ran on their CPU, cumulative.
+pub const MAP_CAUSED: &str = "RUNQ_CAUSED";
+pub const CAUSED_MAX_ENTRIES: u32 = 16_384;
+
+/// A key of [`MAP_CAUSED`]: cgroup ids (or a `CULPRIT_*` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CausedKey {
+    pub victim: u64,
+    pub culprit: u64,
+}
+
+crate::user_pod!(CausedKey);
+
+/// One run on a CPU: a task of `cgroup` ([`CULPRIT_IDLE`] for the idle task) ran there from
+/// `start_ns` to `end_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    pub cgroup: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// One wait split by culprit: `culprits[i]` ran for `ns[i]` of it (`ns[i]` 0: slot free),
+/// `unseen_ns` is the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Split {
+    pub culprits: [u64; SPLIT],
+    pub ns: [u64; SPLIT],
+    pub unseen_ns: u64,
+}
+
+impl Split {
+    /// Adds `ns` for `culprit`: to its slot, else to a free one, else to the unseen rest.
+    #[inline(always)]
+    fn add(&mut self, culprit: u64, ns: u64) {
+        let mut i = 0;
+        while i < SPLIT {
+            if self.ns[i] == 0 || self.culprits[i] == culprit {
+                self.culprits[i] = culprit;
+                self.ns[i] += ns;
+                return;
+            }
+            i += 1;
+        }
+        self.unseen_ns += ns;
+    }
+}
+
+/// Splits the wait from `since` to `now` over the runs on this CPU that it overlapped since
+/// the task arrived on it (`arrived`: when it was moved here while waiting, 0 if it was not;
+/// the time before goes to the unseen rest): `runs` and `recorded` as [`RunqCpu`] holds them,
+/// newest last. The run that ends at `now` (the task leaving the CPU) must be recorded first.
+/// The parts always sum to `now - since`.
+#[inline(always)]
+pub fn split_wait(runs: &[Run; RUNS], recorded: u64, since: u64, arrived: u64, now: u64) -> Split {
+    let mut split = Split::default();
+    let whole = now.saturating_sub(since);
+    let since = if arrived > since { arrived } else { since };
+    let mut seen = 0u64;
+    let mut back = 0usize;
+    while back < RUNS {
+        if back as u64 >= recorded {
+            break;
+        }
+        let run = &runs[((recorded - 1 - back as u64) as usize) & (RUNS - 1)];
+        if run.end_ns <= since {
+            break;
+        }
+        let from = if run.start_ns > since {
+            run.start_ns
+        } else {
+            since
+        };
+        let to = if run.end_ns < now { run.end_ns } else { now };
+        if to > from {
+            split.add(run.cgroup, to - from);
+            seen += to - from;
+        }
+        back += 1;
+    }
+    if whole > seen {
+        split.unseen_ns += whole - seen;
+    }
+    split
+}
+
 /// The programs on each hook, by attach variant.
-pub const HOOKS: [HookPrograms; 3] = [
+pub const HOOKS: [HookPrograms; 4] = [
     HookPrograms::new(
         "sched",
         "sched_switch",
@@ -110,6 +244,11 @@ pub const HOOKS: [HookPrograms; 3] = [
         "sched",
         "sched_wakeup_new",
         ["runq_wakenew_btf", "runq_wakenew_raw", "runq_wakenew_tp"],
+    ),
+    HookPrograms::new(
+        "sched",
+        "sched_migrate_task",
+        ["runq_migrate_btf", "runq_migrate_raw", "runq_migrate_tp"],
     ),
 ];
 

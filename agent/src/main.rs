@@ -61,7 +61,7 @@ enum Command {
     #[command(hide = true)]
     AttachEmpty(Flags),
     /// Live terminal view: cgroups sortable by any column, per-CPU run queues, OOM kills as
-    /// they happen (keys 1-6 or s: sort column, r: reverse, q: quit). Prints the table each
+    /// they happen (keys 1-7 or s: sort column, r: reverse, q: quit). Prints the table each
     /// interval instead when stdout is not a terminal.
     Top(Flags),
 }

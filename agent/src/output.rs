@@ -308,6 +308,7 @@ mod tests {
                         latency_p99_ns: 4_200_000,
                         latency_max_ns: 8_388_608,
                         histogram: agent_ebpf::hist::Log2Hist::ZERO,
+                        ..RunqueueFigures::default()
                     },
                     tcp_retransmits: vec![TcpRetransmits {
                         family: "ipv4",

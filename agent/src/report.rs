@@ -191,6 +191,10 @@ impl Merge for CgroupReport {
         a.latency_p99_ns = a.latency_p99_ns.max(b.latency_p99_ns);
         a.latency_max_ns = a.latency_max_ns.max(b.latency_max_ns);
         crate::core::counters::Counter::merge(&mut a.histogram, &b.histogram);
+        a.caused_ns += b.caused_ns;
+        let mut culprits = std::mem::take(&mut a.culprits);
+        culprits.extend(o.runqueue.culprits);
+        a.culprits = rank_culprits(culprits);
         for r in o.tcp_retransmits {
             match self
                 .tcp_retransmits
@@ -351,6 +355,79 @@ pub struct RunqueueFigures {
     /// The latency histogram itself (exported over OTLP; left out of the JSON lines).
     #[serde(skip)]
     pub histogram: agent_ebpf::hist::Log2Hist,
+    /// Run-queue wait this cgroup caused, ns: the wait of every task (its own included) that
+    /// waited on a CPU while one of this cgroup's tasks ran there.
+    pub caused_ns: u64,
+    /// Who ran on the CPU while this cgroup's tasks waited (`wait_ns` split by runner), the
+    /// largest first: the top [`CULPRITS_TOP`] cgroups, then `idle`, `unattributed` and
+    /// `other` (the rest, summed) where non-zero.
+    pub culprits: Vec<Culprit>,
+}
+
+/// How many culprit cgroups a victim's list names before the rest is summed as `other`.
+pub const CULPRITS_TOP: usize = 3;
+
+/// One culprit of a cgroup's run-queue wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Culprit {
+    /// The culprit's cgroup id; 0 for `idle`, `unattributed` and `other`.
+    pub cgroup_id: u64,
+    /// The culprit as tables label it (namespace/pod/container, unit, cgroup path), or
+    /// `idle` (the CPU was idle: the wake-up's own latency), `unattributed` (not covered by the
+    /// runs the CPU remembers, or spent on another CPU before a migration) or `other` (the
+    /// culprits beyond the top ones, summed).
+    pub culprit: String,
+    /// The part of the victim's wait this culprit ran for, ns.
+    pub wait_ns: u64,
+}
+
+impl Culprit {
+    pub const IDLE: &'static str = "idle";
+    pub const UNATTRIBUTED: &'static str = "unattributed";
+    pub const OTHER: &'static str = "other";
+}
+
+/// The top [`CULPRITS_TOP`] named culprits, largest first, then `idle` and `unattributed`,
+/// then the rest summed as `other` (pure; parts summing to the input's).
+pub fn rank_culprits(mut all: Vec<Culprit>) -> Vec<Culprit> {
+    // Merge duplicates (the "other" entity sums several victims' lists).
+    all.sort_by(|a, b| (a.cgroup_id, &a.culprit).cmp(&(b.cgroup_id, &b.culprit)));
+    let mut merged: Vec<Culprit> = Vec::with_capacity(all.len());
+    for c in all {
+        match merged.last_mut() {
+            Some(m) if m.cgroup_id == c.cgroup_id && m.culprit == c.culprit => {
+                m.wait_ns += c.wait_ns
+            }
+            _ => merged.push(c),
+        }
+    }
+    let special = |c: &Culprit| c.cgroup_id == 0;
+    let (mut named, rest): (Vec<Culprit>, Vec<Culprit>) =
+        merged.into_iter().partition(|c| !special(c));
+    named.sort_by(|a, b| {
+        b.wait_ns
+            .cmp(&a.wait_ns)
+            .then(a.cgroup_id.cmp(&b.cgroup_id))
+    });
+    let beyond: u64 = named.iter().skip(CULPRITS_TOP).map(|c| c.wait_ns).sum();
+    named.truncate(CULPRITS_TOP);
+    let mut other = 0;
+    for c in rest {
+        if c.culprit == Culprit::OTHER {
+            other += c.wait_ns;
+        } else {
+            named.push(c);
+        }
+    }
+    other += beyond;
+    if other > 0 {
+        named.push(Culprit {
+            cgroup_id: 0,
+            culprit: Culprit::OTHER.into(),
+            wait_ns: other,
+        });
+    }
+    named
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -385,6 +462,8 @@ impl Default for RunqueueFigures {
             latency_p99_ns: 0,
             latency_max_ns: 0,
             histogram: agent_ebpf::hist::Log2Hist::ZERO,
+            caused_ns: 0,
+            culprits: Vec::new(),
         }
     }
 }

@@ -52,11 +52,13 @@ impl View {
     }
 }
 
-/// The sortable columns, in the order of keys 1–6.
+/// The sortable columns, in the order of keys 1–7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
     P99,
     Waiting,
+    /// Tasks it kept waiting (its own included), on average: the wait it caused ÷ interval.
+    Caused,
     Throttled,
     Iowait,
     Retransmits,
@@ -64,9 +66,10 @@ pub enum Column {
 }
 
 impl Column {
-    pub const ALL: [Column; 6] = [
+    pub const ALL: [Column; 7] = [
         Column::P99,
         Column::Waiting,
+        Column::Caused,
         Column::Throttled,
         Column::Iowait,
         Column::Retransmits,
@@ -77,6 +80,7 @@ impl Column {
         match self {
             Column::P99 => "RQ_P99",
             Column::Waiting => "WAITING",
+            Column::Caused => "CAUSED",
             Column::Throttled => "THROT%",
             Column::Iowait => "IOWAIT",
             Column::Retransmits => "RETX/s",
@@ -88,6 +92,7 @@ impl Column {
         match self {
             Column::P99 => 8,
             Column::Waiting => 9,
+            Column::Caused => 8,
             Column::Throttled => 8,
             Column::Iowait => 8,
             Column::Retransmits => 8,
@@ -107,6 +112,8 @@ pub struct Row {
     pub label: String,
     pub p99_ns: u64,
     pub waiting: f64,
+    /// Average number of tasks (any cgroup's) waiting while its tasks ran on their CPU.
+    pub caused: f64,
     /// `None` without a CPU limit.
     pub throttled_pct: Option<f64>,
     /// Average number of its tasks blocked on I/O.
@@ -127,6 +134,7 @@ impl Row {
             label,
             p99_ns: c.runqueue.latency_p99_ns,
             waiting: c.runqueue.waiting_tasks,
+            caused: c.runqueue.caused_ns as f64 / interval,
             throttled_pct: c.throttling.as_ref().map(|t| t.throttled_pct),
             iowait: c.iowait_ns as f64 / interval,
             retransmits_per_s: c.retransmits() as f64 / (interval / 1e9),
@@ -139,6 +147,7 @@ impl Row {
         match col {
             Column::P99 => self.p99_ns as f64,
             Column::Waiting => self.waiting,
+            Column::Caused => self.caused,
             Column::Throttled => self.throttled_pct.unwrap_or(-1.0),
             Column::Iowait => self.iowait,
             Column::Retransmits => self.retransmits_per_s,
@@ -151,6 +160,7 @@ impl Row {
         match col {
             Column::P99 => self.p99_ns >= 10_000_000,
             Column::Waiting => self.waiting >= 1.0,
+            Column::Caused => self.caused >= 1.0,
             Column::Throttled => self.throttled_pct.is_some_and(|p| p >= 25.0),
             Column::Iowait => self.iowait >= 1.0,
             Column::Retransmits => self.retransmits_per_s > 0.0,
@@ -162,6 +172,7 @@ impl Row {
         match col {
             Column::P99 => human_ns(self.p99_ns),
             Column::Waiting => format!("{:.2}", self.waiting),
+            Column::Caused => format!("{:.2}", self.caused),
             Column::Throttled => self
                 .throttled_pct
                 .map_or("-".to_owned(), |p| format!("{p:.0}")),
@@ -232,7 +243,7 @@ impl State {
         match k.code {
             KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Action::Quit,
             KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
-            KeyCode::Char(d @ '1'..='6') => {
+            KeyCode::Char(d @ '1'..='7') => {
                 self.sort = Column::ALL[d as usize - '1' as usize];
                 Action::Redraw
             }
@@ -269,7 +280,7 @@ impl State {
         out.push(Line::from(vec![
             Span::styled("nodesat top", bold),
             Span::raw(clip(
-                &format!("  {when}  keys: 1-6/s sort, r reverse, q quit"),
+                &format!("  {when}  keys: 1-7/s sort, r reverse, q quit"),
                 width.saturating_sub(11),
             )),
         ]));
@@ -727,9 +738,9 @@ mod tests {
             ..State::default()
         };
         assert_eq!(s.rows()[0].label, "/busy", "default: waiting, descending");
-        assert_eq!(press(&mut s, '3'), Action::Redraw);
+        assert_eq!(press(&mut s, '4'), Action::Redraw);
         assert_eq!(s.rows()[0].label, "/capped");
-        press(&mut s, '5');
+        press(&mut s, '6');
         assert_eq!(s.rows()[0].label, "/light");
         assert_eq!(s.rows()[0].retransmits_per_s, 5.0);
         press(&mut s, 'r');
@@ -796,7 +807,7 @@ mod tests {
         );
         assert!(
             all.iter()
-                .any(|l| l.starts_with("/kubepods.…") && l.contains("name.scope")),
+                .any(|l| l.starts_with("/kubepod…") && l.contains("name.scope")),
             "{all:#?}"
         );
         // The worst row is bold red when its sort figure is alarming.

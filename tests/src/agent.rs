@@ -473,6 +473,20 @@ pub struct RunqueueStats {
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
     pub latency_max_ns: u64,
+    /// Wait of every task that waited while one of this cgroup's ran on its CPU.
+    #[serde(default)]
+    pub caused_ns: u64,
+    /// This cgroup's wait split by who ran meanwhile.
+    #[serde(default)]
+    pub culprits: Vec<Culprit>,
+}
+
+/// One culprit of a cgroup's run-queue wait.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Culprit {
+    pub cgroup_id: u64,
+    pub culprit: String,
+    pub wait_ns: u64,
 }
 
 /// One CPU's figures in a [`Report`].

@@ -4,8 +4,10 @@ use agent_ebpf::{
     hist::Log2Hist,
     iowait::{self, IowaitSince, SINCE_MAX_ENTRIES},
     runqueue::{
-        ENQUEUED_AT_MAX_ENTRIES, ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH,
-        LATENCY_MAX_CGROUPS, MISMATCH_CPUS, MISMATCH_SLOTS, Mismatch, RunqCpu,
+        CAUSED_MAX_ENTRIES, CULPRIT_IDLE, CULPRIT_UNSEEN, CausedKey, ENQUEUED_AT_MAX_ENTRIES,
+        ERR_ENQUEUE_UPDATE, ERR_LATENCY_UPDATE, ERR_PENDING_MISMATCH, Enqueued,
+        LATENCY_MAX_CGROUPS, MISMATCH_CPUS, MISMATCH_SLOTS, Mismatch, RUNS, Run, RunqCpu, SPLIT,
+        Split, split_wait,
     },
 };
 use aya_ebpf::{
@@ -41,6 +43,8 @@ struct TaskTimes {
     /// wakeup's, which the next wakeup replaces (see [`InTaskStorage::clear_enqueued`]).
     preempted: u32,
     _pad: u32,
+    /// When it was last moved to another CPU while waiting (see [`Enqueued::arrived_ns`]).
+    arrived_at: u64,
     /// Set while the task is blocked in iowait (`since_ns` 0 otherwise).
     iowait: IowaitSince,
 }
@@ -53,7 +57,8 @@ static SCHED_TASK_TIMES: TaskStorage<TaskTimes> = TaskStorage::new();
 /// every entry is removed when its task gets a CPU, so it cannot fill with stale entries, and
 /// updates skip the LRU list bookkeeping (measurably cheaper on this hot path).
 #[map]
-static RUNQ_ENQUEUED_AT: HashMap<u64, u64> = HashMap::with_max_entries(ENQUEUED_AT_MAX_ENTRIES, 0);
+static RUNQ_ENQUEUED_AT: HashMap<u64, Enqueued> =
+    HashMap::with_max_entries(ENQUEUED_AT_MAX_ENTRIES, 0);
 
 /// Tasks blocked in iowait, for the raw and classic tracepoint programs (removed at wake-up).
 #[map]
@@ -65,6 +70,10 @@ static RUNQ_CPU: PerCpuArray<RunqCpu> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RUNQ_LATENCY: LruHashMap<u64, Log2Hist> =
     LruHashMap::with_max_entries(LATENCY_MAX_CGROUPS, 0);
+
+#[map]
+static RUNQ_CAUSED: LruHashMap<CausedKey, u64> =
+    LruHashMap::with_max_entries(CAUSED_MAX_ENTRIES, 0);
 
 #[map]
 static IOWAIT_TIME: LruHashMap<u64, u64> =
@@ -93,6 +102,8 @@ static TP_SWITCH_PREV_STATE: u32 = 0;
 static TP_SWITCH_NEXT_PID: u32 = 0;
 #[unsafe(no_mangle)]
 static TP_WAKEUP_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static TP_MIGRATE_PID: u32 = 0;
 
 /// Counts an enqueue time that could not be stored (off the hot path: only on failure).
 #[inline(always)]
@@ -108,8 +119,12 @@ trait TaskState {
     type Task: Copy;
     /// The task became runnable at `now`.
     fn set_enqueued(task: Self::Task, now: u64);
-    /// Takes (and clears) the time the task became runnable.
-    fn take_enqueued(task: Self::Task) -> Option<u64>;
+    /// Takes (and clears) the time the task became runnable, and when it was last moved to
+    /// another CPU while waiting (0: not moved).
+    fn take_enqueued(task: Self::Task) -> Option<Enqueued>;
+    /// The task was moved to another CPU's run queue at `now`: if it is waiting, only that
+    /// CPU's runners delay it from now on.
+    fn migrated(task: Self::Task, now: u64);
     /// The task went to sleep (or died): it has no start time any more.
     fn clear_enqueued(task: Self::Task);
     /// The task was woken at `now`: it is runnable from now on, unless it already was (a
@@ -140,11 +155,25 @@ impl TaskState for InTaskStorage {
             None => enqueue_failed(),
         }
     }
-    fn take_enqueued(task: *mut c_void) -> Option<u64> {
+    fn take_enqueued(task: *mut c_void) -> Option<Enqueued> {
         let t = SCHED_TASK_TIMES.get(task, false)?;
         t.preempted = 0;
-        let since = core::mem::take(&mut t.enqueued_at);
-        (since != 0).then_some(since)
+        let since_ns = core::mem::take(&mut t.enqueued_at);
+        let arrived_ns = core::mem::take(&mut t.arrived_at);
+        (since_ns != 0).then_some(Enqueued {
+            since_ns,
+            arrived_ns,
+        })
+    }
+    /// A start time a sleeping task may hold (a wakeup's that came while it still ran) is
+    /// replaced at its next wakeup, which comes after this move: the arrival then predates it
+    /// and changes nothing.
+    fn migrated(task: *mut c_void, now: u64) {
+        if let Some(t) = SCHED_TASK_TIMES.get(task, false)
+            && t.enqueued_at != 0
+        {
+            t.arrived_at = now;
+        }
     }
     /// Nothing to do, and no storage lookup on the hot path: the only start time a sleeping
     /// task can hold is a wakeup's (one that came while it still ran; a preemption's was
@@ -184,22 +213,37 @@ struct InHashMap;
 impl TaskState for InHashMap {
     type Task = u64;
     fn set_enqueued(task: u64, now: u64) {
-        if RUNQ_ENQUEUED_AT.insert(&task, &now, 0).is_err() {
+        let e = Enqueued {
+            since_ns: now,
+            arrived_ns: 0,
+        };
+        if RUNQ_ENQUEUED_AT.insert(&task, &e, 0).is_err() {
             enqueue_failed();
         }
     }
-    fn take_enqueued(task: u64) -> Option<u64> {
+    fn take_enqueued(task: u64) -> Option<Enqueued> {
         // SAFETY: the value is copied out before the entry is removed.
-        let since = *unsafe { RUNQ_ENQUEUED_AT.get(&task) }?;
+        let e = *unsafe { RUNQ_ENQUEUED_AT.get(&task) }?;
         let _ = RUNQ_ENQUEUED_AT.remove(&task);
-        Some(since)
+        Some(e)
+    }
+    fn migrated(task: u64, now: u64) {
+        if let Some(e) = RUNQ_ENQUEUED_AT.get_ptr_mut(&task) {
+            // SAFETY: a valid map value; only this task's events touch it, and they are
+            // serialised by the scheduler.
+            unsafe { (*e).arrived_ns = now };
+        }
     }
     fn clear_enqueued(task: u64) {
         let _ = RUNQ_ENQUEUED_AT.remove(&task);
     }
     fn woken(task: u64, now: u64) -> Option<IowaitSince> {
         // BPF_NOEXIST: a start time a preemption set stays.
-        match RUNQ_ENQUEUED_AT.insert(&task, &now, BPF_NOEXIST) {
+        let e = Enqueued {
+            since_ns: now,
+            arrived_ns: 0,
+        };
+        match RUNQ_ENQUEUED_AT.insert(&task, &e, BPF_NOEXIST) {
             Ok(()) | Err(EEXIST) => {}
             Err(_) => enqueue_failed(),
         }
@@ -266,20 +310,24 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     };
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
     let cpu = unsafe { &mut *cpu };
-    // The current cgroup is looked up only when a figure needs it (in the v1 mode it costs
-    // four kernel reads), never on every switch.
+    // The task leaving the CPU is the current task, so the current cgroup is its own (one
+    // helper call; in the v1 mode four kernel reads). The idle task's runs are the CPU's idle
+    // time.
+    let prev_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    let prev_cgroup = if prev_idle {
+        CULPRIT_IDLE
+    } else {
+        kernel::current_cgroup_id()
+    };
 
-    // The task leaving the CPU is the one whose wait was parked when it started: it is the
-    // current task, so the current cgroup is its own.
+    // The task leaving the CPU is the one whose wait was parked when it started: its wait goes
+    // to its cgroup's histogram, and each part of it to (its cgroup, who ran meanwhile).
     if cpu.pending_task != 0 {
         if cpu.pending_task == S::key(prev) {
-            if !hist_add(
-                &RUNQ_LATENCY,
-                &kernel::current_cgroup_id(),
-                cpu.pending_wait_ns,
-            ) {
+            if !hist_add(&RUNQ_LATENCY, &prev_cgroup, cpu.pending_wait_ns) {
                 cpu.errors[ERR_LATENCY_UPDATE as usize] += 1;
             }
+            add_caused(prev_cgroup, &cpu.pending_split);
         } else {
             cpu.errors[ERR_PENDING_MISMATCH as usize] += 1;
             if global(&DEBUG_MISMATCHES) == 1 {
@@ -296,9 +344,19 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         cpu.pending_wait_ns = 0;
     }
 
+    // The run that ends now, remembered for the waits it delayed.
+    let slot = (cpu.runs_recorded as usize) & (RUNS - 1);
+    cpu.runs[slot] = Run {
+        cgroup: prev_cgroup,
+        start_ns: cpu.run_start_ns,
+        end_ns: now,
+    };
+    cpu.runs_recorded += 1;
+    cpu.run_start_ns = now;
+
     if prev_state == PrevState::Runnable {
         // A preempted task goes straight back to the run queue. The idle task never waits.
-        if bpf_get_current_pid_tgid() as u32 != 0 {
+        if !prev_idle {
             S::set_enqueued(prev, now);
         }
     } else {
@@ -314,7 +372,7 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
             prev,
             IowaitSince {
                 since_ns: now,
-                cgroup: kernel::current_cgroup_id(),
+                cgroup: prev_cgroup,
                 // SAFETY: helper with no preconditions.
                 cpu: unsafe { bpf_get_smp_processor_id() },
                 _pad: 0,
@@ -322,13 +380,46 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
         );
     }
 
-    let Some(since) = S::take_enqueued(next) else {
+    let Some(e) = S::take_enqueued(next) else {
         return;
     };
-    let wait = now.saturating_sub(since);
+    let wait = now.saturating_sub(e.since_ns);
     cpu.wait_ns += wait;
     cpu.pending_task = S::key(next);
     cpu.pending_wait_ns = wait;
+    cpu.pending_split = split_wait(&cpu.runs, cpu.runs_recorded, e.since_ns, e.arrived_ns, now);
+}
+
+/// A task was moved to another CPU's run queue.
+#[inline(always)]
+fn migrated<S: TaskState>(task: S::Task) {
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    S::migrated(task, now);
+}
+
+/// Adds each part of a wait of `victim`'s to [`RUNQ_CAUSED`]; a part that cannot be stored
+/// (the map full of entries in use) is lost from the split only, never from the latency.
+#[inline(always)]
+fn add_caused(victim: u64, split: &Split) {
+    let mut i = 0;
+    while i < SPLIT {
+        if split.ns[i] != 0 {
+            let key = CausedKey {
+                victim,
+                culprit: split.culprits[i],
+            };
+            count_add(&RUNQ_CAUSED, &key, split.ns[i]);
+        }
+        i += 1;
+    }
+    if split.unseen_ns != 0 {
+        let key = CausedKey {
+            victim,
+            culprit: CULPRIT_UNSEEN,
+        };
+        count_add(&RUNQ_CAUSED, &key, split.unseen_ns);
+    }
 }
 
 /// Keys at or above this are kernel addresses (`task_struct` pointers); below, pids.
@@ -439,6 +530,19 @@ pub fn runq_wakenew_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+// sched_migrate_task(struct task_struct *p, int dest_cpu)
+#[btf_tracepoint(function = "sched_migrate_task")]
+pub fn runq_migrate_btf(ctx: BtfTracePointContext) -> i32 {
+    migrated::<InTaskStorage>(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_migrate_task")]
+pub fn runq_migrate_raw(ctx: RawTracePointContext) -> i32 {
+    migrated::<InHashMap>(ctx.arg(0));
+    0
+}
+
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn runq_switch_raw(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
@@ -500,6 +604,14 @@ pub fn runq_wakeup_tp(ctx: TracePointContext) -> i32 {
 pub fn runq_wakenew_tp(ctx: TracePointContext) -> i32 {
     if let Some(pid) = tp_field::<i32>(&ctx, &TP_WAKEUP_PID) {
         woken::<InHashMap>(pid as u64);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn runq_migrate_tp(ctx: TracePointContext) -> i32 {
+    if let Some(pid) = tp_field::<i32>(&ctx, &TP_MIGRATE_PID) {
+        migrated::<InHashMap>(pid as u64);
     }
     0
 }

@@ -13,16 +13,18 @@ pub mod tcp;
 pub mod throttle;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
+
+use agent_ebpf::runqueue::{CULPRIT_IDLE, CULPRIT_UNSEEN};
 
 use crate::{
     cgroups::{CgroupNames, Hierarchy},
     config::Config,
     identity::{Resolver, cap_entities},
     probes::{ProbeError, Probes},
-    report::{CgroupReport, NodeTotals, Report, Sources},
+    report::{CgroupReport, Culprit, NodeTotals, Report, Sources, rank_culprits},
 };
 
 pub struct Collector {
@@ -127,6 +129,18 @@ impl Collector {
         for (id, figures) in rq.cgroups {
             entry(&mut cgroups, id).runqueue = figures;
         }
+        // Who ran while each cgroup waited: the culprits' caused wait, and each victim's
+        // culprits (labelled once names are known, below).
+        let mut culprits_of: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+        for &(key, ns) in &rq.caused {
+            if !matches!(key.culprit, CULPRIT_IDLE | CULPRIT_UNSEEN) {
+                entry(&mut cgroups, key.culprit).runqueue.caused_ns += ns;
+            }
+            culprits_of
+                .entry(key.victim)
+                .or_default()
+                .push((key.culprit, ns));
+        }
         let mut node = NodeTotals::default();
         for (id, figures) in retransmits {
             let c = entry(&mut cgroups, id);
@@ -159,7 +173,17 @@ impl Collector {
         let mut kernel_errors = rq.errors;
         kernel_errors.extend(oom_lost);
         kernel_errors.extend(self.throttle.errors(ebpf)?);
-        let ids: Vec<u64> = cgroups.keys().copied().collect();
+        let mut ids: Vec<u64> = cgroups.keys().copied().collect();
+        // Culprits are named too, though they need not be in the report.
+        ids.extend(
+            culprits_of
+                .values()
+                .flatten()
+                .map(|&(culprit, _)| culprit)
+                .filter(|c| !matches!(*c, CULPRIT_IDLE | CULPRIT_UNSEEN)),
+        );
+        ids.sort_unstable();
+        ids.dedup();
         self.names.refresh_if_unknown(&ids);
         self.identities.forget(self.names.ids());
         if let Some(files) = &mut self.cgroup_files {
@@ -198,6 +222,15 @@ impl Collector {
                 c.name = self.names.name(c.cgroup_id).map(str::to_owned);
                 if let Some(path) = &c.name {
                     c.identity = self.identities.resolve(c.cgroup_id, path).clone();
+                }
+                if let Some(parts) = culprits_of.remove(&c.cgroup_id) {
+                    let named = parts
+                        .into_iter()
+                        .map(|(id, wait_ns)| {
+                            culprit(&self.names, &mut self.identities, id, wait_ns)
+                        })
+                        .collect();
+                    c.runqueue.culprits = rank_culprits(named);
                 }
                 c
             })
@@ -256,6 +289,31 @@ impl Collector {
     }
 }
 
+/// A victim's culprit `id`, labelled as tables label cgroups.
+fn culprit(names: &CgroupNames, identities: &mut Resolver, id: u64, wait_ns: u64) -> Culprit {
+    let (cgroup_id, label) = match id {
+        CULPRIT_IDLE => (0, Culprit::IDLE.to_owned()),
+        CULPRIT_UNSEEN => (0, Culprit::UNATTRIBUTED.to_owned()),
+        id => match names.name(id) {
+            Some(path) => {
+                let identity = identities.resolve(id, path);
+                let label = if identity.kind == crate::identity::Kind::Cgroup {
+                    path.to_owned()
+                } else {
+                    identity.label()
+                };
+                (id, label)
+            }
+            None => (id, format!("cgroup id {id}")),
+        },
+    };
+    Culprit {
+        cgroup_id,
+        culprit: label,
+        wait_ns,
+    }
+}
+
 /// The cgroup files read beside the probes' figures (`--cgroup-files on`).
 struct CgroupFiles {
     pressure: pressure::Pressure,
@@ -269,7 +327,7 @@ fn map_fills(ebpf: &aya::Ebpf) -> Vec<crate::report::MapFill> {
     let fills = [
         (
             runqueue::MAP_ENQUEUED_AT,
-            maps::hash_fill::<u64, u64>(ebpf, runqueue::MAP_ENQUEUED_AT),
+            maps::hash_fill::<u64, runqueue::Enqueued>(ebpf, runqueue::MAP_ENQUEUED_AT),
         ),
         (
             agent_ebpf::iowait::MAP_SINCE,

@@ -6,7 +6,8 @@ use std::{collections::HashMap, time::Duration};
 use agent_ebpf::{
     hist::Log2Hist,
     runqueue::{
-        ERRORS_LEN, MAP_CPU, MAP_LATENCY, MAP_MISMATCH_SEQ, MAP_MISMATCHES, Mismatch, RunqCpu,
+        CausedKey, ERRORS_LEN, MAP_CAUSED, MAP_CPU, MAP_LATENCY, MAP_MISMATCH_SEQ, MAP_MISMATCHES,
+        Mismatch, RunqCpu,
     },
 };
 use aya::Ebpf;
@@ -29,6 +30,8 @@ const ERROR_NAMES: [&str; agent_ebpf::runqueue::ERRORS_LEN as usize] =
 #[derive(Debug, Default)]
 pub struct Reading {
     pub latency: Snapshot<u64, Log2Hist>,
+    /// Cumulative wait of each victim cgroup while each culprit ran on its CPU, ns.
+    pub caused: Snapshot<CausedKey, u64>,
     /// Cumulative wait per CPU, ns, indexed by CPU id.
     pub cpu_wait: Vec<u64>,
     pub errors: Vec<u64>,
@@ -38,6 +41,8 @@ pub struct Reading {
 #[derive(Debug, Default)]
 pub struct Interval {
     pub cgroups: Vec<(u64, RunqueueFigures)>,
+    /// The interval's wait by (victim, culprit), ns, largest first.
+    pub caused: Vec<(CausedKey, u64)>,
     pub cpus: Vec<CpuReport>,
     pub errors: Vec<KernelError>,
 }
@@ -54,6 +59,7 @@ pub fn read(ebpf: &Ebpf) -> Result<Reading, ProbeError> {
     let cpus: Vec<RunqCpu> = maps::per_cpu_value(ebpf, MAP_CPU)?;
     Ok(Reading {
         latency: maps::hash(ebpf, MAP_LATENCY)?,
+        caused: maps::hash(ebpf, MAP_CAUSED)?,
         cpu_wait: cpus.iter().map(|c| c.wait_ns).collect(),
         errors: (0..ERRORS_LEN as usize)
             .map(|i| cpus.iter().map(|c| c.errors[i]).sum())
@@ -173,6 +179,7 @@ pub fn summarize(
                 latency_p99_ns: h.quantile(0.99).unwrap_or(0),
                 latency_max_ns: h.max().unwrap_or(0),
                 histogram: h,
+                ..RunqueueFigures::default()
             };
             (cgroup, figures)
         })
@@ -204,8 +211,12 @@ pub fn summarize(
             })
         })
         .collect();
+    let mut caused: Vec<(CausedKey, u64)> =
+        cur.caused.delta_since(&prev.caused).into_iter().collect();
+    caused.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Interval {
         cgroups,
+        caused,
         cpus,
         errors,
     }
@@ -239,6 +250,7 @@ mod tests {
     fn reading(latency: Vec<(u64, Log2Hist)>, cpu_wait: Vec<u64>) -> Reading {
         Reading {
             latency: Snapshot::from_iter(latency),
+            caused: Snapshot::default(),
             cpu_wait,
             errors: vec![0; 3],
         }
@@ -272,6 +284,100 @@ mod tests {
         let i = summarize(&cur, &prev, Duration::from_secs(1), &[0, 2]);
         assert!(i.cgroups.is_empty());
         assert_eq!(i.cpus.iter().map(|c| c.cpu).collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    /// The kernel's split of a wait over the runs it overlapped (shared code, tested here).
+    #[test]
+    fn a_wait_is_split_over_the_runs_it_overlapped_and_the_parts_sum_to_it() {
+        use agent_ebpf::runqueue::{CULPRIT_UNSEEN, RUNS, Run, Split, split_wait};
+        let mut runs = [Run::default(); RUNS];
+        // Runs on one CPU: cgroup 7 from 20 to 100, idle (0) to 150, 9 to 400, 7 to 1000.
+        let ran = [(7, 20, 100), (0, 100, 150), (9, 150, 400), (7, 400, 1000)];
+        for (i, &(cgroup, start_ns, end_ns)) in ran.iter().enumerate() {
+            runs[i] = Run {
+                cgroup,
+                start_ns,
+                end_ns,
+            };
+        }
+        // A wait from 50 to 1000: 7 ran 50 + 600, idle 50, 9 250.
+        let part = |s: &Split, c: u64| {
+            (0..s.culprits.len())
+                .filter(|&i| s.ns[i] != 0 && s.culprits[i] == c)
+                .map(|i| s.ns[i])
+                .sum::<u64>()
+        };
+        let s = split_wait(&runs, 4, 50, 0, 1000);
+        assert_eq!(
+            (part(&s, 7), part(&s, 0), part(&s, 9), s.unseen_ns),
+            (650, 50, 250, 0)
+        );
+        // A wait that began before the oldest remembered run: the rest is unseen.
+        let s = split_wait(&runs, 4, 0, 0, 1000);
+        assert_eq!(part(&s, 7) + part(&s, 0) + part(&s, 9), 980);
+        assert_eq!(s.unseen_ns, 20);
+        // More runs than the CPU remembers: the ring wrapped, only the last RUNS count.
+        let mut ring = [Run::default(); RUNS];
+        for i in 0..(RUNS as u64 + 3) {
+            ring[(i as usize) % RUNS] = Run {
+                cgroup: 100 + i,
+                start_ns: i * 10,
+                end_ns: (i + 1) * 10,
+            };
+        }
+        let end = (RUNS as u64 + 3) * 10;
+        let s = split_wait(&ring, RUNS as u64 + 3, 0, 0, end);
+        let seen: u64 = s.ns.iter().sum();
+        assert_eq!(seen + s.unseen_ns, end);
+        // Only SPLIT culprits get a slot; the others' time is unseen.
+        assert_eq!(seen, 10 * s.ns.len() as u64);
+        assert!(
+            s.culprits
+                .iter()
+                .all(|&c| c >= 100 + 3 && c != CULPRIT_UNSEEN)
+        );
+        // Moved here at 400 while waiting since 50: only this CPU's runs from 400 count.
+        let s = split_wait(&runs, 4, 50, 400, 1000);
+        assert_eq!((part(&s, 7), part(&s, 9), s.unseen_ns), (600, 0, 350));
+        // No runs recorded yet (just attached): all of it unseen.
+        let s = split_wait(&[Run::default(); RUNS], 0, 5, 0, 25);
+        assert_eq!(s.unseen_ns, 20);
+    }
+
+    #[test]
+    fn culprits_are_ranked_top_three_then_nobody_then_the_rest_summed() {
+        use crate::report::{Culprit, rank_culprits};
+        let c = |id: u64, label: &str, ns: u64| Culprit {
+            cgroup_id: id,
+            culprit: label.into(),
+            wait_ns: ns,
+        };
+        let ranked = rank_culprits(vec![
+            c(5, "a", 10),
+            c(6, "b", 50),
+            c(0, Culprit::IDLE, 3),
+            c(7, "c", 30),
+            c(8, "d", 20),
+            c(5, "a", 15),
+            c(0, Culprit::UNATTRIBUTED, 4),
+            c(9, "e", 1),
+        ]);
+        let got: Vec<(&str, u64)> = ranked
+            .iter()
+            .map(|c| (c.culprit.as_str(), c.wait_ns))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("b", 50),
+                ("c", 30),
+                ("a", 25),
+                ("idle", 3),
+                ("unattributed", 4),
+                ("other", 21)
+            ]
+        );
+        assert_eq!(ranked.iter().map(|c| c.wait_ns).sum::<u64>(), 133);
     }
 
     #[test]

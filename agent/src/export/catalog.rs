@@ -112,6 +112,24 @@ pub const RUNQUEUE_WAIT_TIME: MetricDef = m(
     &[],
     "Time the workload's tasks spent runnable but waiting for a CPU (its rate is the average number of waiting tasks). Also on the node resource per CPU, with `cpu.logical_number`.",
 );
+pub const RUNQUEUE_WAIT_CAUSED: MetricDef = m(
+    "nodesat.sched.runqueue.wait_caused",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &[],
+    "Run-queue wait the workload caused: the wait of every task (its own included) that waited on a CPU while one of the workload's tasks ran there. Summed over workloads, with the `idle` and `unattributed` parts of `nodesat.sched.runqueue.wait_by_culprit`, it is the node's wait.",
+);
+pub const RUNQUEUE_WAIT_BY_CULPRIT: MetricDef = m(
+    "nodesat.sched.runqueue.wait_by_culprit",
+    "s",
+    Counter,
+    Workload,
+    Value::SecondsFromNs,
+    &["nodesat.culprit"],
+    "The workload's run-queue wait split by who ran on the CPU meanwhile (`nodesat.culprit`: the culprit labelled as the workload tables label it, namespace/pod/container, unit or cgroup path; `idle` when the CPU was idle, the wake-up's own latency; `unattributed` when not covered by the runs the CPU remembers; `other` for the culprits beyond the top three of the interval, summed). The parts sum to `nodesat.sched.runqueue.wait_time`.",
+);
 pub const RUNQUEUE_LENGTH: MetricDef = m(
     "nodesat.sched.runqueue.length",
     "{task}",
@@ -387,6 +405,8 @@ pub const KUBELET_POD_LIST_AGE: MetricDef = m(
 pub const CATALOG: &[MetricDef] = &[
     RUNQUEUE_LATENCY,
     RUNQUEUE_WAIT_TIME,
+    RUNQUEUE_WAIT_CAUSED,
+    RUNQUEUE_WAIT_BY_CULPRIT,
     RUNQUEUE_LENGTH,
     TCP_RETRANSMITS,
     TCP_RETRANSMIT_FAILURES,
@@ -469,6 +489,7 @@ pub const PROMETHEUS_LABELS: &[(&str, &str)] = &[
     ("nodesat.pressure.resource", "resource"),
     ("nodesat.pressure.stall", "stall"),
     ("nodesat.memory.event", "event"),
+    ("nodesat.culprit", "culprit"),
 ];
 
 /// The Prometheus label of an attribute: from [`PROMETHEUS_LABELS`], `None` for `service.*`,

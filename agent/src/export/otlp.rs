@@ -564,9 +564,21 @@ fn workload_observations(c: &CgroupReport) -> Vec<(MetricDef, Attrs, Obs)> {
             Vec::new(),
             Obs::Delta(c.runqueue.wait_ns),
         ),
+        (
+            cat::RUNQUEUE_WAIT_CAUSED,
+            Vec::new(),
+            Obs::Delta(c.runqueue.caused_ns),
+        ),
         (cat::IO_WAIT_TIME, Vec::new(), Obs::Delta(c.iowait_ns)),
         (cat::OOM_KILLS, Vec::new(), Obs::Delta(c.oom_kills)),
     ];
+    for p in &c.runqueue.culprits {
+        v.push((
+            cat::RUNQUEUE_WAIT_BY_CULPRIT,
+            vec![("nodesat.culprit", p.culprit.clone())],
+            Obs::Delta(p.wait_ns),
+        ));
+    }
     for r in &c.tcp_retransmits {
         v.push((
             cat::TCP_RETRANSMITS,

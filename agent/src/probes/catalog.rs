@@ -99,6 +99,12 @@ pub const RUNQUEUE: Probe = Probe {
             "sched_wakeup",
             "pid",
         ),
+        field(
+            runqueue::GLOBAL_TP_MIGRATE_PID,
+            "sched",
+            "sched_migrate_task",
+            "pid",
+        ),
     ],
     positional_args: &[],
     chain: &TRACEPOINT_CHAIN,
