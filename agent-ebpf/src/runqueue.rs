@@ -56,6 +56,9 @@ pub const MISMATCH_CPUS: u32 = 8;
 /// `PerCpuArray<u64>` of one element: mismatches each CPU recorded so far (its last `seq`).
 pub const MAP_MISMATCH_SEQ: &str = "RUNQ_MISMATCH_SEQ";
 pub const GLOBAL_DEBUG_MISMATCHES: &str = "DEBUG_MISMATCHES";
+/// 1 (the default): split each wait by who ran meanwhile ([`MAP_CAUSED`]); the agent sets 0
+/// with `--neighbours off`, and the switch program then neither records runs nor splits.
+pub const GLOBAL_NEIGHBOURS: &str = "NEIGHBOURS";
 
 /// One pending mismatch: at a switch on `cpu`, the task leaving it (`prev`) was not the one
 /// whose wait was parked when it last started there (`parked`). Task keys are what the

@@ -120,6 +120,7 @@ pub fn check(config: &Config) -> i32 {
         mount_tracefs: true,
         cgroup_v1_cpu: matches!(hierarchy, Some(cgroups::Hierarchy::V1Cpu(_))),
         debug_runqueue: false,
+        neighbours: true,
     };
     let mut loaded = match Probes::load(&opts) {
         Ok(p) => p,

@@ -57,6 +57,8 @@ pub struct Config {
     pub debug_runqueue: bool,
     /// Read each reported cgroup's PSI and memory.events files (`--cgroup-files`).
     pub cgroup_files: bool,
+    /// Split each run-queue wait by who ran meanwhile (`--neighbours`).
+    pub neighbours: bool,
     // ── export (crate::export::config) ──
     /// OTLP metrics export; `None` when no endpoint is configured.
     pub export: Option<crate::export::ExportConfig>,
@@ -171,6 +173,11 @@ pub struct Flags {
     /// per interval) [default: on; env NODESAT_CGROUP_FILES].
     #[arg(long, value_name = "on|off")]
     pub cgroup_files: Option<String>,
+    /// Split every run-queue wait by who ran on the CPU meanwhile (each cgroup's culprits and
+    /// the wait it caused; about 50 ns more per context switch): on or off [default: on; env
+    /// NODESAT_NEIGHBOURS].
+    #[arg(long, value_name = "on|off")]
+    pub neighbours: Option<String>,
     // ── export (crate::export::config) ──
     /// OTLP endpoint; export is off without one. HTTP requests go to <URL>/v1/metrics [env
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
@@ -231,7 +238,7 @@ struct Key {
     env: &'static str,
 }
 
-const KEYS: [Key; 30] = [
+const KEYS: [Key; 31] = [
     key("interval", "--interval", "NODESAT_INTERVAL"),
     key("output", "--output", "NODESAT_OUTPUT"),
     key("log_level", "--log-level", "NODESAT_LOG_LEVEL"),
@@ -264,6 +271,7 @@ const KEYS: [Key; 30] = [
         "NODESAT_DEBUG_RUNQUEUE",
     ),
     key("cgroup_files", "--cgroup-files", "NODESAT_CGROUP_FILES"),
+    key("neighbours", "--neighbours", "NODESAT_NEIGHBOURS"),
     // ── export (crate::export::config) ──
     key(
         "otlp_endpoint",
@@ -359,6 +367,7 @@ impl Flags {
             "shutdown_timeout" => self.shutdown_timeout.as_ref(),
             "debug_runqueue" => self.debug_runqueue.as_ref(),
             "cgroup_files" => self.cgroup_files.as_ref(),
+            "neighbours" => self.neighbours.as_ref(),
             // ── export (crate::export::config) ──
             "otlp_endpoint" => self.otlp_endpoint.as_ref(),
             "otlp_metrics_endpoint" => self.otlp_metrics_endpoint.as_ref(),
@@ -450,6 +459,9 @@ impl Config {
                 one_of(s, &[("on", true), ("off", false)])
             })?,
             cgroup_files: parse(raw, "cgroup_files", true, |s| {
+                one_of(s, &[("on", true), ("off", false)])
+            })?,
+            neighbours: parse(raw, "neighbours", true, |s| {
                 one_of(s, &[("on", true), ("off", false)])
             })?,
             export: crate::export::config::from_raw(raw)?,

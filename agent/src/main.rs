@@ -154,6 +154,7 @@ fn run(config: &Config, set: ProgramSet, view: top::View) -> Result<(), Fatal> {
         mount_tracefs: config.probe_variant == VariantChoice::Only(probes::Variant::Tracepoint),
         cgroup_v1_cpu: matches!(hierarchy, Some(Hierarchy::V1Cpu(_))),
         debug_runqueue: config.debug_runqueue,
+        neighbours: config.neighbours,
     };
     let mut probes = Probes::load(&opts).map_err(|e| Fatal {
         code: EXIT_UNAVAILABLE,

@@ -93,7 +93,7 @@ impl Column {
             Column::P99 => 8,
             Column::Waiting => 9,
             Column::Caused => 8,
-            Column::Throttled => 8,
+            Column::Throttled => 7,
             Column::Iowait => 8,
             Column::Retransmits => 8,
             Column::Oom => 5,

@@ -78,9 +78,9 @@ impl Workload {
     }
 }
 
-/// The measured intervals (after a warm-up one) of an agent started now.
-fn measure() -> Vec<Report> {
-    let mut agent = Agent::start(INTERVAL, &[]);
+/// The measured intervals (after a warm-up one) of an agent started now with `args`.
+fn measure(args: &[&str]) -> Vec<Report> {
+    let mut agent = Agent::start(INTERVAL, args);
     agent.wait_ready(READY_TIMEOUT);
     let warm_up = agent.next_interval(REPORT_TIMEOUT);
     assert!(!warm_up.is_final);
@@ -166,7 +166,7 @@ fn the_noisy_neighbour_is_named_and_the_figures_sum() {
     }
     let cpu = *allowed_cpus().last().expect("an allowed CPU");
     let load = Workload::start("pinned", Some(cpu));
-    let reports = measure();
+    let reports = measure(&[]);
     for r in &reports {
         let victim = r
             .cgroup(load.victim.id())
@@ -220,7 +220,7 @@ fn the_noisy_neighbour_is_named_and_the_figures_sum() {
     drop(load);
 
     let load = Workload::start("unpinned", None);
-    let reports = measure();
+    let reports = measure(&[]);
     for r in &reports {
         if let Some(v) = r.cgroup(load.victim.id()) {
             eprintln!(
@@ -235,4 +235,17 @@ fn the_noisy_neighbour_is_named_and_the_figures_sum() {
         }
     }
     assert_sums(&reports, "unpinned");
+
+    // Turned off, the wait is still measured but not split.
+    let off = measure(&["--neighbours", "off"]);
+    for r in &off {
+        let waited: u64 = r.cgroups.iter().map(|c| c.runqueue.wait_ns).sum();
+        assert!(waited > 0, "--neighbours off: the wait is still measured");
+        assert!(
+            r.cgroups
+                .iter()
+                .all(|c| c.runqueue.culprits.is_empty() && c.runqueue.caused_ns == 0),
+            "--neighbours off: no culprits, nothing caused"
+        );
+    }
 }

@@ -92,6 +92,10 @@ static RUNQ_MISMATCH_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 #[unsafe(no_mangle)]
 static DEBUG_MISMATCHES: u32 = 0;
 
+/// 1: split each wait by who ran meanwhile (`--neighbours on`, the default).
+#[unsafe(no_mangle)]
+static NEIGHBOURS: u32 = 1;
+
 // Field offsets of the classic tracepoint records, set by the agent from tracefs at load time.
 // 0 (the common header) means "not set": the classic programs then do nothing.
 #[unsafe(no_mangle)]
@@ -310,14 +314,18 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     };
     // SAFETY: per-CPU slot, only this CPU's program instance touches it.
     let cpu = unsafe { &mut *cpu };
+    let neighbours = global(&NEIGHBOURS) == 1;
     // The task leaving the CPU is the current task, so the current cgroup is its own (one
-    // helper call; in the v1 mode four kernel reads). The idle task's runs are the CPU's idle
-    // time.
+    // helper call; in the v1 mode four kernel reads), looked up only when a figure needs it.
+    // The idle task's runs are the CPU's idle time.
     let prev_idle = bpf_get_current_pid_tgid() as u32 == 0;
+    let needed = neighbours || cpu.pending_task != 0;
     let prev_cgroup = if prev_idle {
         CULPRIT_IDLE
-    } else {
+    } else if needed {
         kernel::current_cgroup_id()
+    } else {
+        0
     };
 
     // The task leaving the CPU is the one whose wait was parked when it started: its wait goes
@@ -327,7 +335,9 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
             if !hist_add(&RUNQ_LATENCY, &prev_cgroup, cpu.pending_wait_ns) {
                 cpu.errors[ERR_LATENCY_UPDATE as usize] += 1;
             }
-            add_caused(prev_cgroup, &cpu.pending_split);
+            if neighbours {
+                add_caused(prev_cgroup, &cpu.pending_split);
+            }
         } else {
             cpu.errors[ERR_PENDING_MISMATCH as usize] += 1;
             if global(&DEBUG_MISMATCHES) == 1 {
@@ -345,14 +355,16 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     }
 
     // The run that ends now, remembered for the waits it delayed.
-    let slot = (cpu.runs_recorded as usize) & (RUNS - 1);
-    cpu.runs[slot] = Run {
-        cgroup: prev_cgroup,
-        start_ns: cpu.run_start_ns,
-        end_ns: now,
-    };
-    cpu.runs_recorded += 1;
-    cpu.run_start_ns = now;
+    if neighbours {
+        let slot = (cpu.runs_recorded as usize) & (RUNS - 1);
+        cpu.runs[slot] = Run {
+            cgroup: prev_cgroup,
+            start_ns: cpu.run_start_ns,
+            end_ns: now,
+        };
+        cpu.runs_recorded += 1;
+        cpu.run_start_ns = now;
+    }
 
     if prev_state == PrevState::Runnable {
         // A preempted task goes straight back to the run queue. The idle task never waits.
@@ -372,7 +384,11 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
             prev,
             IowaitSince {
                 since_ns: now,
-                cgroup: prev_cgroup,
+                cgroup: if needed {
+                    prev_cgroup
+                } else {
+                    kernel::current_cgroup_id()
+                },
                 // SAFETY: helper with no preconditions.
                 cpu: unsafe { bpf_get_smp_processor_id() },
                 _pad: 0,
@@ -387,12 +403,17 @@ fn switched<S: TaskState>(prev: S::Task, prev_state: PrevState, next: S::Task) {
     cpu.wait_ns += wait;
     cpu.pending_task = S::key(next);
     cpu.pending_wait_ns = wait;
-    cpu.pending_split = split_wait(&cpu.runs, cpu.runs_recorded, e.since_ns, e.arrived_ns, now);
+    if neighbours {
+        cpu.pending_split = split_wait(&cpu.runs, cpu.runs_recorded, e.since_ns, e.arrived_ns, now);
+    }
 }
 
 /// A task was moved to another CPU's run queue.
 #[inline(always)]
 fn migrated<S: TaskState>(task: S::Task) {
+    if global(&NEIGHBOURS) != 1 {
+        return;
+    }
     // SAFETY: helper with no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     S::migrated(task, now);

@@ -203,6 +203,8 @@ pub struct LoadOptions {
     pub cgroup_v1_cpu: bool,
     /// Record each run-queue pending mismatch (`agent_ebpf::runqueue::MAP_MISMATCHES`).
     pub debug_runqueue: bool,
+    /// Split each wait by who ran meanwhile (`agent_ebpf::runqueue::GLOBAL_NEIGHBOURS`).
+    pub neighbours: bool,
 }
 
 impl Probes {
@@ -245,6 +247,9 @@ impl Probes {
         };
         if opts.debug_runqueue {
             globals.push((agent_ebpf::runqueue::GLOBAL_DEBUG_MISMATCHES, 1));
+        }
+        if !opts.neighbours {
+            globals.push((agent_ebpf::runqueue::GLOBAL_NEIGHBOURS, 0));
         }
         let btf = Btf::from_sys_fs().ok();
         let mut loader = EbpfLoader::new();

@@ -194,9 +194,10 @@ impl RunFigures {
         }
     }
 
-    /// The throttle durations' sum over cpu.stat's throttled time, both in ktime.
+    /// The throttle durations' sum over cpu.stat's throttled time: both are spans of the
+    /// scheduler's clock (`rq_clock - throttled_clock`, the kernel's own), compared as they are.
     fn durations_ratio(&self) -> f64 {
-        self.hog_durations_ns as f64 / self.hog_throttled_ktime_ns().max(1) as f64
+        self.hog_durations_ns as f64 / self.hog_throttled_ns.max(1) as f64
     }
 
     /// Mean over the full intervals of /busy's waiting tasks and of the node's run-queue
@@ -251,7 +252,9 @@ impl RunFigures {
     }
 
     /// Why the throttle durations disagree with cpu.stat's throttled time (when the throttle
-    /// probe attached): they must exist and sum to within 25% of it.
+    /// probe attached): they must exist and sum to within 5% of it (they are the kernel's own
+    /// spans; 100% in every run of the three kernels; 5% leaves room for a throttle that ends
+    /// between the agent's reads of cpu.stat and of the histograms).
     fn durations_problem(&self) -> Option<String> {
         self.variant("throttle")?;
         if self.hog_durations == 0 {
@@ -260,13 +263,10 @@ impl RunFigures {
             );
         }
         let ratio = self.durations_ratio();
-        (!(0.75..=1.25).contains(&ratio)).then(|| {
+        (!(0.95..=1.05).contains(&ratio)).then(|| {
             format!(
-                "throttle durations sum to {} ns against cpu.stat's {} ns ({} ns counted, clocks {:?}; ratio {ratio:.2})",
-                self.hog_durations_ns,
-                self.hog_throttled_ktime_ns(),
-                self.hog_throttled_ns,
-                self.clocks
+                "throttle durations sum to {} ns against cpu.stat's {} ns (ratio {ratio:.3})",
+                self.hog_durations_ns, self.hog_throttled_ns,
             )
         })
     }

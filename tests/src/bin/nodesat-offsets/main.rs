@@ -268,6 +268,14 @@ const SPECS: &[Spec] = &[
         against: "run-queue wait of a cgroup whose tasks yield (leaving the CPU runnable, neither preempted nor asleep) and nap on one CPU vs their schedstat run delay",
     },
     Spec {
+        id: "runqueue-culprits",
+        probe: "runqueue",
+        mode: None,
+        variants: TRACEPOINTS,
+        offsets: &[],
+        against: "the yielders' cgroup's wait split by who ran meanwhile: the parts sum to its wait and name its own cgroup (its tasks wait for each other); over every cgroup, the wait caused plus the idle and unattributed parts vs the wait",
+    },
+    Spec {
         id: "throttle-local",
         probe: "throttle",
         mode: Some(Mode::Unified),
@@ -1120,6 +1128,52 @@ fn compare(
                     ms(run_delay),
                     converted(y.rate, y.run_delay_ns)
                 ),
+            )
+        }
+        "runqueue-culprits" => {
+            if let Some(Err(_)) | None = &t.sched {
+                return failed(step_error(&t.sched, "the yielders and the napper"));
+            }
+            let id = id_in(&cg.sched, mode);
+            let (mut wait, mut parts, mut own, mut named) = (0u64, 0u64, 0u64, 0usize);
+            for e in c.cgroup_entries(id) {
+                wait += e["runqueue"]["wait_ns"].as_u64().unwrap_or(0);
+                for p in e["runqueue"]["culprits"].as_array().into_iter().flatten() {
+                    let ns = p["wait_ns"].as_u64().unwrap_or(0);
+                    parts += ns;
+                    named += 1;
+                    if p["cgroup_id"].as_u64() == Some(id) {
+                        own += ns;
+                    }
+                }
+            }
+            let (mut all_wait, mut accounted) = (0u64, 0u64);
+            for r in &c.intervals {
+                for e in r["cgroups"].as_array().into_iter().flatten() {
+                    all_wait += e["runqueue"]["wait_ns"].as_u64().unwrap_or(0);
+                    accounted += e["runqueue"]["caused_ns"].as_u64().unwrap_or(0);
+                    for p in e["runqueue"]["culprits"].as_array().into_iter().flatten() {
+                        if p["cgroup_id"].as_u64() == Some(0) && p["culprit"] != "other" {
+                            accounted += p["wait_ns"].as_u64().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            pass_if(
+                wait >= 100_000_000
+                    && within(parts, wait, 0.01, 1_000_000)
+                    && own > 0
+                    && within(accounted, all_wait, 0.01, 5_000_000),
+                format!(
+                    "{} of the {} wait on id {id} split over {named} culprit entries, {} of it its own cgroup's; every cgroup: caused + idle + unattributed {} of a {} wait",
+                    ms(parts),
+                    ms(wait),
+                    ms(own),
+                    ms(accounted),
+                    ms(all_wait)
+                ),
+                "the 3 tasks share one CPU: each waits while the others (its own cgroup) run"
+                    .into(),
             )
         }
         "memory-high" => {
