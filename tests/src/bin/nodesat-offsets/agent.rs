@@ -196,6 +196,24 @@ impl Collected {
             .unwrap_or(0)
     }
 
+    /// Times the kernel skipped the programs of `probe` (`recursion_misses`, kernels 6.6 and
+    /// later; 0 before): the highest cumulative count any report gave, summed over its hooks.
+    pub fn probe_misses(&self, probe: &str) -> u64 {
+        let mut by_hook: std::collections::BTreeMap<String, u64> = Default::default();
+        for h in self
+            .intervals
+            .iter()
+            .flat_map(|r| r["probes"].as_array().into_iter().flatten())
+            .filter(|h| h["probe"] == probe)
+        {
+            let n = h["recursion_misses"].as_u64().unwrap_or(0);
+            let hook = h["hook"].as_str().unwrap_or("?").to_owned();
+            let e = by_hook.entry(hook).or_insert(0);
+            *e = (*e).max(n);
+        }
+        by_hook.values().sum()
+    }
+
     /// Every per-cgroup entry of every report (the final one included).
     pub fn cgroup_entries(&self, id: u64) -> impl Iterator<Item = &Value> {
         self.intervals

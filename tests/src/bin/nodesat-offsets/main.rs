@@ -1292,13 +1292,32 @@ fn compare(
                 .filter_map(|e| e["throttling"]["durations"]["count"].as_u64())
                 .sum();
             // The program takes the kernel's own span (rq_clock - throttled_clock) at each
-            // unthrottle: its sum is cpu.stat's, short of the microsecond truncation.
+            // unthrottle: its sum is cpu.stat's, short of the microsecond truncation. kprobes
+            // (unlike fentry) are skipped while any other BPF program or a BPF map syscall
+            // (the agent's own reads) runs on that CPU: there whole throttles can be missing
+            // (never extra time), which kernels 6.6+ count as the programs' recursion misses.
             let throttled = h.throttled_ns;
+            let misses = c.probe_misses("throttle");
+            let missing = h.throttled_periods.saturating_sub(count);
+            let exact = within(sum, throttled, 0.01, 1_000_000);
+            let kprobe_missed = variant == "kprobe"
+                && !exact
+                && missing > 0
+                && sum < throttled
+                && throttled - sum <= missing * 2 * HOG_PERIOD_US * 1000;
             pass_if(
-                count > 0 && within(sum, throttled, 0.01, 1_000_000),
+                count > 0 && (exact || kprobe_missed),
                 format!(
-                    "{count} throttles summing to {} on id {hog} ({elsewhere} on other ids)",
+                    "{count} throttles summing to {} on id {hog} ({elsewhere} on other ids){}",
                     ms(sum),
+                    if kprobe_missed {
+                        format!(
+                            "; {missing} throttle(s) missed by the kprobes ({} short; the kernel counted {misses} recursion misses)",
+                            ms(throttled - sum)
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 format!(
                     "{} throttled in {} periods (cpu.stat); directory inode {hog}",
