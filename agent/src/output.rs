@@ -231,8 +231,8 @@ pub fn table(r: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>4}  CGROUP",
-        "WAITING", "RQ_P50", "RQ_P99", "RQ_MAX", "THROT%", "IOWAIT", "RETX", "OOM"
+        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>4}  CGROUP (waited behind)",
+        "WAITING", "CAUSED", "RQ_P50", "RQ_P99", "RQ_MAX", "THROT%", "IOWAIT", "RETX", "OOM"
     );
     for c in r.cgroups.iter().take(top) {
         let q = &c.runqueue;
@@ -247,17 +247,20 @@ pub fn table(r: &Report, top: usize) -> String {
             .map_or("-".to_owned(), |t| format!("{:.0}", t.throttled_pct));
         // iowait as a share of the interval: the average number of its tasks blocked on I/O.
         let iowait = c.iowait_ns as f64 / r.interval_ns.max(1) as f64;
+        let caused = q.caused_ns as f64 / r.interval_ns.max(1) as f64;
         let _ = writeln!(
             s,
-            "{:>7.2} {:>8} {:>8} {:>8} {:>6} {:>7.2} {:>6} {:>4}  {name}",
+            "{:>7.2} {:>6.2} {:>8} {:>8} {:>8} {:>6} {:>7.2} {:>6} {:>4}  {name}{}",
             q.waiting_tasks,
+            caused,
             human_ns(q.latency_p50_ns),
             human_ns(q.latency_p99_ns),
             human_ns(q.latency_max_ns),
             throttled,
             iowait,
             c.retransmits(),
-            c.oom_kills
+            c.oom_kills,
+            behind(c)
         );
     }
     for d in &r.disks {
@@ -280,6 +283,22 @@ pub fn table(r: &Report, top: usize) -> String {
         let _ = writeln!(s, "kernel errors: {} {} ×{}", e.probe, e.error, e.count);
     }
     s
+}
+
+/// " (behind X 95%)": the cgroup that ran for most of this one's wait, when that is another
+/// cgroup, with its share; empty otherwise.
+fn behind(c: &crate::report::CgroupReport) -> String {
+    let q = &c.runqueue;
+    match q.culprits.first() {
+        Some(top) if top.cgroup_id != 0 && top.cgroup_id != c.cgroup_id && q.wait_ns > 0 => {
+            format!(
+                "  (behind {} {:.0}%)",
+                top.culprit,
+                100.0 * top.wait_ns as f64 / q.wait_ns as f64
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +399,22 @@ mod tests {
         );
         let all = table(&report(), 10);
         assert!(all.contains("cgroup id 102"), "{all}");
+        // The neighbour that ran for most of a cgroup's wait follows its name; the time it
+        // kept others waiting is its CAUSED.
+        let mut r = report();
+        r.cgroups[0].runqueue.wait_ns = 1_000;
+        r.cgroups[0].runqueue.culprits = vec![crate::report::Culprit {
+            cgroup_id: 101,
+            culprit: "/busy1".into(),
+            wait_ns: 950,
+        }];
+        r.cgroups[1].runqueue.caused_ns = r.interval_ns / 2;
+        let t = table(&r, 2);
+        assert!(t.contains("/busy0  (behind /busy1 95%)"), "{t}");
+        assert!(
+            t.contains("   0.50 "),
+            "busy1 kept half a task waiting: {t}"
+        );
     }
 
     #[test]
