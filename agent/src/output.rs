@@ -236,11 +236,7 @@ pub fn table(r: &Report, top: usize) -> String {
     );
     for c in r.cgroups.iter().take(top) {
         let q = &c.runqueue;
-        let name = match (&c.name, c.identity.kind) {
-            (Some(path), crate::identity::Kind::Cgroup) => path.clone(),
-            (Some(_), _) => c.identity.label(),
-            (None, _) => format!("cgroup id {}", c.cgroup_id),
-        };
+        let name = crate::identity::table_label(c.name.as_deref(), &c.identity, c.cgroup_id);
         let throttled = c
             .throttling
             .as_ref()

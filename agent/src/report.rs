@@ -217,58 +217,50 @@ impl Merge for CgroupReport {
         }
         self.oom_kills += o.oom_kills;
         self.iowait_ns += o.iowait_ns;
-        self.throttled_local_ns = match (self.throttled_local_ns, o.throttled_local_ns) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-        self.reclaim_stalls = match (self.reclaim_stalls.take(), o.reclaim_stalls) {
-            (Some(a), Some(b)) => {
-                let mut h = a.histogram;
-                crate::core::counters::Counter::merge(&mut h, &b.histogram);
-                Some(Durations::from_hist(h))
+        self.throttled_local_ns =
+            merge_option(self.throttled_local_ns, o.throttled_local_ns, |a, b| a + b);
+        self.reclaim_stalls = merge_option(
+            self.reclaim_stalls.take(),
+            o.reclaim_stalls,
+            merge_durations,
+        );
+        self.memory_events = merge_option(self.memory_events, o.memory_events, merge_counter);
+        self.pressure = merge_option(self.pressure, o.pressure, merge_counter);
+        self.throttling = merge_option(self.throttling.take(), o.throttling, |x, y| {
+            let periods = x.periods + y.periods;
+            let throttled_periods = x.throttled_periods + y.throttled_periods;
+            Throttling {
+                periods,
+                throttled_periods,
+                throttled_ns: x.throttled_ns + y.throttled_ns,
+                throttled_pct: if periods == 0 {
+                    0.0
+                } else {
+                    100.0 * throttled_periods as f64 / periods as f64
+                },
+                durations: merge_option(x.durations, y.durations, merge_durations),
             }
-            (a, b) => a.or(b),
-        };
-        self.memory_events = match (self.memory_events, o.memory_events) {
-            (Some(mut a), Some(b)) => {
-                crate::core::counters::Counter::merge(&mut a, &b);
-                Some(a)
-            }
-            (a, b) => a.or(b),
-        };
-        self.pressure = match (self.pressure, o.pressure) {
-            (Some(mut a), Some(b)) => {
-                crate::core::counters::Counter::merge(&mut a, &b);
-                Some(a)
-            }
-            (a, b) => a.or(b),
-        };
-        self.throttling = match (self.throttling.take(), o.throttling) {
-            (Some(x), Some(y)) => {
-                let periods = x.periods + y.periods;
-                let throttled_periods = x.throttled_periods + y.throttled_periods;
-                Some(Throttling {
-                    periods,
-                    throttled_periods,
-                    throttled_ns: x.throttled_ns + y.throttled_ns,
-                    throttled_pct: if periods == 0 {
-                        0.0
-                    } else {
-                        100.0 * throttled_periods as f64 / periods as f64
-                    },
-                    durations: match (x.durations, y.durations) {
-                        (Some(a), Some(b)) => {
-                            let mut h = a.histogram;
-                            crate::core::counters::Counter::merge(&mut h, &b.histogram);
-                            Some(Durations::from_hist(h))
-                        }
-                        (a, b) => a.or(b),
-                    },
-                })
-            }
-            (x, y) => x.or(y),
-        };
+        });
     }
+}
+
+/// Two optional figures summed: `both` where both are present, else whichever is.
+fn merge_option<T>(a: Option<T>, b: Option<T>, both: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(both(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Two sets of cumulative counters summed.
+fn merge_counter<T: crate::core::counters::Counter>(mut a: T, b: T) -> T {
+    a.merge(&b);
+    a
+}
+
+/// Two duration histograms summed, their statistics recomputed.
+fn merge_durations(a: Durations, b: Durations) -> Durations {
+    Durations::from_hist(merge_counter(a.histogram, b.histogram))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

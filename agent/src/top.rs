@@ -124,11 +124,7 @@ pub struct Row {
 
 impl Row {
     pub fn new(c: &CgroupReport, interval_ns: u64) -> Row {
-        let label = match (&c.name, c.identity.kind) {
-            (Some(path), crate::identity::Kind::Cgroup) => path.clone(),
-            (Some(_), _) => c.identity.label(),
-            (None, _) => format!("cgroup id {}", c.cgroup_id),
-        };
+        let label = crate::identity::table_label(c.name.as_deref(), &c.identity, c.cgroup_id);
         let interval = interval_ns.max(1) as f64;
         Row {
             label,

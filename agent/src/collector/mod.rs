@@ -294,18 +294,15 @@ fn culprit(names: &CgroupNames, identities: &mut Resolver, id: u64, wait_ns: u64
     let (cgroup_id, label) = match id {
         CULPRIT_IDLE => (0, Culprit::IDLE.to_owned()),
         CULPRIT_UNSEEN => (0, Culprit::UNATTRIBUTED.to_owned()),
-        id => match names.name(id) {
-            Some(path) => {
-                let identity = identities.resolve(id, path);
-                let label = if identity.kind == crate::identity::Kind::Cgroup {
-                    path.to_owned()
-                } else {
-                    identity.label()
-                };
-                (id, label)
-            }
-            None => (id, format!("cgroup id {id}")),
-        },
+        id => {
+            let path = names.name(id);
+            let unknown = crate::identity::Identity::unknown();
+            let identity = match path {
+                Some(path) => identities.resolve(id, path),
+                None => &unknown,
+            };
+            (id, crate::identity::table_label(path, identity, id))
+        }
     };
     Culprit {
         cgroup_id,

@@ -172,6 +172,16 @@ impl fmt::Display for Identity {
     }
 }
 
+/// How tables name a cgroup: its path when that is all that is known of it, the workload's
+/// label (`namespace/pod/container`, unit, ...) otherwise, `cgroup id N` when it has no path.
+pub fn table_label(path: Option<&str>, identity: &Identity, cgroup_id: u64) -> String {
+    match (path, identity.kind) {
+        (Some(path), Kind::Cgroup) => path.to_owned(),
+        (Some(_), _) => identity.label(),
+        (None, _) => format!("cgroup id {cgroup_id}"),
+    }
+}
+
 /// An identity and whether metadata could still change it. A partial one (a pod cgroup with no
 /// pod list yet, a pod the list does not have yet, a container id it does not list) is worth
 /// resolving again once the list changes.
